@@ -1,0 +1,33 @@
+# r1flow: `make run` installs (into .venv, if none yet) and runs the default recipe; `make test` runs the tests.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+FIND    := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
+RECIPE  ?= configs/default.yaml
+
+.PHONY: run test test-slow install bench clean
+
+$(BIN)/r1flow: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv
+	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode $(FIND) -e '.[dev]'
+	touch $(BIN)/r1flow
+
+install: $(BIN)/r1flow
+
+run: install
+	$(BIN)/r1flow data ensure $(RECIPE)
+	$(BIN)/r1flow run $(RECIPE)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+bench: install
+	$(BIN)/uv pip install -q --python $(BIN)/python $(FIND) -e '.[dev,bench]'
+	$(BIN)/python bench/rollout.py
+
+clean:
+	rm -rf .r1flow runs mlruns mlflow.db

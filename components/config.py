@@ -1,0 +1,191 @@
+"""Typed recipes: one pydantic model per stage section, loaded from one YAML file.
+
+`load_recipe(path, overrides=["cold_start.lr=3e-4"])` reads the YAML, applies `--set`
+overrides (values parsed as YAML scalars), and validates. Every error names the file and
+the dotted path of the field, e.g. ``configs/x.yaml: cold_start.lr: Input should be a valid
+number``. Unknown fields are errors, never silently ignored.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from components.data.arithmetic import LEVELS
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be loaded; the message names the file and field."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = Field("default", description="Recipe name: MLflow run name and registered-model prefix.")
+    seed: int = Field(0, description="Seed for every random choice in the pipeline.")
+    output_dir: str = Field("runs", description="Where stage outputs (models, derived data) are written.")
+    experiment: str = Field("r1flow", description="MLflow experiment name.")
+    stages: list[str] = Field(
+        default_factory=lambda: ["base", "cold_start"],
+        description="Training stages in order; each one's output is evaluated.",
+    )
+
+
+class DataConfig(Section):
+    dir: str = Field("data", description="The DVC-tracked directory of curated data (see data.dvc).")
+    seed: int = Field(1234, description="Seed of the synthetic data generator.")
+    levels: list[int] = Field(default_factory=lambda: sorted(LEVELS), description="Difficulty levels used.")
+    n_pretrain: int = Field(60_000, ge=1, description="Pretraining documents for the base model.")
+    n_cold_start: int = Field(400, ge=1, description="Curated worked solutions for cold start.")
+    n_rl: int = Field(4_000, ge=1, description="RL prompts with gold answers.")
+    n_preferences: int = Field(1_000, ge=1, description="Preference pairs (chosen/rejected).")
+    n_rankings: int = Field(500, ge=1, description="K-way rankings for Plackett–Luce.")
+    rank_k: int = Field(4, ge=2, description="Responses per ranking.")
+    n_eval: int = Field(600, ge=1, description="Held-out evaluation problems.")
+    direct_answer_fraction: float = Field(
+        0.3, ge=0, le=1, description="Share of pretraining documents that are chat turns with a direct answer."
+    )
+
+    @field_validator("levels")
+    @classmethod
+    def _known_levels(cls, v: list[int]) -> list[int]:
+        bad = [x for x in v if x not in LEVELS]
+        if bad or not v:
+            raise ValueError(f"unknown level(s) {bad or v}; choose from {sorted(LEVELS)}")
+        return v
+
+
+class ArchConfig(Section):
+    """Shape of the tiny Llama built from scratch when `model.name_or_path` is empty."""
+
+    hidden_size: int = Field(192, ge=8)
+    num_layers: int = Field(5, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(512, ge=8)
+    max_position_embeddings: int = Field(256, ge=16)
+    vocab_size: int = Field(96, ge=32, description="BPE vocabulary size of the locally trained tokenizer.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ArchConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+class ModelConfig(Section):
+    name_or_path: str | None = Field(
+        None, description="Local path or Hugging Face hub id of the starting model; empty = pretrain a tiny one."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(False, description="Run model code from the hub. Off unless you trust it.")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    arch: ArchConfig = Field(default_factory=ArchConfig)
+
+
+class LoraConfig(Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+class TrainConfig(Section):
+    """Optimisation settings shared by every supervised stage (base, cold_start, sft)."""
+
+    steps: int = Field(100, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(32, ge=1, description="Sequences per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_length: int = Field(128, ge=8, description="Sequences are truncated to this many tokens.")
+    finetune: Literal["full", "lora", "qlora"] = "full"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    merge_lora: bool = Field(True, description="Merge adapters into a plain model directory after training.")
+    ckpt_every: int = Field(50, ge=1, description="Save a resumable checkpoint every N steps.")
+    log_every: int = Field(10, ge=1)
+    limit: int | None = Field(None, ge=1, description="Use at most this many training rows.")
+    source: str | None = Field(
+        None, description="Train on this data instead of the curated file: a local jsonl/json/parquet/csv "
+        "file or hf:org/name (the stage's schema applies).")
+
+
+class EvalConfig(Section):
+    source: str | None = Field(None, description="Held-out prompt/answer data instead of data/eval.jsonl.")
+    correctness: str = Field("exact_int", description="Reward function that decides a correct answer.")
+    system_prompt: str | None = Field(None, description="System message prepended to every prompt.")
+    limit: int | None = Field(None, ge=1, description="Evaluate on at most this many held-out problems.")
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(128, ge=1)
+    table_rows: int = Field(32, ge=0, description="Sample completions logged as an MLflow table.")
+
+
+# Every training stage is configured by the recipe section of the same name.
+STAGE_SECTIONS = ("base", "cold_start")
+
+
+class Recipe(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    base: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=1500, batch_size=64, lr=2e-3))
+    cold_start: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=150, lr=5e-4))
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _known_stages(self) -> "Recipe":
+        bad = [s for s in self.run.stages if s not in STAGE_SECTIONS]
+        if bad:
+            raise ValueError(f"unknown stage(s) {bad} in run.stages; choose from {sorted(STAGE_SECTIONS)}")
+        return self
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply one ``a.b.c=value`` assignment to a nested dict (value parsed as YAML)."""
+    if "=" not in assignment:
+        raise RecipeError(f"--set {assignment!r}: expected section.field=value")
+    path, raw = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {assignment!r}: {key} is not a section")
+    node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "<recipe>"
+        lines.append(f"{source}: {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Load a YAML recipe (or the defaults when `path` is None) with `--set` overrides."""
+    source = str(path) if path else "<defaults>"
+    tree: dict[str, Any] = {}
+    if path:
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise RecipeError(f"{source}: recipe file not found") from None
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{source}: invalid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise RecipeError(f"{source}: a recipe is a mapping of sections, got {type(tree).__name__}")
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as e:
+        raise RecipeError(format_validation_error(source, e)) from None

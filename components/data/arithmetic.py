@@ -1,0 +1,97 @@
+"""The default verifiable task: integer arithmetic with precedence, solved step by step.
+
+A problem is a flat expression such as ``7+3*4-2`` over + - * with the usual precedence.
+Its worked solution evaluates one operation per step, every product first and then sums
+left to right (``3*4=12 7+12=19 19-2=17``), so each step is a single arithmetic fact that a
+tiny model can learn; the difficulty of a problem is set by its level (operand count and
+range). Everything here is a pure function of a seeded ``random.Random``.
+
+Held-out split: a problem belongs to the evaluation split iff the hash of its canonical
+text falls in a fixed bucket (`is_heldout`), so no training set can ever contain an
+evaluation problem whatever seeds or sizes a recipe uses.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+# level -> (min operands, max operands, largest operand). Level 1 is a single fact; the
+# later levels chain facts, which is where step-by-step reasoning beats a direct answer.
+LEVELS: dict[int, tuple[int, int, int]] = {
+    1: (2, 2, 9),
+    2: (3, 3, 9),
+    3: (4, 4, 9),
+    4: (3, 4, 19),
+}
+OPS = "+-*"
+HELDOUT_BUCKETS = 10  # 1 in 10 problems is held out for evaluation
+
+
+@dataclass(frozen=True)
+class Problem:
+    expression: str
+    answer: int
+    steps: tuple[str, ...]
+    level: int
+
+    def solution(self) -> str:
+        """The worked solution in the reasoning format the pipeline trains for."""
+        return f"<think>{' '.join(self.steps)}</think><answer>{self.answer}</answer>"
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    return a * b if op == "*" else a + b if op == "+" else a - b
+
+
+def solve(numbers: list[int], ops: list[str]) -> tuple[int, tuple[str, ...]]:
+    """Evaluate with precedence, recording one ``a op b=c`` step per operation."""
+    nums, rest_ops, steps = list(numbers), list(ops), []
+    for wanted in ("*", "+-"):
+        i = 0
+        while i < len(rest_ops):
+            if rest_ops[i] in wanted:
+                value = _apply(nums[i], rest_ops[i], nums[i + 1])
+                steps.append(f"{nums[i]}{rest_ops[i]}{nums[i + 1]}={value}")
+                nums[i : i + 2] = [value]
+                del rest_ops[i]
+            else:
+                i += 1
+    return nums[0], tuple(steps)
+
+
+def render(numbers: list[int], ops: list[str]) -> str:
+    return "".join(f"{n}{op}" for n, op in zip(numbers, ops)) + str(numbers[-1])
+
+
+def is_heldout(expression: str) -> bool:
+    digest = hashlib.sha256(expression.encode()).digest()
+    return digest[0] % HELDOUT_BUCKETS == 0
+
+
+def sample_problem(rng: random.Random, level: int) -> Problem:
+    lo, hi, top = LEVELS[level]
+    n = rng.randint(lo, hi)
+    numbers = [rng.randint(0, top) for _ in range(n)]
+    ops = [rng.choice(OPS) for _ in range(n - 1)]
+    answer, steps = solve(numbers, ops)
+    return Problem(render(numbers, ops), answer, steps, level)
+
+
+def generate(seed: int, n: int, levels: list[int], heldout: bool, distinct: bool = True) -> list[Problem]:
+    """`n` problems over `levels` (chosen uniformly per draw), all in or all out of the held-out split."""
+    unknown = [lv for lv in levels if lv not in LEVELS]
+    if unknown or not levels:
+        raise ValueError(f"levels: unknown level(s) {unknown or levels}; choose from {sorted(LEVELS)}")
+    rng, seen, out = random.Random(seed), set(), []
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 200 * n + 10_000:
+            raise ValueError(f"cannot draw {n} distinct problems from levels {levels}; lower the count")
+        problem = sample_problem(rng, rng.choice(levels))  # a full level just yields to the others
+        if (distinct and problem.expression in seen) or is_heldout(problem.expression) != heldout:
+            continue
+        seen.add(problem.expression)
+        out.append(problem)
+    return out

@@ -1,0 +1,387 @@
+"""Batched rollout engines: many prompts x G samples at once with a KV cache.
+
+`TransformersEngine` runs any Hugging Face causal LM in-process:
+
+* rows are ordered by prompt length and cut into batches of at most `batch_size` rows;
+* each batch prefills every distinct prompt ONCE (left padded, padding-aware position ids)
+  and then expands the KV cache to the G rows that share the prompt;
+* the decode loop runs over the whole batch under `torch.inference_mode()` with a KV cache
+  that grows in place (amortized, no per-step concatenation of the whole cache); finished
+  rows are dropped from the batch (cache, mask, positions) once enough of them have
+  accumulated, so the batch shrinks as rows finish;
+* sampling is vectorized (see `sampling.py`): one host sync per step (the "all done?"
+  check, which also yields the rows to compact), plus the new tokens when stop strings
+  are in use (stop strings are checked on the decoded tail of each live row only).
+"""
+from __future__ import annotations
+
+import time
+from typing import Protocol, runtime_checkable
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from .sampling import Rollout, SamplingParams, row_keys, sample_next
+
+_EOS, _STOP, _LENGTH = 1, 2, 0
+_REASONS = {_EOS: "eos", _STOP: "stop", _LENGTH: "length"}
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    def generate(
+        self, prompts: list[str] | list[list[int]], params: SamplingParams, progress: bool = False
+    ) -> Rollout: ...
+
+    def update_weights(self, model) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------
+# KV cache with in-place growth
+
+
+def _growing_cache(model, capacity: int) -> DynamicCache:
+    """A `DynamicCache` whose full-attention layers write into preallocated buffers.
+
+    `DynamicLayer.update` concatenates the whole cache every step (an O(L) copy per token);
+    `_GrowingLayer` writes the new keys/values into a buffer of `capacity` positions and
+    hands attention a view of the filled part. Caches with other layer types (sliding
+    windows, linear attention) are left as they are.
+    """
+    cache = DynamicCache(config=model.config)
+    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        cache.layers = [_GrowingLayer(capacity) for _ in cache.layers]
+    return cache
+
+
+class _GrowingLayer(DynamicLayer):
+    is_croppable = False
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+        self._kbuf = self._vbuf = None
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if self._kbuf is None or end > self._kbuf.shape[-2]:
+            self._realloc(None, max(end, self.capacity), key_states, value_states)
+        self._kbuf[:, :, self.length : end].copy_(key_states)
+        self._vbuf[:, :, self.length : end].copy_(value_states)
+        self.length = end
+        self.keys = self._kbuf[:, :, :end]
+        self.values = self._vbuf[:, :, :end]
+        return self.keys, self.values
+
+    def _realloc(self, indices, cap, key_like, value_like):
+        """New buffers of `cap` positions holding the filled part (rows `indices` if given)."""
+        k_old, v_old = self._kbuf, self._vbuf
+        if k_old is not None and indices is not None:
+            k_old = k_old[:, :, : self.length].index_select(0, indices)
+            v_old = v_old[:, :, : self.length].index_select(0, indices)
+        b = k_old.shape[0] if k_old is not None else key_like.shape[0]
+        h, d, dv = key_like.shape[1], key_like.shape[-1], value_like.shape[-1]
+        self._kbuf = key_like.new_empty((b, h, cap, d))
+        self._vbuf = value_like.new_empty((b, h, cap, dv))
+        if k_old is not None and self.length:
+            self._kbuf[:, :, : self.length].copy_(k_old[:, :, : self.length])
+            self._vbuf[:, :, : self.length].copy_(v_old[:, :, : self.length])
+        self.keys = self._kbuf[:, :, : self.length]
+        self.values = self._vbuf[:, :, : self.length]
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices):
+        if self._kbuf is not None:
+            self._realloc(indices, self._kbuf.shape[-2], self._kbuf, self._vbuf)
+
+    def batch_repeat_interleave(self, repeats: int):
+        if self._kbuf is not None:
+            rows = torch.arange(self._kbuf.shape[0], device=self._kbuf.device)
+            self.batch_select_indices(rows.repeat_interleave(repeats))
+
+    def reorder_cache(self, beam_idx):
+        self.batch_select_indices(beam_idx)
+
+    def reset(self):
+        self.length = 0
+        self._kbuf = self._vbuf = None
+        self.keys = self.values = None
+        self.is_initialized = False
+
+    def crop(self, tokens_to_remove: int):
+        raise NotImplementedError("rollout cache layers cannot be cropped")
+
+
+# ---------------------------------------------------------------------------------------
+# the in-process engine
+
+
+class TransformersEngine:
+    """In-process batched sampler over a Hugging Face causal LM (shares the module)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 256, device=None, compact_after: float = 3.0,
+                 inplace_cache: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.device = torch.device(device) if device is not None else None
+        # drop finished rows once (dead share of the batch) x (steps left) reaches this
+        self.compact_after = compact_after
+        self.inplace_cache = inplace_cache
+
+    # -- public API --------------------------------------------------------------------
+
+    def update_weights(self, model) -> None:
+        """No-op: this backend samples from the very module being trained."""
+        if model is not None and model is not self.model:
+            self.model = model
+
+    def generate(
+        self, prompts: list[str] | list[list[int]], params: SamplingParams, progress: bool = False
+    ) -> Rollout:
+        start = time.perf_counter()
+        prompt_ids = self._encode(prompts)
+        n, num_prompts = params.n, len(prompt_ids)
+        total_rows = num_prompts * n
+        seed = params.seed
+        if seed is None and not params.greedy:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+
+        completions: list[list[int]] = [[] for _ in range(total_rows)]
+        logprobs: list[list[float]] = [[] for _ in range(total_rows)]
+        reasons = ["length"] * total_rows
+        texts = [""] * total_rows
+
+        # Longest prompts first: similar lengths share a batch (little padding) and the
+        # largest prefill happens while memory is emptiest.
+        order = sorted(range(total_rows), key=lambda r: (-len(prompt_ids[r // n]), r))
+        batches = [order[s : s + self.batch_size] for s in range(0, total_rows, self.batch_size)]
+
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total_rows, desc="rollout", unit="seq")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for rows in batches:
+                    out = self._generate_batch(rows, prompt_ids, params, seed)
+                    for r, (toks, lps, reason, text) in zip(rows, out):
+                        completions[r], logprobs[r], reasons[r], texts[r] = toks, lps, reason, text
+                    if bar is not None:
+                        bar.update(len(rows))
+                        bar.set_postfix(tok_s=f"{sum(map(len, completions)) / (time.perf_counter() - start):.0f}")
+        finally:
+            self.model.train(was_training)
+            if bar is not None:
+                bar.close()
+
+        return Rollout(
+            prompt_ids=[list(prompt_ids[r // n]) for r in range(total_rows)],
+            completion_ids=completions,
+            logprobs=logprobs,
+            texts=texts,
+            finish_reasons=reasons,
+            prompt_index=[r // n for r in range(total_rows)],
+            num_generated_tokens=sum(len(c) for c in completions),
+            wall_time_s=time.perf_counter() - start,
+        )
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _encode(self, prompts) -> list[list[int]]:
+        if isinstance(prompts, (str, bytes)):
+            raise TypeError("prompts must be a list of strings or of token-id lists, not a single string")
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        if all(isinstance(p, str) for p in prompts):
+            ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        else:
+            ids = [[int(t) for t in p] for p in prompts]
+        for i, p in enumerate(ids):
+            if not p:
+                raise ValueError(f"prompt {i} is empty")
+        return ids
+
+    @property
+    def _device(self) -> torch.device:
+        if self.device is not None:
+            return self.device
+        return next(self.model.parameters()).device
+
+    def _eos_ids(self) -> list[int]:
+        ids = set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        gen_cfg = getattr(self.model, "generation_config", None)
+        extra = getattr(gen_cfg, "eos_token_id", None) if gen_cfg is not None else None
+        if isinstance(extra, int):
+            ids.add(extra)
+        elif extra is not None:
+            ids.update(int(e) for e in extra)
+        return sorted(ids)
+
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        for cand in (tok.pad_token_id, tok.eos_token_id, 0):
+            if cand is not None:
+                return int(cand)
+        return 0
+
+    def _generate_batch(self, rows: list[int], prompt_ids: list[list[int]], params: SamplingParams, seed):
+        """Generate for the given global rows; returns [(tokens, logprobs, reason, text)] in row order."""
+        model, device, n = self.model, self._device, params.n
+        batch = len(rows)
+        max_new = params.max_new_tokens
+
+        # -- prefill: each distinct prompt once, left padded --------------------------------
+        uniq: dict[int, int] = {}
+        for r in rows:
+            uniq.setdefault(r // n, len(uniq))
+        uniq_prompts = [prompt_ids[i] for i in uniq]
+        width = max(len(p) for p in uniq_prompts)
+        pad = self._pad_id()
+        ids = torch.full((len(uniq_prompts), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(uniq_prompts), width), dtype=torch.long)
+        for u, p in enumerate(uniq_prompts):
+            ids[u, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            attn[u, width - len(p):] = 1
+        ids, attn = ids.to(device), attn.to(device)
+        positions = (attn.cumsum(-1) - 1).clamp_min_(0)
+
+        cache = _growing_cache(model, width + max_new) if self.inplace_cache else DynamicCache(config=model.config)
+        out = model(
+            input_ids=ids, attention_mask=attn, position_ids=positions,
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
+        )
+        logits = out.logits[:, -1, :]
+        cache = out.past_key_values
+        expand = [uniq[r // n] for r in rows]
+        if expand != list(range(len(uniq_prompts))):
+            idx = torch.tensor(expand, dtype=torch.long, device=device)
+            cache.batch_select_indices(idx)
+            logits, attn = logits.index_select(0, idx), attn.index_select(0, idx)
+        next_pos = attn.sum(-1)  # [B] position of the first generated token
+        # the attention mask for every position the batch can reach, sliced per step
+        attn_full = torch.cat([attn, attn.new_ones((batch, max_new))], dim=-1)
+
+        keys = None
+        if not params.greedy:
+            keys = row_keys(seed, [r // n for r in rows], [r % n for r in rows], device=device)
+        eos = torch.tensor(self._eos_ids(), dtype=torch.long, device=device)
+
+        # -- decode ------------------------------------------------------------------------
+        tokens_out = torch.full((batch, max_new), pad, dtype=torch.long, device=device)
+        logp_out = torch.zeros((batch, max_new), dtype=torch.float32, device=device)
+        length_out = torch.full((batch,), max_new, dtype=torch.long, device=device)
+        reason_out = torch.full((batch,), _LENGTH, dtype=torch.long, device=device)
+        live = torch.arange(batch, device=device)   # batch-local row of each live slot
+        dead = torch.zeros(batch, dtype=torch.bool, device=device)  # finished but not yet compacted
+
+        stops = params.stop
+        host_tokens: list[list[int]] | None = [[] for _ in range(batch)] if stops else None
+        live_host = list(range(batch))
+        tail = max((len(s) for s in stops), default=0) + 4
+
+        for step in range(max_new):
+            tok, lp = sample_next(logits, params, keys, step)
+            tokens_out[live, step] = tok
+            logp_out[live, step] = lp
+            finished = torch.isin(tok, eos)
+            reason = torch.where(finished, _EOS, _LENGTH)
+            if stops:
+                hit = self._stop_hits(tok.tolist(), live_host, dead, host_tokens, stops, tail)
+                if hit:
+                    hit_t = torch.zeros_like(finished)
+                    hit_t[torch.tensor(hit, device=device)] = True
+                    reason = torch.where(~finished & hit_t, _STOP, reason)
+                    finished = finished | hit_t
+            newly = finished & ~dead
+            length_out[live] = torch.where(newly, step + 1, length_out[live])
+            reason_out[live] = torch.where(newly, reason, reason_out[live])
+            dead = dead | finished
+            if step == max_new - 1:
+                break
+            num_dead = int(dead.sum())  # the one host sync per step
+            if num_dead == dead.numel():
+                break
+            # Dropping rows copies the whole cache once (~1-2 decode steps of work); it pays
+            # off when the dead share of the batch times the steps left is large enough.
+            if num_dead and num_dead * (max_new - step - 1) >= self.compact_after * dead.numel():
+                keep = (~dead).nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                live, tok, next_pos = live[keep], tok[keep], next_pos[keep]
+                attn_full = attn_full.index_select(0, keep)
+                if keys is not None:
+                    keys = keys[keep]
+                if stops:
+                    keep_host = keep.tolist()
+                    live_host = [live_host[k] for k in keep_host]
+                dead = dead[keep]
+            cur = width + step + 1
+            out = model(
+                input_ids=tok[:, None], attention_mask=attn_full[:, :cur], position_ids=(next_pos + step)[:, None],
+                past_key_values=cache, use_cache=True,
+            )
+            logits = out.logits[:, -1, :]
+
+        # -- collect -----------------------------------------------------------------------
+        lengths = length_out.tolist()
+        reasons = reason_out.tolist()
+        toks_all = tokens_out.tolist()
+        lps_all = logp_out.tolist()
+        completions = [toks_all[b][: lengths[b]] for b in range(batch)]
+        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        results = []
+        for b in range(batch):
+            text = texts[b]
+            if reasons[b] == _STOP:
+                text = _truncate_after_stop(text, stops)
+            results.append((completions[b], lps_all[b][: lengths[b]], _REASONS[reasons[b]], text))
+        return results
+
+    def _stop_hits(self, new_tokens, live_host, dead, host_tokens, stops, tail) -> list[int]:
+        """Slots (in the current live batch) whose decoded tail now contains a stop string."""
+        dead_host = dead.tolist() if bool(dead.any()) else None
+        hits = []
+        for slot, (b, t) in enumerate(zip(live_host, new_tokens)):
+            if dead_host is not None and dead_host[slot]:
+                continue
+            seq = host_tokens[b]
+            seq.append(t)
+            text = self.tokenizer.decode(seq[-tail:], skip_special_tokens=True)
+            if any(s in text for s in stops):
+                hits.append(slot)
+        return hits
+
+
+def _truncate_after_stop(text: str, stops) -> str:
+    ends = [text.find(s) + len(s) for s in stops if s in text]
+    return text[: min(ends)] if ends else text
+
+
+# ---------------------------------------------------------------------------------------
+# registry
+
+
+from .vllm_engine import VLLMEngine  # noqa: E402  (vllm itself is imported lazily inside)
+
+ENGINES: dict[str, type] = {"transformers": TransformersEngine, "vllm": VLLMEngine}
+
+
+def make_engine(backend: str, model, tokenizer, **kwargs) -> RolloutEngine:
+    try:
+        cls = ENGINES[backend]
+    except KeyError:
+        raise ValueError(f"unknown rollout backend {backend!r}; choose one of {sorted(ENGINES)}") from None
+    return cls(model, tokenizer, **kwargs)

@@ -1,0 +1,92 @@
+"""Supervised fine-tuning (and pretraining) on token sequences with a loss mask.
+
+Chat examples are rendered with the tokenizer's own chat template; only the final
+assistant turn is trained on (prompt tokens are masked from the loss). Plain text
+documents are trained on every token.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from components.algorithms.sft import sft_loss
+from components.training.loop import Log, no_log, train_loop
+
+
+class EncodingError(ValueError):
+    """An example cannot be rendered into a training sequence."""
+
+
+def encode_chat(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids of the whole conversation and a mask that is 1 on the last assistant turn."""
+    if not messages or messages[-1]["role"] != "assistant":
+        raise EncodingError("a training conversation must end with an assistant message")
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):
+        raise EncodingError("the chat template does not render the prompt as a prefix of the conversation")
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    ids = (p_ids + c_ids)[:max_length]
+    return ids, ([0] * len(p_ids) + [1] * len(c_ids))[:max_length]
+
+
+def encode_text(tokenizer, text: str, max_length: int) -> tuple[list[int], list[int]]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids or ids[-1] != tokenizer.eos_token_id:
+        ids = ids + [tokenizer.eos_token_id]
+    ids = ids[:max_length]
+    return ids, [1] * len(ids)
+
+
+def encode(tokenizer, row: dict, max_length: int) -> tuple[list[int], list[int]]:
+    """Encode a canonical row: {"messages": [...]} or {"text": "..."}."""
+    if "messages" in row:
+        return encode_chat(tokenizer, row["messages"], max_length)
+    return encode_text(tokenizer, row["text"], max_length)
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example: input_ids, attention_mask, loss_mask — all [B, T]."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(examples), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (x, m) in enumerate(examples):
+        ids[i, : len(x)] = torch.tensor(x)
+        attn[i, : len(x)] = 1
+        loss_mask[i, : len(m)] = torch.tensor(m)
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask}
+
+
+def make_batch_fn(encoded: list, batch_size: int, grad_accum: int, seed: int, pad_id: int):
+    """batch_fn(step, micro): the examples at that position of a seeded, per-epoch shuffle."""
+    n = len(encoded)
+
+    @lru_cache(maxsize=4)
+    def order(epoch: int) -> list[int]:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+
+    def batch_fn(step: int, micro: int) -> dict[str, torch.Tensor]:
+        start = ((step - 1) * grad_accum + micro) * batch_size
+        picks = [order(i // n)[i % n] for i in range(start, start + batch_size)]
+        return collate([encoded[j] for j in picks], pad_id)
+
+    return batch_fn
+
+
+def sft_loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss = sft_loss(logits[:, :-1], batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:])
+    return loss, {"tokens": float(batch["loss_mask"][:, 1:].sum())}
+
+
+def run_sft(model, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log: Log = no_log,
+            stop_after: int | None = None):
+    """Train `model` on canonical rows with a TrainConfig; resumable from `ckpt_dir`."""
+    if not rows:
+        raise EncodingError("no training rows")
+    encoded = [encode(tokenizer, row, cfg.max_length) for row in rows]
+    batch_fn = make_batch_fn(encoded, cfg.batch_size, cfg.grad_accum, seed, tokenizer.pad_token_id)
+    return train_loop(model, batch_fn, sft_loss_fn, cfg, ckpt_dir, log=log, stop_after=stop_after)

@@ -1,0 +1,41 @@
+"""Project-local defaults for Prefect, MLflow and DVC, applied before any of them is imported.
+
+Nothing here overrides what the user set: `PREFECT_API_URL` points r1flow at a real Prefect
+server, `MLFLOW_TRACKING_URI` at a real tracking server. Without them everything lives under
+the project folder: Prefect's home and results in `.r1flow/`, MLflow in `mlflow.db` + `mlruns/`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_root() -> Path:
+    """The folder holding data.dvc (searched upwards from the working directory)."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "data.dvc").exists() or (folder / ".dvc").is_dir():
+            return folder
+    return here
+
+
+def configure(root: Path | None = None) -> Path:
+    root = root or project_root()
+    state = root / ".r1flow"
+    defaults = {
+        "PREFECT_HOME": str(state / "prefect"),
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(state / "prefect-results"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "R1FLOW_ARTIFACT_ROOT": (root / "mlruns").as_uri(),
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    for key in ("PREFECT_HOME", "PREFECT_RESULTS_LOCAL_STORAGE_PATH"):
+        Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
+    return root
