@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -96,7 +97,11 @@ def download_model(uri: str, cache: Path) -> Path:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
     except MlflowException as e:
         raise ValueError(f"--from: cannot fetch {uri}: {e.message}") from None
-    for config in sorted(local.rglob("config.json")):
-        if (config.parent / "tokenizer_config.json").exists() or any(config.parent.glob("*.safetensors")):
-            return config.parent
-    raise ValueError(f"--from: {uri} holds no Hugging Face model directory")
+    weights = next((c.parent for c in sorted(local.rglob("config.json")) if any(c.parent.glob("*.safetensors"))), None)
+    if weights is None:
+        raise ValueError(f"--from: {uri} holds no Hugging Face model directory")
+    # The transformers flavor keeps the tokenizer apart (components/tokenizer): put it beside the weights.
+    for tok_file in (local / "components" / "tokenizer").glob("*"):
+        if not (weights / tok_file.name).exists():
+            shutil.copy2(tok_file, weights / tok_file.name)
+    return weights

@@ -5,13 +5,13 @@
 * rows are ordered by prompt length and cut into batches of at most `batch_size` rows;
 * each batch prefills every distinct prompt ONCE (left padded, padding-aware position ids)
   and then expands the KV cache to the G rows that share the prompt;
-* the decode loop runs over the whole batch under `torch.inference_mode()` with a KV cache
-  that grows in place (amortized, no per-step concatenation of the whole cache); finished
-  rows are dropped from the batch (cache, mask, positions) once enough of them have
-  accumulated, so the batch shrinks as rows finish;
+* the decode loop runs over the whole batch under `torch.inference_mode()` with the KV
+  cache; finished rows are dropped from the batch (cache, mask, positions, RNG keys) once
+  (their share of the batch) x (steps left) >= `compact_after`, so the batch shrinks as
+  rows finish without paying a full cache copy for every single finished row;
 * sampling is vectorized (see `sampling.py`): one host sync per step (the "all done?"
-  check, which also yields the rows to compact), plus the new tokens when stop strings
-  are in use (stop strings are checked on the decoded tail of each live row only).
+  check, which also tells which rows to drop), plus the new tokens when stop strings are
+  in use (stop strings are checked on the decoded tail of each live row only, once a step).
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ class TransformersEngine:
     """In-process batched sampler over a Hugging Face causal LM (shares the module)."""
 
     def __init__(self, model, tokenizer, batch_size: int = 256, device=None, compact_after: float = 3.0,
-                 inplace_cache: bool = True):
+                 inplace_cache: bool | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
@@ -134,6 +134,9 @@ class TransformersEngine:
         self.device = torch.device(device) if device is not None else None
         # drop finished rows once (dead share of the batch) x (steps left) reaches this
         self.compact_after = compact_after
+        # None: preallocated in-place KV buffers on CUDA (no per-step O(L) concatenation);
+        # the stock concatenating DynamicCache on CPU, where SDPA over the strided views of
+        # a preallocated buffer measured slower than the concatenation it saves.
         self.inplace_cache = inplace_cache
 
     # -- public API --------------------------------------------------------------------
@@ -259,11 +262,13 @@ class TransformersEngine:
         ids, attn = ids.to(device), attn.to(device)
         positions = (attn.cumsum(-1) - 1).clamp_min_(0)
 
-        cache = _growing_cache(model, width + max_new) if self.inplace_cache else DynamicCache(config=model.config)
-        out = model(
-            input_ids=ids, attention_mask=attn, position_ids=positions,
-            past_key_values=cache, use_cache=True, logits_to_keep=1,
-        )
+        inplace = self.inplace_cache if self.inplace_cache is not None else device.type == "cuda"
+        cache = _growing_cache(model, width + max_new) if inplace else DynamicCache(config=model.config)
+        kwargs = dict(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True)
+        try:
+            out = model(**kwargs, logits_to_keep=1)  # only the last position's logits
+        except TypeError:  # a model without `logits_to_keep`
+            out = model(**kwargs)
         logits = out.logits[:, -1, :]
         cache = out.past_key_values
         expand = [uniq[r // n] for r in rows]

@@ -9,7 +9,7 @@ the batch, on batch sizes or on compaction order) without a Python loop over row
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -61,7 +61,6 @@ class Rollout:
     prompt_index: list[int]          # i for each row
     num_generated_tokens: int
     wall_time_s: float
-    extras: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.completion_ids)

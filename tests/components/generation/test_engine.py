@@ -196,11 +196,13 @@ def test_eos_finish(engine, tok, prompts):
             assert len(c) == 40 and eos not in c
 
 
-def test_compaction_does_not_change_outputs(model, tok, engine, prompts):
+def test_compaction_and_cache_kind_do_not_change_outputs(model, tok, engine, prompts):
     p = SamplingParams(n=8, temperature=3.0, max_new_tokens=40, seed=0, stop=("4",))
     eager = TransformersEngine(model, tok, compact_after=0.0).generate(prompts, p)  # drop rows at once
     never = TransformersEngine(model, tok, compact_after=float("inf")).generate(prompts, p)
-    assert eager.completion_ids == never.completion_ids == engine.generate(prompts, p).completion_ids
+    inplace = TransformersEngine(model, tok, inplace_cache=True).generate(prompts, p)  # preallocated KV buffers
+    assert eager.completion_ids == never.completion_ids == inplace.completion_ids
+    assert engine.generate(prompts, p).completion_ids == eager.completion_ids
     assert eager.finish_reasons == never.finish_reasons and {"eos", "stop"} <= set(eager.finish_reasons)
     torch.testing.assert_close(
         torch.tensor(sum(eager.logprobs, [])), torch.tensor(sum(never.logprobs, [])), atol=1e-5, rtol=0

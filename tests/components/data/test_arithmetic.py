@@ -1,0 +1,100 @@
+import hashlib
+import json
+import random
+
+import pytest
+
+from components.data import arithmetic as ar
+from components.data.curate import FILES, build, chat_text
+from components.config import DataConfig
+
+
+@pytest.mark.parametrize("numbers, ops, answer, steps", [
+    # 7+3*4-2: the product first (12), then left to right: 7+12=19, 19-2=17.
+    ([7, 3, 4, 2], ["+", "*", "-"], 17, ("3*4=12", "7+12=19", "19-2=17")),
+    # 2*3*4: products left to right.
+    ([2, 3, 4], ["*", "*"], 24, ("2*3=6", "6*4=24")),
+    # 5-9+1: subtraction is left-associative, negatives allowed.
+    ([5, 9, 1], ["-", "+"], -3, ("5-9=-4", "-4+1=-3")),
+    ([8, 0], ["*"], 0, ("8*0=0",)),
+])
+def test_solve_respects_precedence(numbers, ops, answer, steps):
+    assert ar.solve(numbers, ops) == (answer, steps)
+
+
+def test_problems_match_python_arithmetic():
+    rng = random.Random(0)
+    for level in ar.LEVELS:
+        for _ in range(200):
+            p = ar.sample_problem(rng, level)
+            # the expression uses only digits and + - *, so this is a plain integer check
+            tokens = p.expression.replace("-", " - ").replace("+", " + ").replace("*", " * ").split()
+            total, term, sign = 0, int(tokens[0]), 1
+            for op, num in zip(tokens[1::2], map(int, tokens[2::2])):
+                if op == "*":
+                    term *= num
+                else:
+                    total, term, sign = total + sign * term, num, (1 if op == "+" else -1)
+            assert p.answer == total + sign * term
+            assert p.solution() == f"<think>{' '.join(p.steps)}</think><answer>{p.answer}</answer>"
+
+
+def test_generate_is_deterministic_and_distinct():
+    a = ar.generate(3, 300, [1, 2, 3, 4], heldout=False)
+    assert a == ar.generate(3, 300, [1, 2, 3, 4], heldout=False)
+    assert len({p.expression for p in a}) == 300
+    with pytest.raises(ValueError, match="cannot draw"):
+        ar.generate(0, 1000, [1], heldout=False)  # only ~270 distinct level-1 problems exist
+    with pytest.raises(ValueError, match="unknown level"):
+        ar.generate(0, 5, [7], heldout=False)
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory):
+    cfg = DataConfig(n_pretrain=3000, n_cold_start=200, n_rl=500, n_preferences=100, n_rankings=50, n_eval=300)
+    out = tmp_path_factory.mktemp("data") / "data"
+    counts = build(cfg, out)
+    return cfg, out, counts
+
+
+def test_curated_files_and_counts(curated):
+    cfg, out, counts = curated
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert counts["eval.jsonl"] == 300 and counts["cold_start.jsonl"] == 200
+
+
+def test_heldout_split_never_overlaps_training(curated):
+    _, out, _ = curated
+    evals = {json.loads(line)["prompt"] for line in (out / "eval.jsonl").open()}
+    assert evals and all(ar.is_heldout(e) for e in evals)
+    for name in FILES:
+        if name == "eval.jsonl":
+            continue
+        text = (out / name).read_text()
+        for line in text.splitlines():
+            row = json.loads(line)
+            prompt = row.get("prompt") or (row["messages"][0]["content"] if "messages" in row else
+                                           row["text"].split(":")[0].split("<|user|>")[-1].split("<|end|>")[0])
+            assert prompt not in evals, f"{name} contains held-out problem {prompt}"
+
+
+def test_same_config_writes_identical_bytes(curated, tmp_path):
+    cfg, out, _ = curated
+    build(cfg, tmp_path / "again")
+    for name in FILES:
+        assert hashlib.md5((out / name).read_bytes()).digest() == hashlib.md5((tmp_path / "again" / name).read_bytes()).digest()
+
+
+def test_preferences_and_rankings_are_ordered_by_quality(curated):
+    _, out, _ = curated
+    for line in (out / "preferences.jsonl").open():
+        row = json.loads(line)
+        assert row["chosen"] != row["rejected"] and "<think>" in row["rejected"]
+    for line in (out / "rankings.jsonl").open():
+        best, direct, wrong, bare = json.loads(line)["responses"]
+        assert best.startswith("<think>") and direct.startswith("<answer>") and "<" not in bare
+
+
+def test_chat_text_matches_the_tokenizer_template(tiny_tokenizer):
+    messages = [{"role": "user", "content": "1+2"}, {"role": "assistant", "content": "<answer>3</answer>"}]
+    assert tiny_tokenizer.apply_chat_template(messages, tokenize=False) == chat_text("1+2", "<answer>3</answer>")

@@ -1,0 +1,50 @@
+from pathlib import Path
+
+import pytest
+
+from components.config import Recipe, RecipeError, load_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_shipped_recipe_validates_and_names_its_command(name):
+    path = REPO / "configs" / name
+    assert isinstance(load_recipe(path), Recipe)
+    assert path.read_text().splitlines()[0] == f"# r1flow run configs/{name}"
+
+
+def test_overrides_are_typed_and_nested():
+    r = load_recipe(REPO / "configs/tiny.yaml", ["cold_start.lr=0.5", "model.arch.num_layers=3",
+                                                  "run.stages=[base]", "cold_start.source="])
+    assert r.cold_start.lr == 0.5 and r.model.arch.num_layers == 3 and r.run.stages == ["base"]
+    assert r.cold_start.source is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("cold_start.lrr=1", "cold_start.lrr: Extra inputs are not permitted"),
+    ("cold_start.lr=abc", "cold_start.lr: Input should be a valid number"),
+    ("cold_start.lr=-1", "cold_start.lr: Input should be greater than 0"),
+    ("cold_start.finetune=half", "cold_start.finetune: Input should be 'full', 'lora' or 'qlora'"),
+    ("model.arch.hidden_size=33", "model.arch: Value error, hidden_size 33 is not divisible by num_heads"),
+    ("run.stages=[base, warmup]", "unknown stage(s) ['warmup'] in run.stages"),
+    ("data.levels=[9]", "data.levels: Value error, unknown level(s) [9]"),
+])
+def test_invalid_values_name_file_and_dotted_field(override, message):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(REPO / "configs/tiny.yaml", [override])
+    assert str(err.value).startswith(str(REPO / "configs/tiny.yaml"))
+    assert message in str(err.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("run: [unclosed")
+    with pytest.raises(RecipeError, match="invalid YAML"):
+        load_recipe(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(RecipeError, match="a recipe is a mapping"):
+        load_recipe(tmp_path / "list.yaml")
+    with pytest.raises(RecipeError, match="expected section.field=value"):
+        load_recipe(None, ["cold_start.lr"])

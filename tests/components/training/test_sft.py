@@ -1,0 +1,59 @@
+import torch
+
+from components.config import TrainConfig
+from components.training.loop import lr_lambda
+from components.training.sft import encode_chat, make_batch_fn, run_sft
+
+ROWS = [{"messages": [{"role": "user", "content": f"{a}*{b}"},
+                      {"role": "assistant", "content": f"<think>{a}*{b}={a * b}</think><answer>{a * b}</answer>"}]}
+        for a in range(5) for b in range(5)]
+
+
+def test_prompt_tokens_are_masked_from_the_loss(tiny_tokenizer):
+    ids, mask = encode_chat(tiny_tokenizer, ROWS[7]["messages"], max_length=64)
+    text = tiny_tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    assert text == "<think>1*2=2</think><answer>2</answer><|end|>"
+    prompt = tiny_tokenizer.decode([i for i, m in zip(ids, mask) if not m])
+    assert prompt == "<|user|>1*2<|end|><|assistant|>"
+
+
+def test_batches_are_a_pure_function_of_position():
+    encoded = [([i, i], [1, 1]) for i in range(10)]
+    a = make_batch_fn(encoded, batch_size=4, grad_accum=2, seed=3, pad_id=0)
+    b = make_batch_fn(encoded, batch_size=4, grad_accum=2, seed=3, pad_id=0)
+    seen = [a(step, micro)["input_ids"][:, 0].tolist() for step in (1, 2, 3) for micro in (0, 1)]
+    assert seen == [b(step, micro)["input_ids"][:, 0].tolist() for step in (1, 2, 3) for micro in (0, 1)]
+    first_epoch = sum(seen, [])[:10]
+    assert sorted(first_epoch) == list(range(10)), "each example once per epoch"
+
+
+def test_schedule_values():
+    f = lr_lambda("cosine", warmup=2, total=10)
+    assert [f(0), f(1)] == [0.5, 1.0]
+    assert abs(f(2) - 1.0) < 1e-12 and abs(f(6) - 0.5) < 1e-12 and abs(f(10)) < 1e-12
+    assert lr_lambda("linear", 0, 4)(2) == 0.5 and lr_lambda("constant", 0, 4)(3) == 1.0
+
+
+def _weights(model):
+    return {n: p.detach().clone() for n, p in model.state_dict().items()}
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_model, tiny_tokenizer, tmp_path):
+    import copy
+
+    cfg = TrainConfig(steps=6, batch_size=4, grad_accum=2, lr=3e-3, warmup_steps=2, ckpt_every=2, log_every=1)
+    fresh = copy.deepcopy(tiny_model)
+    straight = copy.deepcopy(tiny_model)
+    run_sft(straight, tiny_tokenizer, ROWS, cfg, tmp_path / "a", seed=1)
+
+    logged = []
+    first = run_sft(fresh, tiny_tokenizer, ROWS, cfg, tmp_path / "b", seed=1, stop_after=3)
+    assert first.resumed_from == 0
+    torch.manual_seed(12345)  # a new process would start from other RNG state
+    restarted = copy.deepcopy(tiny_model)  # the "new process" rebuilds the model from scratch
+    second = run_sft(restarted, tiny_tokenizer, ROWS, cfg, tmp_path / "b", seed=1,
+                     log=lambda m, s: logged.append(s))
+    assert second.resumed_from == 3 and logged == [4, 5, 6]
+    expected, got = _weights(straight), _weights(restarted)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert not all(torch.equal(expected[k], _weights(tiny_model)[k]) for k in expected), "training changed weights"
