@@ -118,6 +118,71 @@ class TrainConfig(Section):
         "file or hf:org/name (the stage's schema applies).")
 
 
+class RewardItem(Section):
+    name: str = Field(..., description="A registered reward function (components/rewards).")
+    weight: float = 1.0
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class RLConfig(Section):
+    """GRPO (seed §2.2.1): G samples per prompt, group-normalised advantages, clipped ratio, KL to a reference."""
+
+    steps: int = Field(50, ge=1, description="Rollout iterations (each: sample, score, then optimise).")
+    prompts_per_step: int = Field(16, ge=1)
+    group_size: int = Field(8, ge=2, description="G: samples per prompt.")
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    ppo_epochs: int = Field(1, ge=1, description="Optimisation passes over each rollout batch (μ).")
+    minibatch_size: int = Field(64, ge=1, description="Sequences per optimizer step.")
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    max_grad_norm: float = Field(1.0, gt=0)
+    clip_low: float = Field(0.2, gt=0)
+    clip_high: float = Field(0.28, gt=0, description="Upper clip range (DAPO clip-higher).")
+    beta: float = Field(0.04, ge=0, description="KL coefficient to the frozen reference (0 = no reference).")
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    loss_agg: str = Field("token-mean", description="components.algorithms AGGREGATIONS name.")
+    advantage: str = Field("grpo", description="components.algorithms ADVANTAGE_ESTIMATORS name.")
+    skip_zero_variance: bool = Field(True, description="Drop groups whose rewards are all equal (DAPO).")
+    pass_rate_band: tuple[float, float] | None = Field(
+        None, description="Keep only prompts whose pre-estimated pass rate lies in [low, high].")
+    rewards: list[RewardItem] = Field(
+        default_factory=lambda: [RewardItem(name="exact_int", weight=1.0), RewardItem(name="format", weight=0.2)])
+    reward_timeout_s: float = Field(5.0, gt=0)
+    finetune: Literal["full", "lora", "qlora"] = "full"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    merge_lora: bool = True
+    ckpt_every: int = Field(10, ge=1)
+    log_every: int = Field(1, ge=1)
+    table_every: int = Field(10, ge=1, description="Log a table of sample completions every N steps.")
+    limit: int | None = Field(None, ge=1, description="Use at most this many prompts.")
+    source: str | None = Field(None, description="Prompt/answer data instead of the curated file.")
+    system_prompt: str | None = None
+
+
+class RejectionConfig(Section):
+    """Rejection sampling (seed §2.3.3): K samples per prompt, keep verified ones, at most k per prompt."""
+
+    samples_per_prompt: int = Field(8, ge=1, description="K.")
+    keep_per_prompt: int = Field(2, ge=1, description="k: at most this many accepted samples per prompt.")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(64, ge=1)
+    min_tokens: int = Field(1, ge=0)
+    max_tokens: int = Field(64, ge=1)
+    verifier: str = Field("exact_int", description="Reward function that decides correctness.")
+    require_format: bool = True
+    batch_size: int = Field(256, ge=1)
+    limit: int | None = Field(None, ge=1, description="Use at most this many prompts.")
+    source: str | None = None
+    system_prompt: str | None = None
+
+
 class EvalConfig(Section):
     source: str | None = Field(None, description="Held-out prompt/answer data instead of data/eval.jsonl.")
     correctness: str = Field("exact_int", description="Reward function that decides a correct answer.")
@@ -129,7 +194,7 @@ class EvalConfig(Section):
 
 
 # Every training stage is configured by the recipe section of the same name.
-STAGE_SECTIONS = ("base", "cold_start")
+STAGE_SECTIONS = ("base", "cold_start", "cold_start_rl", "rejection_sampling", "sft", "reasoning_rl")
 
 
 class Recipe(Section):
@@ -138,6 +203,10 @@ class Recipe(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     base: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=1500, batch_size=64, lr=2e-3))
     cold_start: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=150, lr=5e-4))
+    cold_start_rl: RLConfig = Field(default_factory=RLConfig)
+    rejection_sampling: RejectionConfig = Field(default_factory=RejectionConfig)
+    sft: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=200, lr=3e-4))
+    reasoning_rl: RLConfig = Field(default_factory=RLConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")

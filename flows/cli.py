@@ -64,6 +64,23 @@ def stage(name: str = typer.Argument(..., help="Stage to run, e.g. cold_start.")
     typer.echo(json.dumps(metrics, indent=2))
 
 
+@app.command()
+def serve(recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] = SetOpt,
+          name: str = typer.Option("r1flow", help="Deployment name."),
+          cron: Optional[str] = typer.Option(None, help="Cron schedule, e.g. '0 3 * * *'."),
+          interval: Optional[int] = typer.Option(None, help="Run every N seconds.")) -> None:
+    """Serve the pipeline as a scheduled Prefect deployment (runs until stopped)."""
+    root = configure()
+    try:
+        cfg = _recipe(recipe, set_)
+        from flows.pipeline import r1_pipeline
+
+        r1_pipeline.serve(name=name, cron=cron, interval=interval,
+                          parameters={"recipe": cfg.model_dump(mode="json"), "root": str(root)})
+    except USER_ERRORS as e:
+        _fail(e)
+
+
 @data_app.command("generate")
 def data_generate(recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] = SetOpt,
                   push: bool = typer.Option(True, help="Push the new version to the DVC remote.")) -> None:

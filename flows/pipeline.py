@@ -6,6 +6,7 @@ from pathlib import Path
 from prefect import flow
 
 import tasks.evaluate  # noqa: F401  (registers the stage)
+import tasks.reasoning_stages  # noqa: F401  (registers the stages)
 import tasks.train_stages  # noqa: F401  (registers the stages)
 from components.config import Recipe
 from tasks.pipeline import data_task, pipeline_run, record_stage, starting_model
@@ -23,8 +24,10 @@ def r1_pipeline(recipe: dict, root: str = ".") -> dict:
         for stage in cfg.run.stages:
             if stage == "base" and model is not None:
                 continue  # the recipe names an existing model: nothing to pretrain
-            model = run_stage(stage, recipe, model, data, parent, label=stage)
+            previous, model = model, run_stage(stage, recipe, model, data, parent, label=stage)
             record_stage(stage, model)
+            if previous is not None and model.digest == previous.digest:
+                continue  # same weights (rejection sampling only derives data): nothing new to evaluate
             scores = run_stage("evaluate", recipe, model, data, parent, label=f"evaluate/{stage}")
             record_stage("evaluate", scores)
             metrics[stage] = scores.metrics

@@ -6,6 +6,7 @@ from pathlib import Path
 from prefect import flow
 
 import tasks.evaluate  # noqa: F401  (registers the stage)
+import tasks.reasoning_stages  # noqa: F401  (registers the stages)
 import tasks.train_stages  # noqa: F401  (registers the stages)
 from components.config import Recipe
 from tasks.pipeline import data_task, pipeline_run, record_stage, resolve_model

@@ -1,6 +1,9 @@
 """What every stage does at its edges: read its data, record it, save and register its model."""
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from components.data.loaders import load_records
 from components.io import atomic_dir, digest_path
 from components.modeling.models import load_model, load_tokenizer, save_model
@@ -13,9 +16,13 @@ def read_rows(ctx: StageContext, default_file: str, schema: str, source: str | N
     """The stage's rows (user `source` or the curated file), recorded as an MLflow dataset input."""
     path = source or ctx.data.file(default_file)
     rows = load_records(path, schema, limit=limit)
-    digest = ctx.data.files.get(default_file, "") if source is None else digest_path(path) if "://" not in path \
-        and not path.startswith("hf:") else path
-    tracking.log_dataset(path, digest or ctx.data.md5, name=default_file.split(".")[0], context="training", rows=rows)
+    if source is None:
+        digest = ctx.data.files[default_file]  # the DVC md5 of this file
+    elif Path(source).exists():
+        digest = digest_path(source)
+    else:
+        digest = hashlib.sha256(source.encode()).hexdigest()  # a hub dataset: named, not hashed
+    tracking.log_dataset(path, digest, name=Path(default_file).stem, context="training", rows=rows)
     return rows
 
 

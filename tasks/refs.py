@@ -5,6 +5,15 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class DatasetRef:
+    """A derived dataset: content-addressed file recorded in MLflow."""
+
+    uri: str
+    digest: str
+    rows: int
+
+
+@dataclass(frozen=True)
 class ModelRef:
     """A model a stage produced or started from: where it is and exactly which it is."""
 
@@ -13,6 +22,12 @@ class ModelRef:
     stage: str
     run_id: str | None = None     # MLflow run that produced it
     registered: str | None = None  # models:/name/version
+    dataset: DatasetRef | None = None  # data derived from this model for the next stage (rejection sampling)
+
+    @property
+    def lineage_digest(self) -> str:
+        """What downstream stages depend on: the weights, and derived data riding along."""
+        return self.digest + (f"+{self.dataset.digest}" if self.dataset else "")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from prefect import task
 from prefect.context import get_run_context
 
 from components.config import Recipe
+from components.io import digest_path
 from tasks import tracking
 from tasks.refs import EvalRef, ModelRef
 from tasks.versioning import DataRef, code_digest, git_commit
@@ -61,12 +62,15 @@ def register(name: str, reads: tuple[str, ...], code: tuple[str, ...], section: 
 
 def stage_key(stage: str, recipe: Recipe, upstream: ModelRef | None, data: DataRef) -> str:
     spec = STAGES[stage]
+    section = recipe.model_dump(mode="json").get(spec.section)
+    source = section.get("source") if isinstance(section, dict) else None
     payload = {
         "stage": stage,
-        "section": recipe.model_dump(mode="json").get(spec.section),
+        "section": section,
+        "source": digest_path(source) if source and Path(source).exists() else None,  # user data content
         "model": recipe.model.model_dump(mode="json"),
         "seed": recipe.run.seed,
-        "upstream": upstream.digest if upstream else None,
+        "upstream": upstream.lineage_digest if upstream else None,
         "data": data.digest(spec.reads),
         "code": code_digest(*spec.code),
     }

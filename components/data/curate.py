@@ -6,7 +6,7 @@ reproduces the md5 committed in `data.dvc`.
 
 Files (JSON lines):
   pretrain.jsonl     {"text"}                         base-model pretraining documents
-  cold_start.jsonl   {"messages", "level"}            curated worked solutions (reasoning format)
+  cold_start.jsonl   {"messages", "prompt", "answer", "level"}  curated worked solutions (reasoning format)
   rl_prompts.jsonl   {"prompt", "answer", "level"}    prompts with gold answers for RL / rejection sampling
   preferences.jsonl  {"prompt", "chosen", "rejected", "level"}
   rankings.jsonl     {"prompt", "responses", "level"} K responses, best first
@@ -79,9 +79,10 @@ def build(cfg, out_dir: str | Path) -> dict[str, int]:
     evals = ar.generate(cfg.seed + 6, cfg.n_eval, cfg.levels, heldout=True)
     files = {
         "pretrain.jsonl": pretrain_docs(pre, rng, cfg.direct_answer_fraction),
-        "cold_start.jsonl": [
+        "cold_start.jsonl": [  # prompt/answer ride along so cold-start RL can use the same file
             {"messages": [{"role": "user", "content": p.expression},
-                          {"role": "assistant", "content": p.solution()}], "level": p.level}
+                          {"role": "assistant", "content": p.solution()}],
+             "prompt": p.expression, "answer": str(p.answer), "level": p.level}
             for p in cold
         ],
         "rl_prompts.jsonl": [{"prompt": p.expression, "answer": str(p.answer), "level": p.level} for p in rl],

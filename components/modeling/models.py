@@ -13,6 +13,11 @@ import torch
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def default_device() -> str:
+    """The device models are trained on: the first GPU when there is one, else the CPU."""
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
 class ModelLoadError(ValueError):
     """The model named by the recipe cannot be loaded."""
 
@@ -29,7 +34,7 @@ def build_tiny_llama(arch, tokenizer, seed: int):
         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(config).to(default_device())
 
 
 def _check_exists(name_or_path: str) -> None:
@@ -60,7 +65,7 @@ def load_model(name_or_path: str, *, finetune: str = "full", lora=None, dtype: s
 
     _check_exists(name_or_path)
     kwargs = dict(revision=revision, trust_remote_code=trust_remote_code, use_safetensors=True,
-                  dtype=DTYPES[dtype])
+                  dtype=DTYPES[dtype], device_map={"": default_device()})
     if finetune == "qlora":
         kwargs["quantization_config"] = _nf4_config(dtype)
     try:

@@ -77,6 +77,7 @@ def make_batch_fn(encoded: list, batch_size: int, grad_accum: int, seed: int, pa
 
 
 def sft_loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    batch = {k: v.to(model.device) for k, v in batch.items()}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     loss = sft_loss(logits[:, :-1], batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:])
     return loss, {"tokens": float(batch["loss_mask"][:, 1:].sum())}

@@ -1,0 +1,112 @@
+"""The tensors of one GRPO rollout batch and the forwards that score its completions.
+
+A `RolloutBatch` holds the kept rows of a rollout as right-padded ``[N, L]`` sequences
+(prompt + completion) together with what the loss needs per row: the prompt length, the
+advantage, and, once computed, old-policy and reference log-probs. Log-prob tensors are
+aligned with ``input_ids`` (column p holds log pi(token p | tokens < p), 0 on prompt and
+padding), so a minibatch is just a row selection followed by a column trim.
+
+`completion_logprobs` is the one training forward: it asks the model for logits of the
+completion region only (``logits_to_keep``; the shortest prompt decides where that region
+starts) and returns token log-probs and, from the same logits, token entropies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from components.algorithms import entropy_from_logits, token_logprobs
+
+
+@dataclass
+class RolloutBatch:
+    input_ids: Tensor        # [N, L] long, prompt + completion, right padded
+    attention_mask: Tensor   # [N, L] long
+    completion_mask: Tensor  # [N, L] bool, True on completion tokens (EOS included)
+    prompt_len: Tensor       # [N] long
+    seq_len: Tensor          # [N] long, prompt + completion
+    advantages: Tensor       # [N] float
+    old_logp: Tensor | None = None  # [N, L] aligned with input_ids; None = the current policy
+    ref_logp: Tensor | None = None  # [N, L] aligned with input_ids; None = no KL term
+
+    @classmethod
+    def from_rollout(cls, rollout, rows: list[int], advantages: Tensor, pad_id: int, device) -> "RolloutBatch":
+        """The given rows of a `Rollout` (prompt ids and completion ids as sampled, no re-tokenizing)."""
+        prompts = [rollout.prompt_ids[r] for r in rows]
+        completions = [rollout.completion_ids[r] for r in rows]
+        p_len = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+        s_len = p_len + torch.tensor([len(c) for c in completions], dtype=torch.long)
+        width = int(s_len.max())
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        for i, (p, c) in enumerate(zip(prompts, completions)):
+            ids[i, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
+        cols = torch.arange(width)
+        attn = cols < s_len[:, None]
+        comp = attn & (cols >= p_len[:, None])
+        return cls(ids.to(device), attn.long().to(device), comp.to(device), p_len.to(device), s_len.to(device),
+                   advantages.to(device=device, dtype=torch.float32))
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def start(self) -> int:
+        """First column that holds a completion token in some row."""
+        return int(self.prompt_len.min())
+
+    def select(self, idx: Tensor) -> "RolloutBatch":
+        """Rows `idx`, trimmed to their own longest sequence."""
+        idx = idx.to(self.input_ids.device)
+        width = int(self.seq_len[idx].max())
+
+        def cut(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x[idx, :width]
+
+        return replace(self, input_ids=cut(self.input_ids), attention_mask=cut(self.attention_mask),
+                       completion_mask=cut(self.completion_mask), prompt_len=self.prompt_len[idx],
+                       seq_len=self.seq_len[idx], advantages=self.advantages[idx],
+                       old_logp=cut(self.old_logp), ref_logp=cut(self.ref_logp))
+
+
+def _logits_tail(model, input_ids: Tensor, attention_mask: Tensor, keep: int) -> Tensor:
+    """Logits of the last `keep` positions, without materialising the prompt's logits."""
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    try:
+        logits = model(**kwargs, logits_to_keep=keep).logits
+    except TypeError:  # a model without `logits_to_keep`
+        logits = model(**kwargs).logits
+    return logits[:, -keep:]
+
+
+def completion_logprobs(model, batch: RolloutBatch, temperature: float,
+                        with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Log-probs (and entropies) of columns ``batch.start:`` under softmax(logits / temperature).
+
+    Shapes: -> logp [N, L - start] (differentiable), entropy [N, L - start] (detached) or None.
+    Column j scores token ``input_ids[:, start + j]``, predicted at position ``start + j - 1``.
+    """
+    ids, start = batch.input_ids, batch.start
+    logits = _logits_tail(model, ids, batch.attention_mask, ids.shape[1] - start + 1)[:, :-1]
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = token_logprobs(logits, ids[:, start:])
+    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
+    return logp, entropy
+
+
+def batch_logprobs(model, batch: RolloutBatch, temperature: float, chunk: int) -> Tensor:
+    """No-grad log-probs of every completion token, [N, L] aligned with input_ids.
+
+    Runs under `torch.inference_mode` in chunks of `chunk` rows; the result is an ordinary
+    tensor (safe to use as a constant inside an autograd graph).
+    """
+    out = torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=batch.input_ids.device)
+    for s in range(0, len(batch), chunk):
+        rows = torch.arange(s, min(s + chunk, len(batch)), device=out.device)
+        part = batch.select(rows)
+        with torch.inference_mode():
+            logp, _ = completion_logprobs(model, part, temperature)
+        out[s : s + len(rows), part.start : part.input_ids.shape[1]] = logp
+    return out.masked_fill_(~batch.completion_mask, 0.0)

@@ -1,0 +1,228 @@
+"""GRPO on a tiny random Llama: it learns a toy reward, skips flat groups, resumes exactly,
+survives a raising reward, and measures KL to its reference."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from components.config import LoraConfig, RLConfig, RewardItem
+from components.generation import SamplingParams, make_engine
+from components.rewards import register_reward
+from components.training.grpo import derive_seed, minibatch_plan, pick_prompts, run_grpo
+from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs
+
+
+# --------------------------------------------------------------------------- test-local rewards
+
+
+@register_reward("test_digits")
+def digit_fraction(completions, **_):
+    """Share of completion characters that are digits: learnable by a random tiny model."""
+    return [sum(ch.isdigit() for ch in c) / len(c) if c else 0.0 for c in completions]
+
+
+@register_reward("test_constant")
+def constant(completions, **_):
+    return [1.0] * len(completions)
+
+
+@register_reward("test_boom")
+def boom(completions, **_):
+    raise RuntimeError("this reward is broken")
+
+
+@register_reward("test_by_difficulty")
+def by_difficulty(completions, difficulty, **_):
+    """easy -> 1, hard -> 0, mid -> parity of the text length (pass rate near 1/2)."""
+    return [1.0 if d == "easy" else 0.0 if d == "hard" else float(len(c) % 2 == 0)
+            for c, d in zip(completions, difficulty)]
+
+
+ROWS = [{"prompt": f"{a}+{b}", "answer": str(a + b)} for a in range(4) for b in range(4)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    # tiny models: intra-op threads only add barrier waits on a shared 2-core machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def rl_config(**overrides) -> RLConfig:
+    base = dict(steps=4, prompts_per_step=4, group_size=8, max_new_tokens=8, minibatch_size=32, lr=1e-2,
+                beta=0.0, ckpt_every=2, log_every=1, table_every=2, rewards=[RewardItem(name="test_digits")])
+    return RLConfig(**{**base, **overrides})
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def mean_digit_reward(model, tokenizer) -> float:
+    engine = make_engine("transformers", model, tokenizer)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
+                                             add_generation_prompt=True) for r in ROWS]
+    rollout = engine.generate(prompts, SamplingParams(n=8, max_new_tokens=8, seed=123))
+    scores = digit_fraction(rollout.texts)
+    return sum(scores) / len(scores)
+
+
+def collect():
+    logged: dict[int, dict] = {}
+    return logged, lambda metrics, step: logged.__setitem__(step, dict(metrics))
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+def test_prompt_picks_are_a_pure_function_of_seed_and_iteration():
+    picks = [pick_prompts(10, 4, seed=3, it=it) for it in (1, 2, 3)]
+    assert picks == [pick_prompts(10, 4, seed=3, it=it) for it in (1, 2, 3)]
+    assert sorted(sum(picks, [])[:10]) == list(range(10)), "every prompt once per epoch"
+    assert pick_prompts(10, 4, seed=4, it=1) != picks[0]
+    assert derive_seed(1, "rollout", 2) != derive_seed(1, "rollout", 3)
+
+
+def test_minibatch_plan_covers_every_row_once_per_epoch():
+    plan = minibatch_plan(20, rl_config(ppo_epochs=2, minibatch_size=4, grad_accum=2), seed=0, it=1)
+    assert len(plan) == 2 * 3 and all(len(step) <= 2 for step in plan)
+    first_epoch = torch.cat([m for step in plan[:3] for m in step])
+    assert sorted(first_epoch.tolist()) == list(range(20))
+
+
+def test_one_forward_matches_a_full_forward(tiny_model, tiny_tokenizer):
+    engine = make_engine("transformers", tiny_model, tiny_tokenizer)
+    prompts = [[5, 6, 7], [5, 6, 7, 8, 9]]
+    rollout = engine.generate(prompts, SamplingParams(n=2, max_new_tokens=6, seed=1))
+    batch = RolloutBatch.from_rollout(rollout, [0, 1, 2, 3], torch.zeros(4), tiny_tokenizer.pad_token_id, "cpu")
+    aligned = batch_logprobs(tiny_model, batch, temperature=1.0, chunk=3)
+    tiny_model.eval()
+    with torch.no_grad():
+        full = torch.log_softmax(tiny_model(input_ids=batch.input_ids,
+                                            attention_mask=batch.attention_mask).logits, -1)
+    expected = full[:, :-1].gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    m = batch.completion_mask[:, 1:]
+    assert torch.allclose(aligned[:, 1:][m], expected[m], atol=1e-5)
+    assert torch.all(aligned[~batch.completion_mask] == 0)
+    # the sampler's own log-probs agree (same weights, temperature 1)
+    sampled = torch.tensor(sum(rollout.logprobs, []))
+    assert torch.allclose(aligned[batch.completion_mask], sampled, atol=1e-4)
+    logp, entropy = completion_logprobs(tiny_model, batch, 1.0, with_entropy=True)
+    assert logp.shape == entropy.shape == (4, batch.input_ids.shape[1] - batch.start)
+
+
+# --------------------------------------------------------------------------- training behaviour
+
+
+def test_grpo_learns_a_toy_reward(tiny_model, tiny_tokenizer, tmp_path):
+    before_w, before_r = weights(tiny_model), mean_digit_reward(tiny_model, tiny_tokenizer)
+    logged, log = collect()
+    tables = []
+    result = run_grpo(tiny_model, tiny_tokenizer, ROWS, rl_config(steps=12, ckpt_every=100), tmp_path, seed=0,
+                      log=log, table=lambda rows, step: tables.append((step, rows)))
+    after_r = mean_digit_reward(tiny_model, tiny_tokenizer)
+    assert not same_weights(before_w, weights(tiny_model))
+    assert after_r > before_r + 0.15, (before_r, after_r)
+    assert result.steps == 12 and result.resumed_from == 0 and result.prompts == len(ROWS)
+    assert sorted(logged) == list(range(1, 13))
+    first = logged[1]
+    for key in ("reward/mean", "reward/test_digits", "reward/failures/test_digits", "accuracy", "clip_fraction",
+                "entropy", "completion_length", "groups_kept_frac", "tokens_per_s", "time/generate_frac",
+                "time/optimize_frac", "loss", "lr", "grad_norm"):
+        assert key in first, key
+    assert "kl" not in first, "beta == 0: no reference, no KL"
+    assert first["clip_fraction"] == 0.0, "one optimizer step per batch: the ratio is exactly 1"
+    assert [s for s, _ in tables] == [2, 4, 6, 8, 10, 12]
+    assert set(tables[0][1][0]) == {"prompt", "completion", "reward", "answer"} and len(tables[0][1]) == 32
+
+
+def test_zero_variance_groups_are_skipped(tiny_model, tiny_tokenizer, tmp_path):
+    before = weights(tiny_model)
+    logged, log = collect()
+    cfg = rl_config(steps=2, rewards=[RewardItem(name="test_constant")], beta=0.1)
+    result = run_grpo(tiny_model, tiny_tokenizer, ROWS, cfg, tmp_path, seed=0, log=log)
+    assert same_weights(before, weights(tiny_model))
+    assert [logged[s]["groups_kept_frac"] for s in (1, 2)] == [0.0, 0.0]
+    assert logged[1]["groups_dropped"] == 4 and "loss" not in logged[1]
+    assert result.last_metrics["reward/mean"] == 1.0
+    assert (tmp_path / "step-00000002").is_dir(), "the skipped iterations still count"
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_model, tiny_tokenizer, tmp_path):
+    # ppo_epochs=2 and several minibatches: exercises old log-probs, the KL to a copied
+    # reference, and the optimizer/scheduler state of the checkpoint
+    cfg = rl_config(steps=4, ppo_epochs=2, minibatch_size=8, grad_accum=2, beta=0.05, warmup_steps=2,
+                    schedule="cosine", lr=3e-3)
+    straight = copy.deepcopy(tiny_model)
+    run_grpo(straight, tiny_tokenizer, ROWS, cfg, tmp_path / "a", seed=7)
+
+    first = run_grpo(copy.deepcopy(tiny_model), tiny_tokenizer, ROWS, cfg, tmp_path / "b", seed=7, stop_after=2)
+    assert first.resumed_from == 0
+    torch.manual_seed(999)  # a new process starts from other RNG state
+    logged, log = collect()
+    restarted = copy.deepcopy(tiny_model)  # ...and rebuilds the initial model
+    second = run_grpo(restarted, tiny_tokenizer, ROWS, cfg, tmp_path / "b", seed=7, log=log)
+    assert second.resumed_from == 2 and sorted(logged) == [3, 4]
+    assert same_weights(weights(straight), weights(restarted))
+    assert not same_weights(weights(straight), weights(tiny_model)), "training changed the weights"
+
+
+def test_a_raising_reward_does_not_stop_training(tiny_model, tiny_tokenizer, tmp_path):
+    before = weights(tiny_model)
+    logged, log = collect()
+    cfg = rl_config(steps=2, rewards=[RewardItem(name="test_digits"), RewardItem(name="test_boom", weight=0.5)])
+    run_grpo(tiny_model, tiny_tokenizer, ROWS, cfg, tmp_path, seed=0, log=log)
+    assert [logged[s]["reward/failures/test_boom"] for s in (1, 2)] == [32, 32]
+    assert logged[2]["reward/test_boom"] == 0.0 and logged[2]["reward/failures/test_digits"] == 0
+    assert not same_weights(before, weights(tiny_model))
+
+
+def test_kl_to_the_reference(tiny_model, tiny_tokenizer, tmp_path):
+    logged, log = collect()
+    cfg = rl_config(steps=3, beta=0.1)
+    run_grpo(tiny_model, tiny_tokenizer, ROWS, cfg, tmp_path, seed=0, log=log, reference=copy.deepcopy(tiny_model))
+    kls = [logged[s]["kl"] for s in (1, 2, 3)]
+    assert abs(kls[0]) < 1e-6, "policy == reference at the first update"
+    assert all(k >= 0 for k in kls) and kls[2] > 1e-6
+
+
+def test_peft_policy_uses_its_base_as_reference(tiny_model, tiny_tokenizer, tmp_path):
+    from components.modeling.models import add_lora
+
+    policy = add_lora(tiny_model, LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    base = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}
+    logged, log = collect()
+    run_grpo(policy, tiny_tokenizer, ROWS, rl_config(steps=3, beta=0.1), tmp_path, seed=0, log=log)
+    assert abs(logged[1]["kl"]) < 1e-6 and logged[3]["kl"] > 1e-6
+    assert all(torch.equal(p, base[n]) for n, p in policy.named_parameters() if n in base), "base frozen"
+    saved = sorted(tmp_path.glob("step-*"))[-1] / "trainable.safetensors"
+    from safetensors.torch import load_file
+
+    assert all("lora_" in k for k in load_file(str(saved))), "only adapters are checkpointed"
+
+
+def test_pass_rate_band_keeps_prompts_with_signal(tiny_model, tiny_tokenizer, tmp_path):
+    rows = [{"prompt": f"{i}*{i}", "answer": str(i * i), "difficulty": d}
+            for i, d in enumerate(["easy", "hard", "mid", "mid", "easy", "mid", "hard", "mid"])]
+    cfg = rl_config(steps=2, rewards=[RewardItem(name="test_by_difficulty")], pass_rate_band=(0.1, 0.9))
+    logged, log = collect()
+    tables = []
+    result = run_grpo(tiny_model, tiny_tokenizer, rows, cfg, tmp_path, seed=0, log=log,
+                      table=lambda r, step: tables.append(r))
+    mid = {r["prompt"] for r in rows if r["difficulty"] == "mid"}
+    assert result.prompts == logged[0]["prompts/kept"] and logged[0]["prompts/total"] == 8
+    assert logged[0]["prompts/too_easy"] == 2 and logged[0]["prompts/too_hard"] == 2
+    assert {r["prompt"] for r in tables[-1]} <= mid
+    # a resumed run reuses the saved choice instead of re-estimating with the trained policy
+    assert (tmp_path / "pass_rates.json").exists()
+    logged.clear()
+    run_grpo(tiny_model, tiny_tokenizer, rows, cfg.model_copy(update={"steps": 3}), tmp_path, seed=0, log=log)
+    assert 0 not in logged and sorted(logged) == [3]
