@@ -6,7 +6,6 @@ from dataclasses import replace
 import mlflow
 
 from components.io import atomic_dir, write_jsonl
-from components.modeling.models import load_model
 from components.training.grpo import run_grpo
 from components.training.rejection import dataset_digest, rejection_sample
 from components.training.sft import run_sft
@@ -23,12 +22,10 @@ def _grpo(ctx: StageContext, data_file: str):
     cfg = ctx.cfg
     rows = read_rows(ctx, data_file, "prompt_answer", cfg.source, cfg.limit)
     policy, tokenizer = load_upstream(ctx, cfg.finetune, cfg.lora)
-    reference = None
-    if cfg.beta > 0 and cfg.finetune == "full":  # adapters: the reference is the policy with adapters off
-        reference = load_model(ctx.upstream.uri, dtype=ctx.recipe.model.dtype).eval().requires_grad_(False)
+    # reference=None: run_grpo freezes a copy of the starting policy (or, for adapters, the
+    # same model with its adapters off) as the KL reference.
     table = lambda rows, step: tracking.log_table(rows, f"samples/{ctx.name}-step{step:05d}.json")  # noqa: E731
-    run_grpo(policy, tokenizer, rows, cfg, ctx.ckpt_dir, ctx.recipe.run.seed, log=ctx.log, reference=reference,
-             table=table)
+    run_grpo(policy, tokenizer, rows, cfg, ctx.ckpt_dir, ctx.recipe.run.seed, log=ctx.log, table=table)
     return finish(ctx, policy, tokenizer, merge=cfg.merge_lora)
 
 
