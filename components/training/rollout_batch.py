@@ -8,13 +8,17 @@ padding), so a minibatch is just a row selection followed by a column trim.
 
 `completion_logprobs` is the one training forward: it asks the model for logits of the
 completion region only (``logits_to_keep``; the shortest prompt decides where that region
-starts) and returns token log-probs and, from the same logits, token entropies.
+starts) and returns token log-probs and, from the same logits, token entropies. Rows of very
+different lengths are run as a few length buckets (each trimmed to its own longest row) and
+put back into one ``[B, T]`` tensor, so padding costs little compute while the loss is still
+aggregated once over the whole minibatch, exactly as `components.algorithms` defines it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from components.algorithms import entropy_from_logits, token_logprobs
@@ -80,14 +84,51 @@ def _logits_tail(model, input_ids: Tensor, attention_mask: Tensor, keep: int) ->
     return logits[:, -keep:]
 
 
+# One more forward call is worth this many padded tokens (kernel launches, Python overhead).
+BUCKET_OVERHEAD_TOKENS = 512
+MAX_BUCKETS = 4
+
+
+def length_buckets(seq_len: Tensor) -> list[Tensor]:
+    """Row indices in groups of similar length: rows sorted by length, cut into the number of
+    equal-size groups (1..MAX_BUCKETS) that minimises padded tokens + BUCKET_OVERHEAD_TOKENS
+    per extra group."""
+    order = torch.argsort(seq_len, stable=True)
+    best_cost, best = None, [order]
+    for k in range(1, min(MAX_BUCKETS, len(order)) + 1):
+        parts = list(order.tensor_split(k))
+        cost = sum(len(p) * int(seq_len[p[-1]]) for p in parts) + (k - 1) * BUCKET_OVERHEAD_TOKENS
+        if best_cost is None or cost < best_cost:
+            best_cost, best = cost, parts
+    return best
+
+
 def completion_logprobs(model, batch: RolloutBatch, temperature: float,
                         with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
     """Log-probs (and entropies) of columns ``batch.start:`` under softmax(logits / temperature).
 
     Shapes: -> logp [N, L - start] (differentiable), entropy [N, L - start] (detached) or None.
-    Column j scores token ``input_ids[:, start + j]``, predicted at position ``start + j - 1``.
+    Column j scores token ``input_ids[:, start + j]``; 0 where a bucket's rows are shorter.
     """
+    parts = length_buckets(batch.seq_len)
+    if len(parts) == 1:
+        return _bucket_logprobs(model, batch, temperature, with_entropy)
+    start, width = batch.start, batch.input_ids.shape[1]
+    logps, entropies = [], []
+    for rows in parts:
+        sub = batch.select(rows)
+        logp, entropy = _bucket_logprobs(model, sub, temperature, with_entropy)
+        pad = (sub.start - start, width - sub.input_ids.shape[1])  # back to columns start..width-1
+        logps.append(F.pad(logp, pad))
+        entropies.append(None if entropy is None else F.pad(entropy, pad))
+    back = torch.argsort(torch.cat(parts)).to(batch.input_ids.device)  # bucket order -> batch order
+    logp = torch.cat(logps)[back]
+    return logp, (torch.cat(entropies)[back] if with_entropy else None)
+
+
+def _bucket_logprobs(model, batch: RolloutBatch, temperature: float, with_entropy: bool):
     ids, start = batch.input_ids, batch.start
+    # position start + j - 1 predicts token start + j
     logits = _logits_tail(model, ids, batch.attention_mask, ids.shape[1] - start + 1)[:, :-1]
     if temperature != 1.0:
         logits = logits / temperature
@@ -99,14 +140,14 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float,
 def batch_logprobs(model, batch: RolloutBatch, temperature: float, chunk: int) -> Tensor:
     """No-grad log-probs of every completion token, [N, L] aligned with input_ids.
 
-    Runs under `torch.inference_mode` in chunks of `chunk` rows; the result is an ordinary
-    tensor (safe to use as a constant inside an autograd graph).
+    Runs under `torch.inference_mode` over length-sorted chunks of `chunk` rows; the result
+    is an ordinary tensor (safe to use as a constant inside an autograd graph).
     """
     out = torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=batch.input_ids.device)
-    for s in range(0, len(batch), chunk):
-        rows = torch.arange(s, min(s + chunk, len(batch)), device=out.device)
+    order = torch.argsort(batch.seq_len, stable=True)
+    for rows in order.split(chunk):
         part = batch.select(rows)
         with torch.inference_mode():
             logp, _ = completion_logprobs(model, part, temperature)
-        out[s : s + len(rows), part.start : part.input_ids.shape[1]] = logp
+        out[rows[:, None], torch.arange(part.start, part.input_ids.shape[1], device=out.device)] = logp
     return out.masked_fill_(~batch.completion_mask, 0.0)

@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 from components.config import load_recipe
 from tests.conftest import make_project
 
-ALL = ["base", "evaluate/base", "cold_start", "evaluate/cold_start"]
+STAGES = ["base", "cold_start", "cold_start_rl", "reasoning_rl"]
+ALL = [name for stage in STAGES for name in (stage, f"evaluate/{stage}")]
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,8 @@ def children(parent) -> dict:
 
 def test_first_run_trains_evaluates_and_tracks_everything(project):
     metrics, states, parent = run_pipeline(project)
-    assert states == {name: "Completed" for name in ALL}
-    assert set(metrics) == {"base", "cold_start"}
+    assert states == {name: "Completed" for name in ALL}, states
+    assert set(metrics) == set(STAGES)
     for stage in metrics:
         assert 0.0 <= metrics[stage]["accuracy"] <= 1.0
         assert metrics[stage]["n"] == 24
@@ -105,17 +106,15 @@ def test_second_run_executes_nothing(project):
 
 def test_config_change_reruns_that_stage_and_downstream_only(project):
     _, states, _ = run_pipeline(project, "cold_start.lr=0.002")
-    assert states == {"base": "Cached", "evaluate/base": "Cached",
-                      "cold_start": "Completed", "evaluate/cold_start": "Completed"}
+    assert states == {**{name: "Cached" for name in ALL[:2]}, **{name: "Completed" for name in ALL[2:]}}
 
 
 def test_data_change_reruns_the_stages_that_read_it(project):
     path = project / "data" / "cold_start.jsonl"
     path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))  # drop one example
     subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "data"], cwd=project, check=True)
-    _, states, _ = run_pipeline(project)
-    assert states == {"base": "Cached", "evaluate/base": "Cached",
-                      "cold_start": "Completed", "evaluate/cold_start": "Completed"}
+    _, states, _ = run_pipeline(project, "cold_start.lr=0.002")
+    assert states == {**{name: "Cached" for name in ALL[:2]}, **{name: "Completed" for name in ALL[2:]}}
 
 
 def test_deleted_outputs_are_rebuilt_not_served_stale(project):
@@ -123,7 +122,7 @@ def test_deleted_outputs_are_rebuilt_not_served_stale(project):
 
     for folder in (project / "runs" / "stages").glob("cold_start-*"):
         shutil.rmtree(folder)
-    _, states, _ = run_pipeline(project)
+    _, states, _ = run_pipeline(project, "cold_start.lr=0.002")
     assert states["base"] == "Cached" and states["cold_start"] == "Completed"
 
 
@@ -135,7 +134,7 @@ def test_uncommitted_data_change_is_refused(project):
     path.write_text(original + original.splitlines(keepends=True)[0])
     try:
         with pytest.raises(Exception, match="dvc add data"):
-            run_pipeline(project)
+            run_pipeline(project, "cold_start.lr=0.002")
     finally:
         path.write_text(original)
     assert DataVersionError
@@ -147,3 +146,36 @@ def test_single_stage_from_a_registry_alias(project):
     recipe = load_recipe(project / "configs/tiny.yaml", ["cold_start.steps=2"]).model_dump(mode="json")
     metrics = single_stage("cold_start", recipe, "models:/tiny@base", str(project))
     assert set(metrics) == {"cold_start"} and metrics["cold_start"]["n"] == 24
+
+
+def test_rl_stages_log_rewards_and_sample_tables(project):
+    _, states, parent = run_pipeline(project, "cold_start.lr=0.002")
+    assert set(states.values()) == {"Cached"}
+    # cached stages are not re-logged under the new parent: look the run up by its tag
+    runs = MlflowClient().search_runs([parent.info.experiment_id], filter_string="tags.`r1flow.stage` = 'reasoning_rl'")
+    assert runs, "reasoning_rl ran"
+    history = MlflowClient().get_metric_history(runs[0].info.run_id, "reward/mean")
+    assert [m.step for m in history] == [1, 2]
+    tables = [a.path for a in MlflowClient().list_artifacts(runs[0].info.run_id, "samples")]
+    assert tables == ["samples/reasoning_rl-step00002.json"]
+
+
+def test_sft_stage_on_user_data_from_a_local_model(project):
+    from flows.single_stage import single_stage
+
+    model_dir = next((project / "runs" / "stages").glob("cold_start-*/model"))
+    recipe = load_recipe(project / "configs/tiny.yaml", ["sft.source=data/cold_start.jsonl"]).model_dump(mode="json")
+    metrics = single_stage("sft", recipe, str(model_dir), str(project))
+    assert set(metrics) == {"sft"}
+    runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("r1flow-tiny").experiment_id],
+                                      filter_string="tags.`r1flow.stage` = 'sft'")
+    assert runs[0].inputs.dataset_inputs[0].dataset.name == "derived"
+
+
+def test_rejection_sampling_that_keeps_nothing_fails_clearly(project):
+    from flows.single_stage import single_stage
+
+    model_dir = next((project / "runs" / "stages").glob("base-*/model"))
+    recipe = load_recipe(project / "configs/tiny.yaml").model_dump(mode="json")
+    with pytest.raises(ValueError, match="rejection_sampling: no sample passed the filters"):
+        single_stage("rejection_sampling", recipe, str(model_dir), str(project))
