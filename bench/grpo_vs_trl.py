@@ -2,7 +2,11 @@
 
 Run by hand (not a test):
 
-    .venv/bin/python bench/grpo_vs_trl.py [--steps 20] [--threads 2] [--order r1flow,trl]
+    .venv/bin/python bench/grpo_vs_trl.py [--steps 40] [--threads 2] [--order r1flow,trl]
+
+On a machine whose cores are shared with other jobs use --threads 1: with 2 OpenMP threads on
+2 oversubscribed cores every op waits for a descheduled thread, and both sides ran ~200x slower
+(and erratically) when measured.
 
 Set-up shared by both sides: the project's BPE tokenizer; a Llama of hidden 128 / 4 layers built
 from config and warmed up with a short SFT on worked level-1/2 arithmetic solutions (so rewards
@@ -211,7 +215,7 @@ def run_trl(model_dir: Path, rows, a) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=20, help="optimizer steps (= rollout iterations)")
+    p.add_argument("--steps", type=int, default=40, help="optimizer steps (= rollout iterations)")
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
     p.add_argument("--G", type=int, default=8, help="samples per prompt")
     p.add_argument("--max-new", type=int, default=32)
@@ -241,7 +245,10 @@ def main() -> None:
 
     results = {}
     for side in a.order.split(","):
+        torch.set_num_threads(a.threads)  # the same for both, whatever a library set before
         results[side] = (run_r1flow if side == "r1flow" else run_trl)(model_dir, rows, a)
+        if torch.get_num_threads() != a.threads:
+            print(f"warning: {side} left torch with {torch.get_num_threads()} threads, not {a.threads}")
         results[side]["eval"] = evaluate(results[side]["model"], results[side]["tok"], heldout)
 
     print(f"\n{'':10}{'steps/s':>9}{'gen tok/s':>11}{'tok/s all':>11}{'gen s':>8}{'opt s':>8}"
@@ -255,8 +262,9 @@ def main() -> None:
     print(f"{'start':10}{'':78}{start_eval['reward']:8.3f}{start_eval['accuracy']:9.3f}")
     if {"r1flow", "trl"} <= results.keys():
         r, t = results["r1flow"], results["trl"]
+        gen_ratio = (r["gen_tokens"] / r["gen_seconds"]) / (t["gen_tokens"] / t["gen_seconds"])
         print(f"\nr1flow / TRL: optimizer steps/s x{t['seconds'] / r['seconds']:.2f}, "
-              f"generation tokens/s x{(r['gen_tokens'] / r['gen_seconds']) / (t['gen_tokens'] / t['gen_seconds']):.2f}, "
+              f"generation tokens/s x{gen_ratio:.2f}, "
               f"eval reward {r['eval']['reward']:.3f} vs {t['eval']['reward']:.3f}; "
               f"r1flow kept {r['kept']:.0%} of groups on average")
     print(f"process peak RSS (getrusage): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}M")

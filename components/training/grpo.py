@@ -107,6 +107,7 @@ def run_grpo(policy, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log:
     if start:
         engine.update_weights(policy)
 
+    policy.train()  # old log-probs and the loss forward must see the same mode (the engine restores it)
     t0, metrics = time.perf_counter(), {}
     for it in range(start + 1, cfg.steps + 1):
         metrics, samples = grpo_iteration(it, policy, reference, engine, combiner, rows, prompt_ids, pool,

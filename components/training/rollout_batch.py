@@ -84,20 +84,21 @@ def _logits_tail(model, input_ids: Tensor, attention_mask: Tensor, keep: int) ->
     return logits[:, -keep:]
 
 
-# One more forward call is worth this many padded tokens (kernel launches, Python overhead).
-BUCKET_OVERHEAD_TOKENS = 512
+# An extra length bucket (one more forward call) must save this share of the padded tokens.
+BUCKET_MIN_SAVING = 0.1
 MAX_BUCKETS = 4
 
 
 def length_buckets(seq_len: Tensor) -> list[Tensor]:
     """Row indices in groups of similar length: rows sorted by length, cut into the number of
-    equal-size groups (1..MAX_BUCKETS) that minimises padded tokens + BUCKET_OVERHEAD_TOKENS
-    per extra group."""
+    equal-size groups (1..MAX_BUCKETS) with the fewest padded tokens, where every extra group
+    must pay for itself with BUCKET_MIN_SAVING of the one-group padded area."""
     order = torch.argsort(seq_len, stable=True)
+    one_group = len(order) * int(seq_len.max())
     best_cost, best = None, [order]
     for k in range(1, min(MAX_BUCKETS, len(order)) + 1):
         parts = list(order.tensor_split(k))
-        cost = sum(len(p) * int(seq_len[p[-1]]) for p in parts) + (k - 1) * BUCKET_OVERHEAD_TOKENS
+        cost = sum(len(p) * int(seq_len[p[-1]]) for p in parts) + (k - 1) * BUCKET_MIN_SAVING * one_group
         if best_cost is None or cost < best_cost:
             best_cost, best = cost, parts
     return best

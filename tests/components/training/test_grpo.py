@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from components.config import LoraConfig, RLConfig, RewardItem
-from components.generation import SamplingParams, make_engine
+from components.generation import Rollout, SamplingParams, make_engine
 from components.rewards import register_reward
 from components.training.grpo import derive_seed, minibatch_plan, pick_prompts, run_grpo
-from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs
+from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs, length_buckets
 
 
 # --------------------------------------------------------------------------- test-local rewards
@@ -117,6 +117,28 @@ def test_one_forward_matches_a_full_forward(tiny_model, tiny_tokenizer):
     assert torch.allclose(aligned[batch.completion_mask], sampled, atol=1e-4)
     logp, entropy = completion_logprobs(tiny_model, batch, 1.0, with_entropy=True)
     assert logp.shape == entropy.shape == (4, batch.input_ids.shape[1] - batch.start)
+
+
+def test_length_buckets_give_the_same_logprobs_as_one_forward(tiny_model, tiny_tokenizer):
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 2), (5, 1), (4, 30), (3, 33), (6, 60), (4, 61)]  # (prompt, completion) lengths
+    prompts = [torch.randint(8, 60, (p,), generator=g).tolist() for p, _ in shapes]
+    completions = [torch.randint(8, 60, (c,), generator=g).tolist() for _, c in shapes]
+    rollout = Rollout(prompts, completions, [[0.0] * len(c) for c in completions], [""] * 6, ["length"] * 6,
+                      list(range(6)), sum(map(len, completions)), 1.0)
+    batch = RolloutBatch.from_rollout(rollout, [5, 0, 3, 1, 4, 2], torch.zeros(6), tiny_tokenizer.pad_token_id, "cpu")
+    assert len(length_buckets(batch.seq_len)) > 1
+    tiny_model.train()
+    logp, entropy = completion_logprobs(tiny_model, batch, temperature=0.7, with_entropy=True)
+    with torch.no_grad():
+        logits = tiny_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits / 0.7
+    full = torch.log_softmax(logits[:, batch.start - 1 : -1], -1)
+    expected = full.gather(-1, batch.input_ids[:, batch.start :, None]).squeeze(-1)
+    m = batch.completion_mask[:, batch.start :]
+    assert torch.allclose(logp[m], expected[m], atol=1e-5)
+    assert torch.allclose(entropy[m], -(full.exp() * full).sum(-1)[m], atol=1e-5)
+    logp[m].sum().backward()
+    assert all(p.grad is not None for p in tiny_model.parameters() if p.requires_grad)
 
 
 # --------------------------------------------------------------------------- training behaviour
