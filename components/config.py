@@ -135,12 +135,12 @@ class RLConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
     ppo_epochs: int = Field(1, ge=1, description="Optimisation passes over each rollout batch (μ).")
-    minibatch_size: int = Field(64, ge=1, description="Sequences per optimizer step.")
+    minibatch_size: int = Field(64, ge=1, description="Sequences per micro-batch; a step uses minibatch_size × grad_accum.")
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0, description="Warmup length in iterations (not optimizer steps).")
+    schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="Over iterations.")
     max_grad_norm: float = Field(1.0, gt=0)
     clip_low: float = Field(0.2, gt=0)
     clip_high: float = Field(0.28, gt=0, description="Upper clip range (DAPO clip-higher).")
@@ -154,6 +154,13 @@ class RLConfig(Section):
     rewards: list[RewardItem] = Field(
         default_factory=lambda: [RewardItem(name="exact_int", weight=1.0), RewardItem(name="format", weight=0.2)])
     reward_timeout_s: float = Field(5.0, gt=0)
+
+    @field_validator("pass_rate_band")
+    @classmethod
+    def _band(cls, v):
+        if v is not None and not 0.0 <= v[0] <= v[1] <= 1.0:
+            raise ValueError(f"expected 0 <= low <= high <= 1, got {list(v)}")
+        return v
     finetune: Literal["full", "lora", "qlora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     merge_lora: bool = True
