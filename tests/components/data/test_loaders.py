@@ -382,5 +382,5 @@ def test_column_map_errors_name_the_users_column(tmp_path):
 
 
 def test_unknown_schema_is_a_value_error(tmp_path):
-    with pytest.raises(ValueError, match="unknown schema 'dpo'; expected one of sft, prompt_answer"):
+    with pytest.raises(ValueError, match="unknown schema 'dpo'; expected one of text, sft, prompt_answer"):
         load_records(make(tmp_path, "data.jsonl", [OK_PA]), "dpo")
