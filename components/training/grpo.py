@@ -66,7 +66,7 @@ from components.data.prompts import render_prompt
 from components.generation import SamplingParams, make_engine
 from components.io import write_json
 from components.rewards import RewardCombiner, RewardResult, RewardSpec
-from components.training.loop import Log, LoopResult, load_latest_checkpoint, lr_lambda, no_log, save_checkpoint
+from components.training.loop import Log, LoopResult, load_latest_checkpoint, make_optimizer, no_log, save_checkpoint
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs
 
 Table = Callable[[list[dict], int], None]
@@ -98,11 +98,7 @@ def run_grpo(policy, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log:
     pool = (select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir, log)
             if cfg.pass_rate_band else list(range(len(rows))))
 
-    params = [p for p in policy.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the policy has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, cfg.steps))
+    params, optimizer, scheduler = make_optimizer(policy, cfg)
     start = load_latest_checkpoint(ckpt_dir, policy, optimizer, scheduler)
     if start:
         engine.update_weights(policy)

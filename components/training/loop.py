@@ -84,6 +84,16 @@ def load_latest_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> int:
     return json.loads((latest / "meta.json").read_text())["step"]
 
 
+def make_optimizer(model, cfg):
+    """AdamW over the trainable parameters and cfg's LR schedule (over cfg.steps); returns (params, opt, sched)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, cfg.steps))
+    return params, optimizer, scheduler
+
+
 def train_loop(model, batch_fn, loss_fn, cfg, ckpt_dir: str | Path, log: Log = no_log,
                stop_after: int | None = None) -> LoopResult:
     """Run `cfg.steps` optimizer steps (cfg is a TrainConfig), resuming from `ckpt_dir`.
@@ -91,11 +101,7 @@ def train_loop(model, batch_fn, loss_fn, cfg, ckpt_dir: str | Path, log: Log = n
     `stop_after` ends the run early after that step (used to test kill-and-resume).
     """
     ckpt_dir = Path(ckpt_dir)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, cfg.steps))
+    params, optimizer, scheduler = make_optimizer(model, cfg)
     start = load_latest_checkpoint(ckpt_dir, model, optimizer, scheduler)
     model.train()
     t0, metrics = time.perf_counter(), {}
