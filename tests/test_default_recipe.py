@@ -21,6 +21,7 @@ def test_default_recipe_improves_stage_over_stage(tmp_path):
     for name in ("configs", "data.dvc", ".dvc", ".dvcignore"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / name)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)  # DVC here is git-backed, like a clone
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "R1FLOW_"))}
     cli = [sys.executable, "-m", "flows.cli"]
     subprocess.run([*cli, "data", "ensure"], cwd=tmp_path, env=env, check=True)
