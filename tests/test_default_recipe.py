@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~12 min on 2 cores
 def test_default_recipe_improves_stage_over_stage(tmp_path):
     for name in ("configs", "data.dvc", ".dvc", ".dvcignore"):
         src = REPO / name
