@@ -154,13 +154,6 @@ class RLConfig(Section):
     rewards: list[RewardItem] = Field(
         default_factory=lambda: [RewardItem(name="exact_int", weight=1.0), RewardItem(name="format", weight=0.2)])
     reward_timeout_s: float = Field(5.0, gt=0)
-
-    @field_validator("pass_rate_band")
-    @classmethod
-    def _band(cls, v):
-        if v is not None and not 0.0 <= v[0] <= v[1] <= 1.0:
-            raise ValueError(f"expected 0 <= low <= high <= 1, got {list(v)}")
-        return v
     finetune: Literal["full", "lora", "qlora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     merge_lora: bool = True
@@ -170,6 +163,13 @@ class RLConfig(Section):
     limit: int | None = Field(None, ge=1, description="Use at most this many prompts.")
     source: str | None = Field(None, description="Prompt/answer data instead of the curated file.")
     system_prompt: str | None = None
+
+    @field_validator("pass_rate_band")
+    @classmethod
+    def _band(cls, v):
+        if v is not None and not 0.0 <= v[0] <= v[1] <= 1.0:
+            raise ValueError(f"expected 0 <= low <= high <= 1, got {list(v)}")
+        return v
 
 
 class RejectionConfig(Section):

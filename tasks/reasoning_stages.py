@@ -57,9 +57,10 @@ def rejection_sampling(ctx: StageContext):
         raise ValueError(f"rejection_sampling: no sample passed the filters ({stats.as_metrics()}); "
                          "raise samples_per_prompt or temperature, or train the upstream stage longer")
     digest = dataset_digest(kept)
+    name = f"samples-{digest[:16]}.jsonl"
     with atomic_dir(ctx.out_dir) as tmp:
-        write_jsonl(tmp / f"samples-{digest[:16]}.jsonl", kept)
-    path = ctx.out_dir / f"samples-{digest[:16]}.jsonl"
+        write_jsonl(tmp / name, kept)
+    path = ctx.out_dir / name
     tracking.log_dataset(str(path), digest, name="rejection_samples", context="derived", rows=kept)
     mlflow.log_artifact(str(path), "derived")
     return replace(ctx.upstream, stage=ctx.name, run_id=ctx.run_id,

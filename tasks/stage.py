@@ -111,7 +111,7 @@ def stage_task(stage: str, recipe: dict, upstream: ModelRef | None, data: DataRe
 def run_stage(stage: str, recipe: dict, upstream: ModelRef | None, data: DataRef, parent_run_id: str,
               label: str | None = None):
     """Run a stage through the cache; a cached result whose files were deleted is recomputed."""
-    key = stage_key(stage, Recipe.model_validate(recipe), upstream, data)
-    done = (output_dir(Recipe.model_validate(recipe), stage, key) / "result.json").exists()
+    cfg = Recipe.model_validate(recipe)
+    done = (output_dir(cfg, stage, stage_key(stage, cfg, upstream, data)) / "result.json").exists()
     return stage_task.with_options(refresh_cache=not done)(stage, recipe, upstream, data, parent_run_id,
                                                            label=label or stage)

@@ -35,6 +35,18 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
+@pytest.fixture()
+def single_thread():
+    """One torch thread for the test: with tiny tensors, intra-op threads only add barrier
+    waits, which turn pathological on a shared, oversubscribed 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     from prefect.testing.utilities import prefect_test_harness

@@ -29,6 +29,10 @@ def test_overrides_are_typed_and_nested():
     ("model.arch.hidden_size=33", "model.arch: Value error, hidden_size 33 is not divisible by num_heads"),
     ("run.stages=[base, warmup]", "unknown stage(s) ['warmup'] in run.stages"),
     ("data.levels=[9]", "data.levels: Value error, unknown level(s) [9]"),
+    ("reasoning_rl.pass_rate_band=[0.9, 0.1]", "reasoning_rl.pass_rate_band: Value error, expected 0 <= low <= high"),
+    ("rejection_sampling.samples_per_prompt=0",
+     "rejection_sampling.samples_per_prompt: Input should be greater than or equal to 1"),
+    ("reasoning_rl.rewards=[{weight: 1}]", "reasoning_rl.rewards.0.name: Field required"),
 ])
 def test_invalid_values_name_file_and_dotted_field(override, message):
     with pytest.raises(RecipeError) as err:

@@ -179,3 +179,14 @@ def test_rejection_sampling_that_keeps_nothing_fails_clearly(project):
     recipe = load_recipe(project / "configs/tiny.yaml").model_dump(mode="json")
     with pytest.raises(ValueError, match="rejection_sampling: no sample passed the filters"):
         single_stage("rejection_sampling", recipe, str(model_dir), str(project))
+
+
+def test_sft_without_derived_data_or_source_fails_clearly(project):
+    from flows.single_stage import single_stage
+
+    model_dir = next((project / "runs" / "stages").glob("cold_start-*/model"))
+    recipe = load_recipe(project / "configs/tiny.yaml").model_dump(mode="json")
+    with pytest.raises(ValueError, match="sft: needs rejection_sampling before it in run.stages, or sft.source"):
+        single_stage("sft", recipe, str(model_dir), str(project))
+    done = [d for d in (project / "runs" / "stages").glob("sft-*") if (d / "result.json").exists()]
+    assert len(done) == 1, "only the earlier successful sft run left a result"

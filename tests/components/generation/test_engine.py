@@ -17,14 +17,7 @@ from components.generation.sampling import row_keys, uniforms
 from components.modeling.tokenizer import train_tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # Tiny models: intra-op threading only adds barrier waits, which turn pathological on a
-    # shared, oversubscribed CPU. Restored afterwards for the rest of the session.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

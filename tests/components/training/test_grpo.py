@@ -43,13 +43,7 @@ def by_difficulty(completions, difficulty, **_):
 ROWS = [{"prompt": f"{a}+{b}", "answer": str(a + b)} for a in range(4) for b in range(4)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # tiny models: intra-op threads only add barrier waits on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def rl_config(**overrides) -> RLConfig:

@@ -202,12 +202,6 @@ def test_rejection_sample_rejects_empty_rows(tiny_model, tiny_tokenizer):
         rejection_sample(tiny_model, tiny_tokenizer, [], RejectionConfig(), seed=0, engine=FakeEngine({}))
 
 
-@pytest.fixture()
-def single_thread():
-    before = torch.get_num_threads()  # a tiny model: intra-op threads only add waits on a shared box
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_rejection_sample_real_engine_is_seeded(tiny_model, tiny_tokenizer, single_thread):
