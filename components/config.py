@@ -95,6 +95,21 @@ class LoraConfig(Section):
     )
 
 
+class RolloutConfig(Section):
+    """How a stage samples from its policy: the in-process transformers engine, or vLLM on a GPU."""
+
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers (any device, in-process) | vllm (CUDA; pip install 'r1flow[vllm]').")
+    batch_size: int = Field(256, ge=1, description="Rows (prompt x sample) per generation batch (transformers).")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM's share of GPU memory.")
+
+    def engine_kwargs(self) -> dict:
+        """Keyword arguments for `components.generation.make_engine` under this backend."""
+        if self.backend == "vllm":
+            return {"gpu_memory_utilization": self.gpu_memory_utilization}
+        return {"batch_size": self.batch_size}
+
+
 class TrainConfig(Section):
     """Optimisation settings shared by every supervised stage (base, cold_start, sft)."""
 
@@ -146,6 +161,7 @@ class RLConfig(Section):
     clip_high: float = Field(0.28, gt=0, description="Upper clip range (DAPO clip-higher).")
     beta: float = Field(0.04, ge=0, description="KL coefficient to the frozen reference (0 = no reference).")
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    policy_loss: str = Field("clip", description="components.algorithms POLICY_LOSSES name (clip | vanilla).")
     loss_agg: str = Field("token-mean", description="components.algorithms AGGREGATIONS name.")
     advantage: str = Field("grpo", description="components.algorithms ADVANTAGE_ESTIMATORS name.")
     skip_zero_variance: bool = Field(True, description="Drop groups whose rewards are all equal (DAPO).")
@@ -154,6 +170,7 @@ class RLConfig(Section):
     rewards: list[RewardItem] = Field(
         default_factory=lambda: [RewardItem(name="exact_int", weight=1.0), RewardItem(name="format", weight=0.2)])
     reward_timeout_s: float = Field(5.0, gt=0)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     finetune: Literal["full", "lora", "qlora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     merge_lora: bool = True
@@ -184,7 +201,7 @@ class RejectionConfig(Section):
     max_tokens: int = Field(64, ge=1)
     verifier: str = Field("exact_int", description="Reward function that decides correctness.")
     require_format: bool = True
-    batch_size: int = Field(256, ge=1)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     limit: int | None = Field(None, ge=1, description="Use at most this many prompts.")
     source: str | None = None
     system_prompt: str | None = None
@@ -196,7 +213,7 @@ class EvalConfig(Section):
     system_prompt: str | None = Field(None, description="System message prepended to every prompt.")
     limit: int | None = Field(None, ge=1, description="Evaluate on at most this many held-out problems.")
     max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(128, ge=1)
+    rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(batch_size=128))
     table_rows: int = Field(32, ge=0, description="Sample completions logged as an MLflow table.")
 
 

@@ -22,7 +22,7 @@ def evaluate(ctx: StageContext) -> EvalRef:
     rows = read_rows(ctx, "eval.jsonl", "prompt_answer", cfg.source, cfg.limit)
     model = load_model(ctx.upstream.uri, dtype=m.dtype, revision=m.revision, trust_remote_code=m.trust_remote_code)
     tokenizer = load_tokenizer(ctx.upstream.uri, revision=m.revision, trust_remote_code=m.trust_remote_code)
-    result = evaluate_model(model, tokenizer, rows, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+    result = evaluate_model(model, tokenizer, rows, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.rollout.batch_size,
                             correctness=cfg.correctness, system_prompt=cfg.system_prompt, table_rows=cfg.table_rows)
     ctx.log(result.metrics, 0)
     mlflow.set_tag("r1flow.evaluated_stage", ctx.upstream.stage)

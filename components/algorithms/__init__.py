@@ -43,6 +43,7 @@ from components.algorithms.metrics import (
 )
 from components.algorithms.oreo import OREO_MODES, oreo_policy_loss, oreo_value_loss
 from components.algorithms.orpo import log_odds, orpo_loss
+from components.algorithms.policy_loss import POLICY_LOSSES, get_policy_loss
 from components.algorithms.ppo import gae_advantages, kl_penalty_rewards, ppo_policy_loss, value_loss
 from components.algorithms.reward_model import (
     bradley_terry_loss,
@@ -62,6 +63,7 @@ REGISTRIES = {
     "advantage_estimator": ADVANTAGE_ESTIMATORS,
     "dpo_loss": DPO_LOSSES,
     "distill_loss": DISTILL_LOSSES,
+    "policy_loss": POLICY_LOSSES,
 }
 
 __all__ = [
@@ -72,6 +74,7 @@ __all__ = [
     "DPO_LOSSES",
     "KL_ESTIMATORS",
     "OREO_MODES",
+    "POLICY_LOSSES",
     "REGISTRIES",
     "TRPOStepInfo",
     "accuracy_ci",
@@ -91,6 +94,7 @@ __all__ = [
     "get_distill_loss",
     "get_dpo_loss",
     "get_kl_estimator",
+    "get_policy_loss",
     "grpo_advantages",
     "grpo_loss",
     "kendall_tau",

@@ -10,7 +10,8 @@ One iteration, read top to bottom in `grpo_iteration`:
      zeroes its own scores and is counted in `reward/failures/<name>`);
   4. group-relative advantages with the registered estimator (`cfg.advantage`);
   5. old-policy log-probs (only if needed, see below) and frozen-reference log-probs (beta > 0);
-  6. `ppo_epochs` passes over shuffled minibatches: `grpo_loss`, gradient clipping, AdamW;
+  6. `ppo_epochs` passes over shuffled minibatches: the `policy_loss` (default ``clip``: the GRPO
+     loss), one `Trainer.step` (accumulation, clipping, AdamW) per planned step;
   7. `engine.update_weights(policy)`, log, checkpoint.
 
 Where this departs from the textbook algorithm (Shao et al. 2024, Algorithm 1 / Eq. 3):
@@ -54,23 +55,21 @@ import copy
 import hashlib
 import json
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from components.algorithms import get_advantage_estimator, grpo_loss, masked_mean, zero_variance_groups
+from components.algorithms import get_advantage_estimator, get_policy_loss, masked_mean, zero_variance_groups
 from components.data.prompts import render_prompt
 from components.generation import SamplingParams, make_engine
 from components.io import write_json
 from components.rewards import RewardCombiner, RewardResult, RewardSpec
-from components.training.loop import Log, LoopResult, load_latest_checkpoint, make_optimizer, no_log, save_checkpoint
+from components.training.loop import Log, LoopResult, Progress, Trainer, no_log, no_progress
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs
 
 Table = Callable[[list[dict], int], None]
-MAX_ENGINE_BATCH = 256
 
 
 @dataclass
@@ -79,12 +78,13 @@ class GRPOResult(LoopResult):
 
 
 def run_grpo(policy, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log: Log = no_log,
-             reference=None, engine=None, table: Table | None = None,
+             reference=None, engine=None, table: Table | None = None, progress: Progress = no_progress,
              stop_after: int | None = None) -> GRPOResult:
     """Train `policy` with GRPO on canonical rows ``{"prompt", "answer", ...}`` (cfg: RLConfig).
 
-    Extra row columns reach the rewards as per-completion columns. Resumable from `ckpt_dir`
-    (same checkpoint format as SFT); `stop_after` ends the run after that iteration.
+    Extra row columns reach the rewards as per-completion columns. Resumable from `ckpt_dir`;
+    `stop_after` ends the run after that iteration. Raises `NoUpdateError` (and publishes
+    nothing) if the whole run made no optimizer step or left the weights unchanged.
     """
     if not rows:
         raise ValueError("GRPO needs at least one prompt row")
@@ -92,43 +92,38 @@ def run_grpo(policy, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log:
     combiner = RewardCombiner([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in cfg.rewards],
                               cfg.reward_timeout_s)
     prompt_ids = encode_prompts(tokenizer, rows, cfg.system_prompt)
-    engine = engine or make_engine("transformers", policy, tokenizer,
-                                   batch_size=min(MAX_ENGINE_BATCH, cfg.prompts_per_step * cfg.group_size))
+    engine = engine or make_rollout_engine(cfg.rollout, policy, tokenizer, cfg.prompts_per_step * cfg.group_size)
     reference = frozen_reference(policy, reference, cfg.beta)  # before resuming: the initial policy
     pool = (select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir, log)
             if cfg.pass_rate_band else list(range(len(rows))))
 
-    params, optimizer, scheduler = make_optimizer(policy, cfg)
-    start = load_latest_checkpoint(ckpt_dir, policy, optimizer, scheduler)
-    if start:
-        engine.update_weights(policy)
+    trainer = Trainer({"policy": policy}, cfg, ckpt_dir, log=log, progress=progress, require_update=True,
+                      what="GRPO")
 
-    policy.train()  # old log-probs and the loss forward must see the same mode (the engine restores it)
-    t0, metrics = time.perf_counter(), {}
-    for it in range(start + 1, cfg.steps + 1):
-        metrics, samples = grpo_iteration(it, policy, reference, engine, combiner, rows, prompt_ids, pool,
-                                          params, optimizer, cfg, seed, tokenizer.pad_token_id)
-        metrics["lr"] = scheduler.get_last_lr()[0]
-        with warnings.catch_warnings():  # an iteration whose groups were all dropped made no optimizer step
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
-            scheduler.step()
-        if it % cfg.log_every == 0 or it == cfg.steps:
-            log(metrics, it)
+    def iteration(it: int) -> dict:
+        metrics, samples = grpo_iteration(it, trainer, policy, reference, engine, combiner, rows, prompt_ids,
+                                          pool, cfg, seed, tokenizer.pad_token_id)
         if table is not None and (it % cfg.table_every == 0 or it == cfg.steps):
             table(samples, it)
-        if it % cfg.ckpt_every == 0 or it == cfg.steps or it == stop_after:
-            save_checkpoint(ckpt_dir, it, policy, optimizer, scheduler)
-        if it == stop_after:
-            break
-    return GRPOResult(steps=cfg.steps, resumed_from=start, last_metrics=metrics,
-                      seconds=time.perf_counter() - t0, prompts=len(pool))
+        return metrics
+
+    result = trainer.run(iteration, stop_after=stop_after, after_resume=lambda: engine.update_weights(policy))
+    return GRPOResult(**vars(result), prompts=len(pool))
+
+
+def make_rollout_engine(rollout, policy, tokenizer, rows_per_call: int):
+    """The recipe's rollout backend over `policy` (rollout: a RolloutConfig)."""
+    kwargs = rollout.engine_kwargs()
+    if "batch_size" in kwargs:
+        kwargs["batch_size"] = min(kwargs["batch_size"], rows_per_call)
+    return make_engine(rollout.backend, policy, tokenizer, **kwargs)
 
 
 # --------------------------------------------------------------------------- one iteration
 
 
-def grpo_iteration(it, policy, reference, engine, combiner, rows, prompt_ids, pool, params, optimizer,
-                   cfg, seed, pad_id) -> tuple[dict, list[dict]]:
+def grpo_iteration(it, trainer, policy, reference, engine, combiner, rows, prompt_ids, pool, cfg, seed,
+                   pad_id) -> tuple[dict, list[dict]]:
     """Sample, score and optimise once; returns (metrics, table rows)."""
     t0 = time.perf_counter()
     picks = [pool[i] for i in pick_prompts(len(pool), cfg.prompts_per_step, seed, it)]
@@ -153,7 +148,7 @@ def grpo_iteration(it, policy, reference, engine, combiner, rows, prompt_ids, po
             batch.old_logp = batch_logprobs(policy, batch, cfg.temperature, chunk)
         if cfg.beta > 0:
             batch.ref_logp = reference_logprobs(policy, reference, batch, cfg.temperature, chunk)
-        metrics.update(optimise(policy, params, optimizer, batch, plan, cfg))
+        metrics.update(optimise(trainer, policy, batch, plan, cfg))
         engine.update_weights(policy)
     t_optimise = time.perf_counter() - t1
 
@@ -290,35 +285,29 @@ def minibatch_plan(n: int, cfg, seed: int, it: int) -> list[list[torch.Tensor]]:
     return plan
 
 
-def optimise(policy, params, optimizer, batch: RolloutBatch, plan, cfg) -> dict:
-    """Run the planned optimizer steps; returns step-averaged loss statistics."""
+def optimise(trainer, policy, batch: RolloutBatch, plan, cfg) -> dict:
+    """Run the planned optimizer steps; returns step-averaged loss statistics (detached tensors)."""
     policy.train()
-    sums: dict[str, torch.Tensor] = {}
+    sums: dict = {}
     for step in plan:
-        optimizer.zero_grad(set_to_none=True)
         rows = sum(len(micro) for micro in step)
-        for micro in step:
-            weight = len(micro) / rows
-            loss, stats = minibatch_loss(policy, batch.select(micro), cfg)
-            (loss * weight).backward()
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v * (weight / len(plan))
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm.detach() / len(plan)
-    return {k: float(v) for k, v in sums.items()}
+        stats = trainer.step([lambda micro=micro: minibatch_loss(policy, batch.select(micro), cfg) for micro in step],
+                             weights=[len(micro) / rows for micro in step])
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v / len(plan)
+    return sums
 
 
 def minibatch_loss(policy, mb: RolloutBatch, cfg) -> tuple[torch.Tensor, dict]:
-    """grpo_loss on one micro-batch: ONE forward gives log-probs and entropies."""
+    """The configured policy loss on one micro-batch: ONE forward gives log-probs and entropies."""
     logp, entropy = completion_logprobs(policy, mb, cfg.temperature, with_entropy=True)
     s = mb.start
     mask = mb.completion_mask[:, s:]
     old_logp = logp.detach() if mb.old_logp is None else mb.old_logp[:, s:]
     ref_logp = None if mb.ref_logp is None else mb.ref_logp[:, s:]
-    loss, stats = grpo_loss(logp, old_logp, ref_logp, mb.advantages, mask, clip_low=cfg.clip_low,
-                            clip_high=cfg.clip_high, beta=cfg.beta, kl_estimator=cfg.kl_estimator,
-                            loss_agg=cfg.loss_agg, norm_constant=float(cfg.max_new_tokens))
+    loss, stats = get_policy_loss(cfg.policy_loss)(
+        logp, old_logp, mb.advantages, mask, ref_logp=ref_logp, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+        beta=cfg.beta, kl_estimator=cfg.kl_estimator, loss_agg=cfg.loss_agg, norm_constant=float(cfg.max_new_tokens))
     out = {"loss": loss.detach(), "clip_fraction": stats["clip_fraction"], "entropy": masked_mean(entropy, mask)}
     if "kl" in stats:
         out["kl"] = stats["kl"]

@@ -1,13 +1,25 @@
-"""A small, resumable optimisation loop shared by every gradient stage.
+"""The one optimisation loop every gradient stage runs in: `Trainer`.
 
-The loop owns what makes a run resumable and reproducible: the optimizer, the LR schedule,
-checkpoints and RNG state. What a step computes is injected: `batch_fn(step, micro)` returns
-the micro-batch for a position (a pure function of the seed, so the data position IS the
-step), and `loss_fn(model, batch)` returns `(loss, metrics)`.
+The trainer owns what makes a run resumable, reproducible and observable: the optimizer
+(AdamW over the trainable parameters of one or more modules, one parameter group each), the
+LR schedule, gradient accumulation and clipping, checkpoints (trainable weights, optimizer,
+scheduler, RNG, update count), logging and progress. A method supplies only what one
+iteration computes:
 
-A run killed after step k and started again with the same arguments loads the newest
-checkpoint (weights of the trainable parameters, optimizer, scheduler, RNG) and continues
-from step k+1; it ends with the same weights as an uninterrupted run.
+    trainer = Trainer({"policy": model}, cfg, ckpt_dir, log=log, progress=progress)
+    def iteration(it):                       # it = 1..cfg.steps; the data position IS `it`
+        batch = batch_fn(it)
+        return trainer.step([lambda: loss_fn(model, batch)])   # one optimizer step
+    trainer.run(iteration)
+
+An iteration may take any number of optimizer steps (PPO/GRPO epochs over a rollout batch, or
+none when every group was dropped); the LR schedule counts iterations. A run killed after
+iteration k and started again with the same arguments resumes from the newest complete
+checkpoint and ends with the same weights as an uninterrupted run.
+
+An RL method that makes no effective update must not publish an unchanged model: with
+`require_update`, `run` raises `NoUpdateError` when no optimizer step was taken or the
+trainable weights did not move.
 """
 from __future__ import annotations
 
@@ -16,9 +28,10 @@ import math
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Mapping, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from components.io import atomic_dir
 
 Log = Callable[[dict, int], None]
+MicroLoss = Callable[[], "tuple[torch.Tensor, dict]"]
 KEEP_CHECKPOINTS = 2
 
 
@@ -33,8 +47,22 @@ def no_log(metrics: dict, step: int) -> None:
     """The do-nothing logger: lets every component run untracked."""
 
 
+class Progress(Protocol):
+    """Told after every iteration: (iteration, total, that iteration's metrics)."""
+
+    def __call__(self, step: int, total: int, metrics: dict) -> None: ...
+
+
+def no_progress(step: int, total: int, metrics: dict) -> None:
+    """The do-nothing progress display."""
+
+
+class NoUpdateError(RuntimeError):
+    """Training finished without changing the trainable weights."""
+
+
 def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
-    """Multiplier of the base LR at optimizer step `s` (linear warmup, then the schedule)."""
+    """Multiplier of the base LR at step `s` (linear warmup, then the schedule)."""
     def f(s: int) -> float:
         if s < warmup:
             return (s + 1) / warmup
@@ -50,85 +78,149 @@ class LoopResult:
     resumed_from: int
     last_metrics: dict
     seconds: float
+    updates: int = 0  # optimizer steps taken over the whole run (resumed part included)
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+def as_floats(metrics: Mapping) -> dict[str, float]:
+    """Metrics as plain floats (tensors are synced here, once per log line, not once per step)."""
+    return {k: float(v) for k, v in metrics.items()}
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, scheduler) -> None:
-    with atomic_dir(ckpt_dir / f"step-{step:08d}") as tmp:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1])},
-                   tmp / "state.pt")
-        (tmp / "meta.json").write_text(json.dumps({"step": step}))
-    for old in sorted(ckpt_dir.glob("step-*"))[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
+class Trainer:
+    """AdamW + schedule + accumulation + clipping + checkpoint/resume + logging for `modules`.
 
-
-def load_latest_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> int:
-    """Restore the newest complete checkpoint; returns its step (0 if none)."""
-    done = sorted(p for p in ckpt_dir.glob("step-*") if (p / "meta.json").exists())
-    if not done:
-        return 0
-    latest = done[-1]
-    params = dict(model.named_parameters())
-    for name, value in load_file(str(latest / "trainable.safetensors")).items():
-        params[name].data.copy_(value)
-    state = torch.load(latest / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    random.setstate((3, tuple(state["python_rng"]), None))
-    return json.loads((latest / "meta.json").read_text())["step"]
-
-
-def make_optimizer(model, cfg):
-    """AdamW over the trainable parameters and cfg's LR schedule (over cfg.steps); returns (params, opt, sched)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, cfg.steps))
-    return params, optimizer, scheduler
-
-
-def train_loop(model, batch_fn, loss_fn, cfg, ckpt_dir: str | Path, log: Log = no_log,
-               stop_after: int | None = None) -> LoopResult:
-    """Run `cfg.steps` optimizer steps (cfg is a TrainConfig), resuming from `ckpt_dir`.
-
-    `stop_after` ends the run early after that step (used to test kill-and-resume).
+    `modules` maps a name to a module; the trainable parameters (``requires_grad``) of each
+    form one parameter group, at `lrs[name]` (default ``cfg.lr``). `cfg` provides steps, lr,
+    weight_decay, warmup_steps, schedule, max_grad_norm, log_every and ckpt_every.
     """
-    ckpt_dir = Path(ckpt_dir)
-    params, optimizer, scheduler = make_optimizer(model, cfg)
-    start = load_latest_checkpoint(ckpt_dir, model, optimizer, scheduler)
-    model.train()
-    t0, metrics = time.perf_counter(), {}
-    for step in range(start + 1, cfg.steps + 1):
-        metrics = _one_step(model, params, optimizer, batch_fn, loss_fn, cfg, step)
-        scheduler.step()
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            log({**metrics, "lr": scheduler.get_last_lr()[0]}, step)
-        if step % cfg.ckpt_every == 0 or step == cfg.steps or step == stop_after:
-            save_checkpoint(ckpt_dir, step, model, optimizer, scheduler)
-        if step == stop_after:
-            break
-    return LoopResult(steps=cfg.steps, resumed_from=start, last_metrics=metrics,
-                      seconds=time.perf_counter() - t0)
 
+    def __init__(self, modules: Mapping[str, torch.nn.Module], cfg, ckpt_dir: str | Path, *, log: Log = no_log,
+                 progress: Progress = no_progress, lrs: Mapping[str, float] | None = None,
+                 require_update: bool = False, what: str = "training"):
+        self.modules, self.cfg, self.ckpt_dir = dict(modules), cfg, Path(ckpt_dir)
+        self.log, self.progress, self.require_update, self.what = log, progress, require_update, what
+        groups = []
+        for name, module in self.modules.items():
+            params = [p for p in module.parameters() if p.requires_grad]
+            if params:
+                groups.append({"params": params, "lr": (lrs or {}).get(name, cfg.lr), "name": name})
+        if not groups:
+            raise ValueError(f"{what}: the model has no trainable parameters")
+        self.params = [p for g in groups for p in g["params"]]
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, cfg.steps))
+        self.updates = 0
+        self._start_fingerprint = self.fingerprint() if require_update else None
 
-def _one_step(model, params, optimizer, batch_fn, loss_fn, cfg, step: int) -> dict:
-    optimizer.zero_grad(set_to_none=True)
-    sums: dict[str, float] = {}
-    for micro in range(cfg.grad_accum):
-        loss, metrics = loss_fn(model, batch_fn(step, micro))
-        (loss / cfg.grad_accum).backward()
-        for k, v in {"loss": loss.item(), **metrics}.items():
-            sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        raise RuntimeError("no gradient reached any trainable parameter")
-    sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-    optimizer.step()
-    return sums
+    # -- one optimizer step -------------------------------------------------------------
+
+    def step(self, micro_losses: Iterable[MicroLoss], weights: Iterable[float] | None = None) -> dict:
+        """One optimizer step over micro-batches: sum_i w_i * loss_i (w_i = 1/n by default)
+        back-propagated one micro-batch at a time, then clipping and AdamW.
+
+        Each element of `micro_losses` is a zero-argument callable returning (loss, metrics);
+        it is called only when its turn comes, so at most one micro-batch graph is alive.
+        Returns the weighted metrics (detached tensors; no host sync) plus ``grad_norm``.
+        """
+        micro_losses = list(micro_losses)
+        weights = list(weights) if weights is not None else [1.0 / len(micro_losses)] * len(micro_losses)
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict = {}
+        for fn, w in zip(micro_losses, weights):
+            loss, metrics = fn()
+            (loss * w).backward()
+            for k, v in {"loss": loss.detach(), **metrics}.items():
+                v = v.detach() if isinstance(v, torch.Tensor) else float(v)
+                sums[k] = sums.get(k, 0.0) + v * w
+        if not any(p.grad is not None for p in self.params):
+            raise RuntimeError(f"{self.what}: no gradient reached any trainable parameter")
+        sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.updates += 1
+        return sums
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, iteration: Callable[[int], dict], stop_after: int | None = None,
+            after_resume: Callable[[], None] | None = None) -> LoopResult:
+        """Iterations ``resumed+1 .. cfg.steps``; `stop_after` ends early after that iteration
+        (with a checkpoint; used to test kill-and-resume). `after_resume` runs once weights
+        were restored from a checkpoint (e.g. to push them into a rollout engine)."""
+        cfg = self.cfg
+        start = self.resume()
+        if start and after_resume is not None:
+            after_resume()
+        for m in self.modules.values():
+            m.train()
+        t0, metrics = time.perf_counter(), {}
+        for it in range(start + 1, cfg.steps + 1):
+            t_it = time.perf_counter()
+            metrics = dict(iteration(it))
+            metrics["lr"] = self.scheduler.get_last_lr()[0]
+            with warnings.catch_warnings():  # an iteration without an optimizer step (all groups dropped)
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                self.scheduler.step()
+            metrics["time/iteration_s"] = time.perf_counter() - t_it
+            if it % cfg.log_every == 0 or it == cfg.steps:
+                metrics = as_floats(metrics)
+                self.log(metrics, it)
+            self.progress(it, cfg.steps, metrics)
+            if it % cfg.ckpt_every == 0 or it == cfg.steps or it == stop_after:
+                self.save(it)
+            if it == stop_after:
+                break
+        else:
+            self._check_update()
+        return LoopResult(steps=cfg.steps, resumed_from=start, last_metrics=as_floats(metrics),
+                          seconds=time.perf_counter() - t0, updates=self.updates)
+
+    def _check_update(self) -> None:
+        if not self.require_update:
+            return
+        if self.updates == 0:
+            raise NoUpdateError(f"{self.what}: no optimizer step was taken in {self.cfg.steps} iterations "
+                                "(every batch was skipped); the model is not published")
+        if self.fingerprint() == self._start_fingerprint:
+            raise NoUpdateError(f"{self.what}: the trainable weights did not move in {self.updates} optimizer "
+                                "steps; the model is not published")
+
+    def fingerprint(self) -> tuple[float, ...]:
+        """A cheap summary of the trainable weights (no copy): per-tensor sums and norms."""
+        with torch.no_grad():
+            return tuple(v for p in self.params for v in (float(p.double().sum()), float(p.double().norm())))
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {f"{name}.{n}": p.detach().contiguous()
+                for name, m in self.modules.items() for n, p in m.named_parameters() if p.requires_grad}
+
+    def save(self, step: int) -> None:
+        with atomic_dir(self.ckpt_dir / f"step-{step:08d}") as tmp:
+            save_file(self.trainable_state(), str(tmp / "trainable.safetensors"))
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1])},
+                       tmp / "state.pt")
+            (tmp / "meta.json").write_text(json.dumps({"step": step, "updates": self.updates}))
+        for old in sorted(self.ckpt_dir.glob("step-*"))[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def resume(self) -> int:
+        """Restore the newest complete checkpoint; returns its step (0 if none)."""
+        done = sorted(p for p in self.ckpt_dir.glob("step-*") if (p / "meta.json").exists())
+        if not done:
+            return 0
+        latest = done[-1]
+        params = {f"{name}.{n}": p for name, m in self.modules.items() for n, p in m.named_parameters()}
+        with torch.no_grad():
+            for name, value in load_file(str(latest / "trainable.safetensors")).items():
+                params[name].copy_(value)
+        state = torch.load(latest / "state.pt", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate((3, tuple(state["python_rng"]), None))
+        meta = json.loads((latest / "meta.json").read_text())
+        self.updates = meta.get("updates", 0)
+        return meta["step"]

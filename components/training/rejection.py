@@ -137,7 +137,7 @@ def rejection_sample(model, tokenizer, rows: list[dict], cfg, seed: int, engine=
     for i, row in enumerate(rows):
         _check_row(row, i)
     k = cfg.samples_per_prompt
-    engine = engine or make_engine("transformers", model, tokenizer, batch_size=cfg.batch_size)
+    engine = engine or make_engine(cfg.rollout.backend, model, tokenizer, **cfg.rollout.engine_kwargs())
     prompts = [render_prompt(tokenizer, row["prompt"], cfg.system_prompt) for row in rows]
     params = SamplingParams(n=k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                             seed=derive_seed(seed, "rejection_sampling"))

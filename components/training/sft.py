@@ -11,7 +11,7 @@ from functools import lru_cache
 import torch
 
 from components.algorithms.sft import sft_loss
-from components.training.loop import Log, no_log, train_loop
+from components.training.loop import Log, Progress, Trainer, no_log, no_progress
 
 
 class EncodingError(ValueError):
@@ -84,10 +84,16 @@ def sft_loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict]:
 
 
 def run_sft(model, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log: Log = no_log,
-            stop_after: int | None = None):
+            progress: Progress = no_progress, stop_after: int | None = None):
     """Train `model` on canonical rows with a TrainConfig; resumable from `ckpt_dir`."""
     if not rows:
         raise EncodingError("no training rows")
     encoded = [encode(tokenizer, row, cfg.max_length) for row in rows]
     batch_fn = make_batch_fn(encoded, cfg.batch_size, cfg.grad_accum, seed, tokenizer.pad_token_id)
-    return train_loop(model, batch_fn, sft_loss_fn, cfg, ckpt_dir, log=log, stop_after=stop_after)
+    trainer = Trainer({"model": model}, cfg, ckpt_dir, log=log, progress=progress, what="sft")
+
+    def iteration(step: int) -> dict:
+        return trainer.step([lambda micro=micro: sft_loss_fn(model, batch_fn(step, micro))
+                             for micro in range(cfg.grad_accum)])
+
+    return trainer.run(iteration, stop_after=stop_after)

@@ -11,6 +11,7 @@ GETTERS = {
     "advantage_estimator": algorithms.get_advantage_estimator,
     "dpo_loss": algorithms.get_dpo_loss,
     "distill_loss": algorithms.get_distill_loss,
+    "policy_loss": algorithms.get_policy_loss,
 }
 
 

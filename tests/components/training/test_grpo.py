@@ -10,6 +10,7 @@ import torch
 from components.config import LoraConfig, RLConfig, RewardItem
 from components.generation import Rollout, SamplingParams, make_engine
 from components.rewards import register_reward
+from components.training.loop import NoUpdateError
 from components.training.grpo import derive_seed, minibatch_plan, pick_prompts, run_grpo
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs, length_buckets
 
@@ -160,15 +161,17 @@ def test_grpo_learns_a_toy_reward(tiny_model, tiny_tokenizer, tmp_path):
     assert set(tables[0][1][0]) == {"prompt", "completion", "reward", "answer"} and len(tables[0][1]) == 32
 
 
-def test_zero_variance_groups_are_skipped(tiny_model, tiny_tokenizer, tmp_path):
+def test_zero_variance_groups_are_skipped_and_a_run_without_updates_fails_closed(tiny_model, tiny_tokenizer,
+                                                                               tmp_path):
     before = weights(tiny_model)
     logged, log = collect()
     cfg = rl_config(steps=2, rewards=[RewardItem(name="test_constant")], beta=0.1)
-    result = run_grpo(tiny_model, tiny_tokenizer, ROWS, cfg, tmp_path, seed=0, log=log)
+    with pytest.raises(NoUpdateError, match="GRPO: no optimizer step was taken in 2 iterations"):
+        run_grpo(tiny_model, tiny_tokenizer, ROWS, cfg, tmp_path, seed=0, log=log)
     assert same_weights(before, weights(tiny_model))
     assert [logged[s]["groups_kept_frac"] for s in (1, 2)] == [0.0, 0.0]
     assert logged[1]["groups_dropped"] == 4 and "loss" not in logged[1]
-    assert result.last_metrics["reward/mean"] == 1.0
+    assert logged[2]["reward/mean"] == 1.0
     assert (tmp_path / "step-00000002").is_dir(), "the skipped iterations still count"
 
 
