@@ -1,9 +1,12 @@
-"""Typed recipes: one pydantic model per stage section, loaded from one YAML file.
+"""Typed configuration: the sections a recipe is made of, and reading a recipe file.
 
-`load_recipe(path, overrides=["cold_start.lr=3e-4"])` reads the YAML, applies `--set`
-overrides (values parsed as YAML scalars), and validates. Every error names the file and
-the dotted path of the field, e.g. ``configs/x.yaml: cold_start.lr: Input should be a valid
-number``. Unknown fields are errors, never silently ignored.
+A recipe is one YAML file: `run`, `data` and `model` sections, then one section per stage,
+named after the stage and typed by the config class the stage declares (the `Recipe` class is
+assembled from the stage registry in `tasks/recipe.py`). `load_tree(path, overrides)` reads
+the YAML and applies `--set a.b=c` overrides (values parsed as YAML scalars); `validate`
+turns pydantic errors into one line per field naming the file and the dotted path, e.g.
+``configs/x.yaml: cold_start.lr: Input should be greater than 0``. Unknown fields are errors,
+never silently ignored.
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ class RunConfig(Section):
     experiment: str = Field("r1flow", description="MLflow experiment name.")
     stages: list[str] = Field(
         default_factory=lambda: ["base", "cold_start"],
-        description="Training stages in order; each one's output is evaluated.",
+        description="The stages of the R1 outline (flows/pipeline.py) to run; the others pass their input on. "
+        "The outline fixes the order; every model a stage produces is evaluated on the held-out set.",
     )
 
 
@@ -83,6 +87,8 @@ class ModelConfig(Section):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(False, description="Run model code from the hub. Off unless you trust it.")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    license: str = Field("apache-2.0", description="License of the weights, recorded in every logged model's card "
+                         "(set it to the base model's license when you start from a hub model).")
     arch: ArchConfig = Field(default_factory=ArchConfig)
 
 
@@ -200,6 +206,8 @@ class RejectionConfig(Section):
     min_tokens: int = Field(1, ge=0)
     max_tokens: int = Field(64, ge=1)
     verifier: str = Field("exact_int", description="Reward function that decides correctness.")
+    accept_score: float = Field(1.0, description="A sample is correct when the verifier scores it at least this "
+                                "(1.0 for 0/1 verifiers; lower for partial-credit rewards).")
     require_format: bool = True
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     limit: int | None = Field(None, ge=1, description="Use at most this many prompts.")
@@ -215,30 +223,6 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(64, ge=1)
     rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(batch_size=128))
     table_rows: int = Field(32, ge=0, description="Sample completions logged as an MLflow table.")
-
-
-# Every training stage is configured by the recipe section of the same name.
-STAGE_SECTIONS = ("base", "cold_start", "cold_start_rl", "rejection_sampling", "sft", "reasoning_rl")
-
-
-class Recipe(Section):
-    run: RunConfig = Field(default_factory=RunConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    base: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=1500, batch_size=64, lr=2e-3))
-    cold_start: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=150, lr=5e-4))
-    cold_start_rl: RLConfig = Field(default_factory=RLConfig)
-    rejection_sampling: RejectionConfig = Field(default_factory=RejectionConfig)
-    sft: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=200, lr=3e-4))
-    reasoning_rl: RLConfig = Field(default_factory=RLConfig)
-    evaluate: EvalConfig = Field(default_factory=EvalConfig)
-
-    @model_validator(mode="after")
-    def _known_stages(self) -> "Recipe":
-        bad = [s for s in self.run.stages if s not in STAGE_SECTIONS]
-        if bad:
-            raise ValueError(f"unknown stage(s) {bad} in run.stages; choose from {sorted(STAGE_SECTIONS)}")
-        return self
 
 
 def apply_override(tree: dict, assignment: str) -> None:
@@ -263,8 +247,8 @@ def format_validation_error(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
-    """Load a YAML recipe (or the defaults when `path` is None) with `--set` overrides."""
+def load_tree(path: str | Path | None = None, overrides: list[str] | None = None) -> tuple[dict[str, Any], str]:
+    """The YAML mapping of a recipe file with `--set` overrides applied; returns (tree, source name)."""
     source = str(path) if path else "<defaults>"
     tree: dict[str, Any] = {}
     if path:
@@ -278,7 +262,12 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
             raise RecipeError(f"{source}: a recipe is a mapping of sections, got {type(tree).__name__}")
     for assignment in overrides or []:
         apply_override(tree, assignment)
+    return tree, source
+
+
+def validate(cls: type[BaseModel], tree: dict, source: str):
+    """`cls.model_validate(tree)`, with errors that name the file and the dotted field path."""
     try:
-        return Recipe.model_validate(tree)
+        return cls.model_validate(tree)
     except ValidationError as e:
         raise RecipeError(format_validation_error(source, e)) from None

@@ -21,47 +21,113 @@ SetOpt = typer.Option(None, "--set", help="Override a recipe field: section.fiel
 
 
 def _recipe(path: Optional[Path], overrides: Optional[List[str]]):
-    from components.config import load_recipe
+    from tasks.recipe import load_recipe
 
     return load_recipe(path or Path("configs/default.yaml"), overrides or [])
 
 
-def _fail(err: Exception) -> None:
+def _fail(err: BaseException) -> None:
     typer.secho(f"error: {err}", fg="red", err=True)
     raise typer.Exit(2)
+
+
+def _interrupted() -> None:
+    typer.secho("interrupted: run the same command again to resume (finished stages are cached, "
+                "a stage in progress resumes from its last checkpoint)", fg="yellow", err=True)
+    raise typer.Exit(130)
 
 
 USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, RuntimeError)
 
 
+def _quiet_prefect() -> None:
+    """Prefect's own run logs go to the Prefect UI only; the terminal shows r1flow's lines."""
+    import logging
+
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).propagate = False
+
+
+def _print_report(report: dict, as_json: bool) -> None:
+    from tasks.console import summary_table
+
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo("\n" + summary_table(report["stages"]))
+    typer.echo("\nCompare runs and models:  r1flow ui mlflow    (http://127.0.0.1:5000, experiment "
+               f"'{report.get('experiment', 'r1flow')}')")
+    typer.echo("See flow runs and logs:  r1flow ui prefect   (http://127.0.0.1:4200)")
+
+
+JsonOpt = typer.Option(False, "--json", help="Print the run's report as JSON instead of a table.")
+
+
 @app.command()
-def run(recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] = SetOpt) -> None:
+def run(recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] = SetOpt, as_json: bool = JsonOpt) -> None:
     """Run the recipe's pipeline end to end (cached stages are skipped)."""
     root = configure()
     try:
         cfg = _recipe(recipe, set_)
         from flows.pipeline import r1_pipeline
 
-        metrics = r1_pipeline(cfg.model_dump(mode="json"), str(root))
+        _quiet_prefect()
+        report = r1_pipeline(cfg, str(root))
     except USER_ERRORS as e:
         _fail(e)
-    typer.echo(json.dumps(metrics, indent=2))
+    except KeyboardInterrupt:
+        _interrupted()
+    _print_report({**report, "experiment": cfg.run.experiment}, as_json)
+
+
+def _input_option(name: str):
+    return typer.Option(None, f"--{name}", help=f"The stage's `{name.replace('-', '_')}` input: a model directory, "
+                        "runs:/… or models:/NAME@ALIAS (a file for --dataset).")
 
 
 @app.command()
-def stage(name: str = typer.Argument(..., help="Stage to run, e.g. cold_start."),
-          from_: str = typer.Option(..., "--from", help="Input model: a path, runs:/…, or models:/NAME@ALIAS."),
-          recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] = SetOpt) -> None:
-    """Rerun one stage from a given model, then evaluate it."""
+def stage(name: str = typer.Argument(..., help="Stage to run, e.g. cold_start (see `r1flow stages`)."),
+          recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] = SetOpt,
+          from_: Optional[str] = typer.Option(None, "--from", help="The stage's first input (usually --policy)."),
+          policy: Optional[str] = _input_option("policy"), model: Optional[str] = _input_option("model"),
+          reference: Optional[str] = _input_option("reference"),
+          reward_model: Optional[str] = _input_option("reward-model"),
+          teacher: Optional[str] = _input_option("teacher"), student: Optional[str] = _input_option("student"),
+          dataset: Optional[str] = _input_option("dataset"), as_json: bool = JsonOpt) -> None:
+    """Rerun one stage from given inputs (checked before anything starts), then evaluate its model."""
     root = configure()
     try:
-        cfg = _recipe(recipe, set_)
-        from flows.single_stage import single_stage
+        from tasks.inputs import resolve_inputs
+        from tasks.stages import get_stage
 
-        metrics = single_stage(name, cfg.model_dump(mode="json"), from_, str(root))
+        spec = get_stage(name)
+        given = {k: v for k, v in dict(policy=policy, model=model, reference=reference, reward_model=reward_model,
+                                       teacher=teacher, student=student, dataset=dataset).items() if v}
+        if from_:
+            if not spec.inputs:
+                raise ValueError(f"{name}: takes no input, so --from has nothing to set")
+            given.setdefault(spec.inputs[0], from_)
+        cfg = _recipe(recipe, set_)
+        resolve_inputs(spec, given, root)  # every typo is one line, before the flow starts
+        from flows.single_stage import r1_stage
+
+        _quiet_prefect()
+        report = r1_stage(name, cfg, given, str(root))
     except USER_ERRORS as e:
         _fail(e)
-    typer.echo(json.dumps(metrics, indent=2))
+    except KeyboardInterrupt:
+        _interrupted()
+    _print_report({**report, "experiment": cfg.run.experiment}, as_json)
+
+
+@app.command("stages")
+def stages_() -> None:
+    """List the stages, their inputs and the data files they read."""
+    from tasks.stages import registry
+
+    for spec in registry().values():
+        inputs = ", ".join(f"{n}{'?' if n in spec.optional else ''}" for n in spec.inputs) or "-"
+        typer.echo(f"{spec.name:20s} inputs: {inputs:28s} reads: {', '.join(spec.reads) or '-':22s} {spec.doc}")
 
 
 @app.command()

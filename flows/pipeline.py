@@ -1,35 +1,31 @@
-"""The R1 outline as a Prefect flow: each training stage of the recipe, then its evaluation."""
-from __future__ import annotations
+"""The R1 outline (seed §2.3) as one Prefect flow: which model feeds which stage, one line each.
 
-from pathlib import Path
+A stage the recipe does not list in `run.stages` hands its input on unchanged, so one outline
+serves every recipe (start from a hub model, skip rejection sampling, …). Every model a stage
+produces is scored on the held-out set; the flow returns the run's summary (`PipelineRun.report`).
+"""
+from __future__ import annotations
 
 from prefect import flow
 
-import tasks.evaluate  # noqa: F401  (registers the stage)
-import tasks.reasoning_stages  # noqa: F401  (registers the stages)
-import tasks.train_stages  # noqa: F401  (registers the stages)
-from components.config import Recipe
-from tasks.pipeline import data_task, pipeline_run, record_stage, starting_model
-from tasks.stage import run_stage
+from tasks.flow_names import pipeline_run_name
+from tasks.pipeline import pipeline, starting_model
+from tasks.recipe import Recipe
+from tasks.stages.base import base
+from tasks.stages.cold_start import cold_start
+from tasks.stages.reasoning_rl import cold_start_rl, reasoning_rl
+from tasks.stages.rejection_sampling import rejection_sampling
+from tasks.stages.sft import sft
 
 
-@flow(name="r1_pipeline", log_prints=True)
-def r1_pipeline(recipe: dict, root: str = ".") -> dict:
-    """Run the recipe's stages in order, evaluating each stage's model on the held-out split."""
-    cfg = Recipe.model_validate(recipe)
-    data = data_task(str(Path(root).resolve()))
-    model = starting_model(cfg)
-    metrics = {}
-    with pipeline_run(cfg, Path(root)) as parent:
-        for stage in cfg.run.stages:
-            if stage == "base" and model is not None:
-                continue  # the recipe names an existing model: nothing to pretrain
-            previous, model = model, run_stage(stage, recipe, model, data, parent, label=stage)
-            record_stage(stage, model)
-            if previous is not None and model.digest == previous.digest:
-                continue  # same weights (rejection sampling only derives data): nothing new to evaluate
-            scores = run_stage("evaluate", recipe, model, data, parent, label=f"evaluate/{stage}")
-            record_stage("evaluate", scores)
-            metrics[stage] = scores.metrics
-            print(f"{stage}: accuracy {scores.metrics['accuracy']:.3f} ± {scores.metrics['accuracy_se']:.3f}")
-    return metrics
+@flow(name="r1_pipeline", flow_run_name=pipeline_run_name, log_prints=True)
+def r1_pipeline(recipe: Recipe, root: str = ".") -> dict:
+    """Cold start → rejection sampling + SFT → reasoning RL, each stage evaluated on held-out data."""
+    with pipeline(recipe, root) as run:
+        start = starting_model(recipe) or base()                  # a named model, or pretrain a tiny one
+        policy = cold_start(policy=start)                         # §2.3.1 SFT on curated worked solutions
+        policy = cold_start_rl(policy=policy)                     #   (optional) GRPO on the cold-start prompts
+        samples = rejection_sampling(policy=policy)               # §2.3.3 K samples, keep the verified ones
+        policy = sft(policy=policy, dataset=samples)              #   SFT on them
+        reasoner = reasoning_rl(policy=policy)                    # §2.3.2 GRPO with rule-based rewards
+    return run.report() | {"final": reasoner.uri if reasoner else None}

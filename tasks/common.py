@@ -1,18 +1,22 @@
-"""What every stage does at its edges: read its data, record it, save and register its model."""
+"""What every stage does at its edges: read its data, load its input models, save and register its output."""
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
+import mlflow
+
 from components.data.loaders import load_records
-from components.io import atomic_dir, digest_path
+from components.io import atomic_dir, digest_path, write_jsonl
 from components.modeling.models import load_model, load_tokenizer, save_model
+from components.training.rejection import dataset_digest
 from tasks import tracking
-from tasks.refs import ModelRef
+from tasks.refs import DatasetRef, ModelRef
 from tasks.stage import StageContext
 
 
-def read_rows(ctx: StageContext, default_file: str, schema: str, source: str | None, limit: int | None) -> list[dict]:
+def read_rows(ctx: StageContext, default_file: str, schema: str, source: str | None = None,
+              limit: int | None = None, name: str | None = None) -> list[dict]:
     """The stage's rows (user `source` or the curated file), recorded as an MLflow dataset input."""
     path = source or ctx.data.file(default_file)
     rows = load_records(path, schema, limit=limit)
@@ -22,26 +26,44 @@ def read_rows(ctx: StageContext, default_file: str, schema: str, source: str | N
         digest = digest_path(source)
     else:
         digest = hashlib.sha256(source.encode()).hexdigest()  # a hub dataset: named, not hashed
-    tracking.log_dataset(path, digest, name=Path(default_file).stem, context="training", rows=rows)
+    tracking.log_dataset(path, digest, name=name or Path(default_file).stem, context="training", rows=rows)
     return rows
 
 
-def load_upstream(ctx: StageContext, finetune: str = "full", lora=None):
-    """(model, tokenizer) of the upstream stage's output, ready for `finetune` mode."""
-    m = ctx.recipe.model
-    model = load_model(ctx.upstream.uri, finetune=finetune, lora=lora, dtype=m.dtype,
-                       revision=m.revision, trust_remote_code=m.trust_remote_code)
-    tok = load_tokenizer(ctx.upstream.uri, revision=m.revision, trust_remote_code=m.trust_remote_code)
-    return model, tok
+def read_dataset(ctx: StageContext, dataset: DatasetRef, limit: int | None = None) -> list[dict]:
+    """The rows of a derived dataset record, recorded as an MLflow dataset input."""
+    rows = load_records(dataset.uri, dataset.schema, limit=limit)
+    tracking.log_dataset(dataset.uri, dataset.digest, name=f"{dataset.stage}-samples", context="derived", rows=rows)
+    return rows
 
 
-def finish(ctx: StageContext, model, tokenizer, merge: bool = True) -> ModelRef:
-    """Save the stage's model (atomically), log it to MLflow, register it with the stage alias."""
-    base_path = ctx.upstream.uri if ctx.upstream else None
-    with atomic_dir(ctx.out_dir) as tmp:
-        saved = save_model(model, tokenizer, tmp / "model", base_path=base_path, merge=merge,
-                           dtype=ctx.recipe.model.dtype)
+def load_policy(ctx: StageContext, ref: ModelRef, finetune: str = "full", lora=None):
+    """(model, tokenizer) of a causal-LM input, ready for `finetune` mode (full | lora | qlora)."""
+    m = ctx.model
+    model = load_model(ref.uri, finetune=finetune, lora=lora, dtype=m.dtype, revision=m.revision,
+                       trust_remote_code=m.trust_remote_code)
+    tokenizer = load_tokenizer(ref.uri, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    return model, tokenizer
+
+
+def finish(ctx: StageContext, model, tokenizer, base: ModelRef | None = None, merge: bool = True,
+           kind: str = "causal_lm") -> ModelRef:
+    """Save the stage's model (atomically, to out_dir/model), log it to MLflow, register it with the stage's alias."""
     model_dir = ctx.out_dir / "model"
-    registered = tracking.log_model(saved, tokenizer, f"{ctx.recipe.run.name}", alias=ctx.name)
-    return ModelRef(uri=str(model_dir), digest=digest_path(model_dir), stage=ctx.name, run_id=ctx.run_id,
+    with atomic_dir(model_dir) as tmp:
+        saved = save_model(model, tokenizer, tmp, base_path=base.uri if base else None, merge=merge,
+                           dtype=ctx.model.dtype)
+    registered = tracking.log_model(saved, tokenizer, ctx.recipe_name, alias=ctx.name, kind=kind,
+                                    license=ctx.model.license)
+    return ModelRef(uri=str(model_dir), digest=digest_path(model_dir), stage=ctx.name, kind=kind, run_id=ctx.run_id,
                     registered=registered)
+
+
+def publish_rows(ctx: StageContext, rows: list[dict], name: str, schema: str = "sft") -> DatasetRef:
+    """Write derived rows as a content-addressed file in the stage's output, logged to MLflow."""
+    digest = dataset_digest(rows)
+    path = ctx.out_dir / f"{name}-{digest[:16]}.jsonl"
+    write_jsonl(path, rows)  # atomic: a temporary sibling renamed into place
+    tracking.log_dataset(str(path), digest, name=name, context="derived", rows=rows)
+    mlflow.log_artifact(str(path), "derived")
+    return DatasetRef(uri=str(path), digest=digest, rows=len(rows), stage=ctx.name, schema=schema, run_id=ctx.run_id)

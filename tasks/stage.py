@@ -1,117 +1,104 @@
-"""One Prefect task runs any registered stage, cached on exactly what the stage depends on.
+"""A stage: one function with a typed config section, named inputs, and the data files it reads.
 
-Cache key = sha256 of: the stage name, its recipe section, the model section and seed, the
-upstream model's digest, the md5s of the data files it reads (from data.dvc), and a hash
-of the code it runs. RUN_ID is deliberately not in it, so a second pipeline run executes
-nothing, and a change anywhere reruns just the stages it reaches and their downstream.
-The output and checkpoint folders are named by the key, so a killed stage restarted with
-the same inputs resumes from its own checkpoints.
+    @stage(config=TrainConfig, defaults=dict(steps=150, lr=5e-4), inputs=("policy",),
+           reads=("cold_start.jsonl",), code=TRAIN_CODE)
+    def cold_start(ctx: StageContext, policy: ModelRef) -> ModelRef: ...
+
+declares everything r1flow needs to know about it: its recipe section (named after the stage,
+typed by `config`, with these defaults), the records it takes (`policy`, `reference`,
+`reward_model`, `teacher`, `student`, `dataset`, …), the curated files it reads, and the source
+paths whose change invalidates it. The recipe's sections are built from the stage modules in
+`tasks/stages/` (see `tasks.stages.registry`), so a stage is declared in exactly one place.
+
+Called inside a pipeline (`flows/pipeline.py`), a stage runs through the one cached Prefect
+task in `tasks/pipeline.py`; its cache key is `stage_key` below: the section, the model section
+and seed, the digest of every input it takes (and of nothing else), the DVC md5s of the files it
+reads, the content of a user `source` file, and a hash of its code.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from prefect import task
-from prefect.context import get_run_context
-
-from components.config import Recipe
+from components.config import ModelConfig, Section
 from components.io import digest_path
-from tasks import tracking
-from tasks.refs import EvalRef, ModelRef
-from tasks.versioning import DataRef, code_digest, git_commit
+from components.training.loop import Log, Progress
+from tasks.refs import ref_digest
+from tasks.versioning import DataRef, code_digest
 
 
 @dataclass
 class StageContext:
-    name: str
-    recipe: Recipe
-    upstream: ModelRef | None
-    data: DataRef
-    out_dir: Path       # write the result here (it does not exist yet)
-    ckpt_dir: Path      # resumable checkpoints for this exact key
-    run_id: str
-    log: Callable[[dict, int], None]
+    """What a stage function gets besides its inputs: its typed section and where to write."""
 
-    @property
-    def cfg(self):
-        return getattr(self.recipe, self.name, None)
+    name: str
+    cfg: Any              # the stage's typed recipe section
+    model: ModelConfig    # the recipe's model section (dtype, revision, trust_remote_code, arch)
+    seed: int
+    recipe_name: str
+    data: DataRef
+    out_dir: Path         # write the result here (it does not exist yet)
+    ckpt_dir: Path        # resumable checkpoints for this exact key
+    run_id: str
+    log: Log
+    progress: Progress
 
 
 @dataclass(frozen=True)
-class StageSpec:
-    fn: Callable[[StageContext], ModelRef | EvalRef]
-    reads: tuple[str, ...]   # data files (relative to the data folder)
-    code: tuple[str, ...]    # source paths whose change invalidates the stage
-    section: str | None      # recipe section holding its config
+class Stage:
+    name: str
+    fn: Callable
+    config: type[Section]
+    defaults: dict = field(default_factory=dict)
+    inputs: tuple[str, ...] = ()     # records the function takes, by keyword
+    optional: tuple[str, ...] = ()   # of those, the ones that may be None
+    passthrough: str | None = None   # the input returned unchanged when the recipe skips the stage
+    reads: tuple[str, ...] = ()      # curated data files (relative to the data folder)
+    code: tuple[str, ...] = ()       # source paths whose change invalidates the stage
+    evaluate: bool = False           # its model output is scored on the held-out set
+    doc: str = ""
+
+    def default_config(self) -> Section:
+        return self.config(**self.defaults)
+
+    def __call__(self, **inputs):
+        """Run inside the current pipeline (see `tasks.pipeline.pipeline`)."""
+        from tasks.pipeline import current_pipeline
+
+        return current_pipeline().call(self, inputs)
 
 
-STAGES: dict[str, StageSpec] = {}
-
-
-def register(name: str, reads: tuple[str, ...], code: tuple[str, ...], section: str | None = None):
-    def wrap(fn):
-        STAGES[name] = StageSpec(fn, reads, code + ("tasks/stage.py", f"tasks/{fn.__module__.split('.')[-1]}.py"),
-                                 section or name)
-        return fn
+def stage(*, config: type[Section], defaults: dict | None = None, inputs: tuple[str, ...] = (),
+          optional: tuple[str, ...] = (), passthrough: str | None = None, reads: tuple[str, ...] = (),
+          code: tuple[str, ...] = (), evaluate: bool = False):
+    """Declare the decorated function `fn(ctx, **inputs)` as the stage named after it."""
+    def wrap(fn: Callable) -> Stage:
+        module = fn.__module__.replace(".", "/") + ".py"
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        return Stage(fn.__name__, fn, config, dict(defaults or {}), tuple(inputs), tuple(optional), passthrough,
+                     tuple(reads), tuple(code) + ("tasks/stage.py", "tasks/common.py", module), evaluate, doc)
     return wrap
 
 
-def stage_key(stage: str, recipe: Recipe, upstream: ModelRef | None, data: DataRef) -> str:
-    spec = STAGES[stage]
-    section = recipe.model_dump(mode="json").get(spec.section)
-    source = section.get("source") if isinstance(section, dict) else None
+def stage_key(spec: Stage, cfg: Section, model: ModelConfig, seed: int, inputs: dict, data: DataRef) -> str:
+    """The cache key of running `spec` with section `cfg` on `inputs` (see the module docstring)."""
+    section = cfg.model_dump(mode="json")
+    source = section.get("source")
     payload = {
-        "stage": stage,
+        "stage": spec.name,
         "section": section,
         "source": digest_path(source) if source and Path(source).exists() else None,  # user data content
-        "model": recipe.model.model_dump(mode="json"),
-        "seed": recipe.run.seed,
-        "upstream": upstream.lineage_digest if upstream else None,
+        "model": model.model_dump(mode="json"),
+        "seed": seed,
+        "inputs": {name: ref_digest(inputs.get(name)) for name in spec.inputs},
         "data": data.digest(spec.reads),
         "code": code_digest(*spec.code),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def output_dir(recipe: Recipe, stage: str, key: str) -> Path:
-    return Path(recipe.run.output_dir).resolve() / "stages" / f"{stage}-{key[:16]}"
-
-
-def _cache_key(context, parameters: dict) -> str:
-    recipe = Recipe.model_validate(parameters["recipe"])
-    return stage_key(parameters["stage"], recipe, parameters["upstream"], parameters["data"])
-
-
-@task(cache_key_fn=_cache_key, persist_result=True, task_run_name="{label}", retries=0)
-def stage_task(stage: str, recipe: dict, upstream: ModelRef | None, data: DataRef, parent_run_id: str,
-               label: str = ""):
-    """Run one registered stage in its own nested MLflow run (named `label`); returns a ModelRef or EvalRef."""
-    cfg = Recipe.model_validate(recipe)
-    spec = STAGES[stage]
-    key = stage_key(stage, cfg, upstream, data)
-    out = output_dir(cfg, stage, key)
-    tags = {"r1flow.stage": stage, "r1flow.cache_key": key, "r1flow.data_md5": data.md5,
-            "r1flow.code_hash": code_digest(*spec.code)[:16], "mlflow.source.git.commit": git_commit(Path.cwd()),
-            "prefect.flow_run_id": str(get_run_context().task_run.flow_run_id),
-            "r1flow.upstream": upstream.uri if upstream else ""}
-    section = recipe.get(spec.section)
-    with tracking.run(label or stage, cfg.run.experiment, parent_run_id=parent_run_id,
-                      params={spec.section: section} if isinstance(section, dict) else None, tags=tags) as run_id:
-        ctx = StageContext(stage, cfg, upstream, data, out, out.parent / f".ckpt-{out.name}", run_id,
-                           tracking.metric_logger(run_id))
-        result = spec.fn(ctx)
-    (out / "result.json").write_text(json.dumps({"run_id": run_id, "key": key}))
-    return result
-
-
-def run_stage(stage: str, recipe: dict, upstream: ModelRef | None, data: DataRef, parent_run_id: str,
-              label: str | None = None):
-    """Run a stage through the cache; a cached result whose files were deleted is recomputed."""
-    cfg = Recipe.model_validate(recipe)
-    done = (output_dir(cfg, stage, stage_key(stage, cfg, upstream, data)) / "result.json").exists()
-    return stage_task.with_options(refresh_cache=not done)(stage, recipe, upstream, data, parent_run_id,
-                                                           label=label or stage)
+def output_dir(output_root: str, name: str, key: str) -> Path:
+    return Path(output_root).resolve() / "stages" / f"{name}-{key[:16]}"

@@ -8,10 +8,13 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Iterator
 
 import mlflow
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 
@@ -45,18 +48,28 @@ def run(name: str, experiment: str, *, parent_run_id: str | None = None, params:
         yield r.info.run_id
 
 
-def metric_logger(run_id: str, prefix: str = ""):
-    """The `log(metrics, step)` callable handed to components, bound to one run."""
+def metric_logger(run_id: str, prefix: str = "", echo=None):
+    """The `log(metrics, step)` callable handed to components, bound to one run: one batched
+    MLflow call per log line; `echo(metrics, step)` also sees them (e.g. the Prefect run log)."""
     client = MlflowClient()
 
     def log(metrics: dict, step: int) -> None:
-        for key, value in metrics.items():
-            client.log_metric(run_id, f"{prefix}{key}", float(value), step=step)
+        now = int(time.time() * 1000)
+        values = [Metric(f"{prefix}{k}", float(v), now, step) for k, v in metrics.items()]
+        client.log_batch(run_id, metrics=values, synchronous=True)
+        if echo is not None:
+            echo(metrics, step)
 
     return log
 
 
-def log_model(model, tokenizer, registered_name: str, alias: str) -> str:
+# MLflow's transformers-flavor task for each kind of model directory (tasks/refs.py MODEL_KINDS)
+FLAVOR_TASKS = {"causal_lm": "text-generation", "sequence_classifier": "text-classification",
+                "token_classifier": "token-classification"}
+
+
+def log_model(model, tokenizer, registered_name: str, alias: str, kind: str = "causal_lm",
+              license: str = "apache-2.0") -> str:
     """Log a model as an MLflow transformers model, register it, alias the version with the stage."""
     import torch
     import transformers
@@ -64,12 +77,26 @@ def log_model(model, tokenizer, registered_name: str, alias: str) -> str:
     # Pinning the requirements skips MLflow's slow import-scanning inference.
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
     info = mlflow.transformers.log_model(transformers_model={"model": model, "tokenizer": tokenizer}, name="model",
-                                         task="text-generation", registered_model_name=registered_name,
-                                         pip_requirements=requirements)
+                                         task=FLAVOR_TASKS[kind], pip_requirements=requirements,
+                                         model_card=model_card(registered_name, alias, license))
+    # Registered through the client: `registered_model_name=` would print "already exists" lines.
     client = MlflowClient()
-    version = info.registered_model_version
+    try:
+        client.get_registered_model(registered_name)
+    except MlflowException:
+        client.create_registered_model(registered_name)
+    version = client.create_model_version(registered_name, source=info.model_uri, run_id=info.run_id,
+                                          model_id=info.model_id).version
     client.set_registered_model_alias(registered_name, alias, version)
     return f"models:/{registered_name}/{version}"
+
+
+def model_card(name: str, stage: str, license: str):
+    """The card MLflow stores with a model (without one it looks for it on the hub and warns)."""
+    from huggingface_hub import ModelCard
+
+    return ModelCard(f"---\nlicense: {license}\nlibrary_name: transformers\ntags: [r1flow, {stage}]\n---\n\n"
+                     f"# {name} · {stage}\n\nProduced by the r1flow stage `{stage}` of the recipe `{name}`.\n")
 
 
 def log_dataset(path: str, digest: str, name: str, context: str, rows: list[dict] | None = None) -> None:
@@ -77,8 +104,21 @@ def log_dataset(path: str, digest: str, name: str, context: str, rows: list[dict
     import pandas as pd
 
     preview = pd.DataFrame(rows[:1000] if rows else [{"path": path}]).astype(str)
-    ds = mlflow.data.from_pandas(preview, source=str(Path(path).resolve()), name=name, digest=digest[:32])
+    ds = mlflow.data.from_pandas(preview, source=dataset_source(path), name=name, digest=digest[:32])
     mlflow.log_input(ds, context=context)
+
+
+def dataset_source(path: str):
+    """The MLflow source of a dataset, given explicitly: resolving a plain path string makes MLflow
+    warn that it matches two identical local source classes (it registers one for "" and "file")."""
+    if path.startswith("hf:"):
+        from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+        return HuggingFaceDatasetSource(path=path[3:])
+    from mlflow.data.dataset_source_registry import get_registered_sources
+
+    local = next(c for c in get_registered_sources() if c._get_source_type() == "local")
+    return local(str(Path(path).resolve()))
 
 
 def log_table(rows: list[dict], artifact_file: str) -> None:
@@ -86,22 +126,37 @@ def log_table(rows: list[dict], artifact_file: str) -> None:
         mlflow.log_table({k: [r.get(k) for r in rows] for k in rows[0]}, artifact_file=artifact_file)
 
 
-def download_model(uri: str, cache: Path) -> Path:
-    """Fetch a logged model (runs:/ or models:/) and return its HF model directory."""
+def download_model(uri: str, cache: Path, what: str = "model") -> Path:
+    """Fetch a logged model (runs:/ or models:/) once and return its HF model directory.
+
+    A registry alias is resolved to its version first, so a moved alias fetches the new model.
+    """
     import hashlib
+    import tempfile
 
     from mlflow.exceptions import MlflowException
 
-    target = cache / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    flag = f"--{what.replace('_', '-')}"
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+        if uri.startswith("models:/") and "@" in uri:
+            name, alias = uri[len("models:/"):].split("@", 1)
+            version = MlflowClient().get_model_version_by_alias(name, alias)
+            uri = f"models:/{name}/{version.version}"
+        target = cache / hashlib.sha256(uri.encode()).hexdigest()[:16]
+        if not target.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+                Path(tmp).rename(target)
+                Path(tmp).mkdir()  # for TemporaryDirectory's cleanup
     except MlflowException as e:
-        raise ValueError(f"--from: cannot fetch {uri}: {e.message}") from None
-    weights = next((c.parent for c in sorted(local.rglob("config.json")) if any(c.parent.glob("*.safetensors"))), None)
+        raise ValueError(f"{flag}: cannot fetch {uri}: {e.message}") from None
+    weights = next((c.parent for c in sorted(target.rglob("config.json")) if any(c.parent.glob("*.safetensors"))),
+                   None)
     if weights is None:
-        raise ValueError(f"--from: {uri} holds no Hugging Face model directory")
+        raise ValueError(f"{flag}: {uri} holds no Hugging Face model directory")
     # The transformers flavor keeps the tokenizer apart (components/tokenizer): put it beside the weights.
-    for tok_file in (local / "components" / "tokenizer").glob("*"):
+    for tok_file in target.rglob("components/tokenizer/*"):
         if not (weights / tok_file.name).exists():
             shutil.copy2(tok_file, weights / tok_file.name)
     return weights

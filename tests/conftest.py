@@ -63,7 +63,7 @@ def make_project(folder: Path, recipe: str = "configs/tiny.yaml") -> Path:
                                     capture_output=True)
     run("init", "-q", "--no-scm")
     run("remote", "add", "-q", "-d", "local", str(folder / "dvc-remote"))
-    from components.config import load_recipe
+    from tasks.recipe import load_recipe
     from components.data.curate import build
 
     build(load_recipe(folder / recipe).data, folder / "data")

@@ -26,9 +26,9 @@ def test_default_recipe_improves_stage_over_stage(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "R1FLOW_"))}
     cli = [sys.executable, "-m", "flows.cli"]
     subprocess.run([*cli, "data", "ensure"], cwd=tmp_path, env=env, check=True)
-    out = subprocess.run([*cli, "run", "configs/default.yaml"], cwd=tmp_path, env=env, check=True,
+    out = subprocess.run([*cli, "run", "configs/default.yaml", "--json"], cwd=tmp_path, env=env, check=True,
                          capture_output=True, text=True).stdout
-    metrics = json.loads(out[out.index("{"):])
+    metrics = json.loads(out)["metrics"]
     stages = list(metrics)
     for before, after in zip(stages, stages[1:]):
         a, b = metrics[before], metrics[after]

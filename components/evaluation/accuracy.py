@@ -20,13 +20,20 @@ class EvalResult:
     table: list[dict] = field(default_factory=list)
 
 
-def evaluate(model, tokenizer, rows: list[dict], *, max_new_tokens: int, batch_size: int,
-             correctness: str = "exact_int", system_prompt: str | None = None, table_rows: int = 32,
-             progress: bool = False) -> EvalResult:
-    """Score greedy completions of `rows` ({"prompt", "answer", optional "level"})."""
+def evaluate(model, tokenizer, rows: list[dict], *, max_new_tokens: int, batch_size: int = 128,
+             rollout=None, correctness: str = "exact_int", system_prompt: str | None = None, table_rows: int = 32,
+             progress=False) -> EvalResult:
+    """Score greedy completions of `rows` ({"prompt", "answer", optional "level"}).
+
+    `rollout` (a RolloutConfig) picks the backend; without it the transformers engine runs with
+    `batch_size`. `progress`: False, True (a tqdm bar) or a `progress(done, total, metrics)` callable.
+    """
     if not rows:
         raise ValueError("evaluation set is empty")
-    engine = make_engine("transformers", model, tokenizer, batch_size=batch_size)
+    if rollout is not None:
+        engine = make_engine(rollout.backend, model, tokenizer, **rollout.engine_kwargs())
+    else:
+        engine = make_engine("transformers", model, tokenizer, batch_size=batch_size)
     prompts = [render_prompt(tokenizer, r["prompt"], system_prompt) for r in rows]
     rollout = engine.generate(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens),
                               progress=progress)

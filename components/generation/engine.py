@@ -147,8 +147,10 @@ class TransformersEngine:
             self.model = model
 
     def generate(
-        self, prompts: list[str] | list[list[int]], params: SamplingParams, progress: bool = False
+        self, prompts: list[str] | list[list[int]], params: SamplingParams, progress=False
     ) -> Rollout:
+        """Sample `params.n` completions per prompt. `progress`: False, True (a tqdm bar), or a
+        callable `progress(rows_done, rows_total, {"tok/s": …}, phase="sampling")`."""
         start = time.perf_counter()
         prompt_ids = self._encode(prompts)
         n, num_prompts = params.n, len(prompt_ids)
@@ -168,10 +170,11 @@ class TransformersEngine:
         batches = [order[s : s + self.batch_size] for s in range(0, total_rows, self.batch_size)]
 
         bar = None
-        if progress:
+        if progress is True:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total_rows, desc="rollout", unit="seq")
+        done = 0
         was_training = self.model.training
         self.model.eval()
         try:
@@ -180,9 +183,13 @@ class TransformersEngine:
                     out = self._generate_batch(rows, prompt_ids, params, seed)
                     for r, (toks, lps, reason, text) in zip(rows, out):
                         completions[r], logprobs[r], reasons[r], texts[r] = toks, lps, reason, text
+                    tok_s = sum(map(len, completions)) / (time.perf_counter() - start)
                     if bar is not None:
                         bar.update(len(rows))
-                        bar.set_postfix(tok_s=f"{sum(map(len, completions)) / (time.perf_counter() - start):.0f}")
+                        bar.set_postfix(tok_s=f"{tok_s:.0f}")
+                    elif callable(progress):
+                        done += len(rows)
+                        progress(done, total_rows, {"tok/s": tok_s}, phase="sampling")
         finally:
             self.model.train(was_training)
             if bar is not None:

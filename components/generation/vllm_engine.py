@@ -81,7 +81,7 @@ class VLLMEngine:
             skip_special_tokens=True,
         )
 
-    def generate(self, prompts, params: SamplingParams, progress: bool = False) -> Rollout:
+    def generate(self, prompts, params: SamplingParams, progress=False) -> Rollout:
         start = time.perf_counter()
         if prompts and all(isinstance(p, str) for p in prompts):
             prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
@@ -92,7 +92,7 @@ class VLLMEngine:
         n = params.n
         inputs = [{"prompt_token_ids": ids} for ids in prompt_ids for _ in range(n)]
         vparams = [self._vllm_params(params, i, j, params.seed) for i in range(len(prompt_ids)) for j in range(n)]
-        outputs = self.llm.generate(inputs, vparams, use_tqdm=progress)
+        outputs = self.llm.generate(inputs, vparams, use_tqdm=progress is True)
 
         rows = dict(prompt_ids=[], completion_ids=[], logprobs=[], texts=[], finish_reasons=[], prompt_index=[])
         for r, out in enumerate(outputs):

@@ -94,7 +94,7 @@ def run_grpo(policy, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log:
     prompt_ids = encode_prompts(tokenizer, rows, cfg.system_prompt)
     engine = engine or make_rollout_engine(cfg.rollout, policy, tokenizer, cfg.prompts_per_step * cfg.group_size)
     reference = frozen_reference(policy, reference, cfg.beta)  # before resuming: the initial policy
-    pool = (select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir, log)
+    pool = (select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir, log, progress)
             if cfg.pass_rate_band else list(range(len(rows))))
 
     trainer = Trainer({"policy": policy}, cfg, ckpt_dir, log=log, progress=progress, require_update=True,
@@ -192,7 +192,8 @@ def encode_prompts(tokenizer, rows: list[dict], system_prompt: str | None) -> li
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-def select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir: Path, log: Log) -> list[int]:
+def select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir: Path, log: Log,
+                        progress: Progress = no_progress) -> list[int]:
     """Indices of the prompts whose pass rate under the initial policy lies in `cfg.pass_rate_band`."""
     lo, hi = cfg.pass_rate_band
     if not 0.0 <= lo <= hi <= 1.0:
@@ -204,7 +205,7 @@ def select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir:
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
             return saved["kept"]
-    rollout = engine.generate(prompt_ids, sampling_params(cfg, derive_seed(seed, "pass-rate")))
+    rollout = engine.generate(prompt_ids, sampling_params(cfg, derive_seed(seed, "pass-rate")), progress=progress)
     correct = torch.tensor(score(combiner, rollout, rows).components[combiner.names[0]]) > 0.5
     rates = correct.float().view(-1, cfg.group_size).mean(dim=1)
     kept = ((rates >= lo) & (rates <= hi)).nonzero().flatten().tolist()

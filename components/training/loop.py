@@ -48,12 +48,13 @@ def no_log(metrics: dict, step: int) -> None:
 
 
 class Progress(Protocol):
-    """Told after every iteration: (iteration, total, that iteration's metrics)."""
+    """Told after every unit of work: (done, total, latest metrics, phase). The trainer reports
+    iterations (phase "train"); long generation passes report rows (phase "sampling")."""
 
-    def __call__(self, step: int, total: int, metrics: dict) -> None: ...
+    def __call__(self, step: int, total: int, metrics: dict, phase: str = "train") -> None: ...
 
 
-def no_progress(step: int, total: int, metrics: dict) -> None:
+def no_progress(step: int, total: int, metrics: dict, phase: str = "train") -> None:
     """The do-nothing progress display."""
 
 

@@ -5,7 +5,8 @@ policy with the rollout engine (seeded, so the same model, rows and seed give th
 samples), then `filter_samples` keeps, per prompt, the completions that pass every filter,
 applied in this order (the stats count the survivors of each step, a funnel):
 
-1. correct      the `verifier` reward (e.g. ``exact_int``, ``math_equiv``) scores it >= 1;
+1. correct      the `verifier` reward (e.g. ``exact_int``, ``math_equiv``) scores it >= `accept_score`
+                (1.0 by default);
 2. well_formed  the ``format`` reward accepts it (``<think>…</think><answer>…</answer>``);
                 when `require_format` is off this step passes everything;
 3. in_length    not truncated (finish reason != "length") and its token count lies in
@@ -59,7 +60,7 @@ class RejectionStats:
 def filter_samples(rows: list[dict], completions: list[list[str]], lengths: list[list[int]],
                    finish_reasons: list[list[str]], *, verifier: str, require_format: bool, min_tokens: int,
                    max_tokens: int, keep_per_prompt: int, system_prompt: str | None = None,
-                   ) -> tuple[list[dict], RejectionStats]:
+                   accept_score: float = 1.0) -> tuple[list[dict], RejectionStats]:
     """Keep the verified, well-formed, complete, in-length, unique completions, at most k per prompt.
 
     `completions[i]`, `lengths[i]` (tokens) and `finish_reasons[i]` are the samples of
@@ -86,7 +87,7 @@ def filter_samples(rows: list[dict], completions: list[list[str]], lengths: list
         seen: set[str] = set()
         kept_here = 0
         for text, n_tok, reason, ok, fmt in zip(texts, lens, reasons, correct, formatted):
-            if ok < 1.0:
+            if ok < accept_score:
                 continue
             counts["correct"] += 1
             if fmt < 1.0:
@@ -123,7 +124,7 @@ def sft_row(row: dict, completion: str, system_prompt: str | None = None) -> dic
 
 
 def rejection_sample(model, tokenizer, rows: list[dict], cfg, seed: int, engine=None,
-                     progress: bool = False) -> tuple[list[dict], RejectionStats]:
+                     progress=False) -> tuple[list[dict], RejectionStats]:
     """Sample `cfg.samples_per_prompt` completions per row (cfg: RejectionConfig), then `filter_samples`.
 
     Rows are canonical ``{"prompt", "answer", ...}`` (at most `cfg.limit` are used). The
@@ -155,7 +156,7 @@ def rejection_sample(model, tokenizer, rows: list[dict], cfg, seed: int, engine=
     kept, stats = filter_samples(
         rows, completions, lengths, reasons, verifier=cfg.verifier, require_format=cfg.require_format,
         min_tokens=cfg.min_tokens, max_tokens=cfg.max_tokens, keep_per_prompt=cfg.keep_per_prompt,
-        system_prompt=cfg.system_prompt,
+        system_prompt=cfg.system_prompt, accept_score=cfg.accept_score,
     )
     stats.tokens = int(rollout.num_generated_tokens)
     stats.seconds = time.perf_counter() - start

@@ -1,11 +1,12 @@
 """The tiny recipe on the real Prefect engine, MLflow store and DVC: what a user relies on.
 
-One project is shared by the tests in this module and they run in file order: a first run
-trains everything, a second run is all cache hits, then a config change and a data change
-rerun exactly the stages they reach.
+The module trains one project once (`trained`); every test stands alone on top of it (any one
+can run by itself with -k). Tests that change data restore it afterwards, and each config change
+uses a value no other test uses, so no test depends on another's order or leftovers.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -16,11 +17,13 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from components.config import load_recipe
+from components.io import digest_path
+from tasks.recipe import load_recipe
 from tests.conftest import make_project
 
-STAGES = ["base", "cold_start", "cold_start_rl", "reasoning_rl"]
-ALL = [name for stage in STAGES for name in (stage, f"evaluate/{stage}")]
+STAGES = ["base", "cold_start", "cold_start_rl", "rejection_sampling", "sft", "reasoning_rl"]
+EVALUATED = [s for s in STAGES if s != "rejection_sampling"]
+ALL = STAGES + [f"evaluate/{s}" for s in EVALUATED]
 
 
 @pytest.fixture(scope="module")
@@ -33,23 +36,44 @@ def project(tmp_path_factory, prefect_server):
 
 
 def run_pipeline(project: Path, *overrides: str):
-    """Run the flow; returns (metrics, {task label: Prefect state name}, parent MLflow run)."""
+    """Run the flow; returns (report, {task label: Prefect state name}, parent MLflow run)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from flows.pipeline import r1_pipeline
 
-    recipe = load_recipe(project / "configs/tiny.yaml", list(overrides)).model_dump(mode="json")
+    recipe = load_recipe(project / "configs/tiny.yaml", list(overrides))
     state = r1_pipeline(recipe, str(project), return_state=True)
-    metrics = state.result()
+    report = state.result()
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
     states = {r.name: r.state.name for r in runs if not r.name.startswith("data_task")}
-    parent = MlflowClient().search_runs(
-        [mlflow.get_experiment_by_name("r1flow-tiny").experiment_id],
-        filter_string=f"tags.`prefect.flow_run_id` = '{state.state_details.flow_run_id}'")
-    return metrics, states, [r for r in parent if "mlflow.parentRunId" not in r.data.tags][0]
+    parent = MlflowClient().get_run(report["parent_run_id"])
+    assert parent.data.tags["prefect.flow_run_id"] == str(flow_run.id)
+    report["flow_run_name"] = flow_run.name
+    return report, states, parent
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    return run_pipeline(project)
+
+
+@contextlib.contextmanager
+def data_edit(project: Path, name: str):
+    """Drop the last row of data/<name>, record it with `dvc add`; restore both afterwards."""
+    path = project / "data" / name
+    original = path.read_text()
+    path.write_text("".join(original.splitlines(keepends=True)[:-1]))
+    dvc = lambda: subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "data"], cwd=project, check=True)  # noqa
+    dvc()
+    try:
+        yield
+    finally:
+        path.write_text(original)
+        dvc()
 
 
 def children(parent) -> dict:
@@ -58,135 +82,168 @@ def children(parent) -> dict:
     return {r.info.run_name: r for r in runs}
 
 
-def test_first_run_trains_evaluates_and_tracks_everything(project):
-    metrics, states, parent = run_pipeline(project)
+def test_first_run_trains_evaluates_and_tracks_everything(project, trained):
+    report, states, parent = trained
     assert states == {name: "Completed" for name in ALL}, states
-    assert set(metrics) == set(STAGES)
-    for stage in metrics:
-        assert 0.0 <= metrics[stage]["accuracy"] <= 1.0
-        assert metrics[stage]["n"] == 24
-    # Parent run: resolved recipe as params, lineage tags, stage metrics.
-    assert parent.data.params["cold_start.lr"] == "0.001"
+    assert set(report["metrics"]) == set(EVALUATED)
+    for stage in EVALUATED:
+        assert 0.0 <= report["metrics"][stage]["accuracy"] <= 1.0 and report["metrics"][stage]["n"] == 24
+    assert [r["label"] for r in report["stages"] if not r["evaluation_of"]] == STAGES
+    # Flow run and parent MLflow run are named after the recipe and the data version.
     dvc_md5 = (project / "data.dvc").read_text().split("md5: ")[1].split(".dir")[0]
-    assert parent.data.tags["r1flow.data_md5"] == dvc_md5 + ".dir"
-    assert parent.data.metrics["cold_start.accuracy"] == metrics["cold_start"]["accuracy"]
+    assert report["flow_run_name"].startswith(f"tiny-{dvc_md5[:8]}-")
+    assert parent.info.run_name == f"tiny-{dvc_md5[:8]}"
+    assert parent.data.params["cold_start.lr"] == "0.001"
+    assert parent.data.tags["r1flow.data_md5"] == dvc_md5
+    assert parent.data.metrics["cold_start.accuracy"] == report["metrics"]["cold_start"]["accuracy"]
     # Nested runs: one per stage, with config params, per-step metrics, dataset inputs.
     kids = children(parent)
     assert set(kids) == set(ALL)
     base = kids["base"]
     assert base.data.params["base.steps"] == "6"
     assert base.data.tags["r1flow.data_md5"] == dvc_md5
-    assert base.data.tags["prefect.flow_run_id"] == parent.data.tags["prefect.flow_run_id"]
     history = MlflowClient().get_metric_history(base.info.run_id, "loss")
     assert [m.step for m in history] == [2, 4, 6]
-    inputs = base.inputs.dataset_inputs
-    assert inputs and inputs[0].dataset.name == "pretrain"
+    assert base.inputs.dataset_inputs[0].dataset.name == "pretrain"
     evaluation = kids["evaluate/cold_start"]
-    assert evaluation.data.metrics["accuracy"] == metrics["cold_start"]["accuracy"]
-    artifacts = [a.path for a in MlflowClient().list_artifacts(evaluation.info.run_id, "samples")]
-    assert artifacts == ["samples/cold_start.json"]
+    assert evaluation.data.metrics["accuracy"] == report["metrics"]["cold_start"]["accuracy"]
     table = json.loads(Path(mlflow.artifacts.download_artifacts(
         run_id=evaluation.info.run_id, artifact_path="samples/cold_start.json")).read_text())
     assert {"prompt", "answer", "completion", "correct"} <= set(table["columns"]) and len(table["data"]) == 8
+    report_md = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="report/report.md")
+    assert "rejection_sampling" in Path(report_md).read_text()
 
 
-def test_models_are_registered_with_stage_aliases(project):
+def test_models_are_registered_with_stage_aliases(trained):
     client = MlflowClient()
-    for alias in ("base", "cold_start"):
+    for alias in ("base", "cold_start", "sft", "reasoning_rl"):
         version = client.get_model_version_by_alias("tiny", alias)
         assert client.get_run(version.run_id).data.tags["r1flow.stage"] == alias
         local = Path(mlflow.artifacts.download_artifacts(f"models:/tiny@{alias}"))
         assert list(local.rglob("*.safetensors")), "registered model holds safetensors weights"
+        assert "license: apache-2.0" in next(local.rglob("model_card_data.yaml")).read_text()
 
 
-def test_second_run_executes_nothing(project):
+def test_rejection_samples_are_a_content_addressed_dataset_that_sft_trains_on(trained):
+    _, _, parent = trained
+    kids = children(parent)
+    rs, sft = kids["rejection_sampling"], kids["sft"]
+    assert rs.data.metrics["kept"] > 0
+    samples = Path(parent.data.tags["r1flow.output.rejection_sampling"])
+    digest = digest_path(samples)
+    assert samples.name == f"rejection_samples-{digest[:16]}.jsonl"
+    assert rs.inputs.dataset_inputs[-1].dataset.digest == digest[:32]
+    derived = [d.dataset for d in sft.inputs.dataset_inputs]
+    assert derived[0].digest == digest[:32] and derived[0].name == "rejection_sampling-samples"
+    assert sft.data.tags["r1flow.input.dataset"] == str(samples)
+
+
+def test_second_run_executes_nothing(trained, project):
     _, states, _ = run_pipeline(project)
     assert states == {name: "Cached" for name in ALL}
 
 
-def test_config_change_reruns_that_stage_and_downstream_only(project):
-    _, states, _ = run_pipeline(project, "cold_start.lr=0.002")
-    assert states == {**{name: "Cached" for name in ALL[:2]}, **{name: "Completed" for name in ALL[2:]}}
+def test_config_change_reruns_that_stage_and_downstream_only(trained, project):
+    _, states, _ = run_pipeline(project, "cold_start.lr=0.0021")
+    first = ["base", "evaluate/base"]
+    assert states == {**{n: "Cached" for n in first}, **{n: "Completed" for n in ALL if n not in first}}, states
 
 
-def test_data_change_reruns_the_stages_that_read_it(project):
-    path = project / "data" / "cold_start.jsonl"
-    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))  # drop one example
-    subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "data"], cwd=project, check=True)
-    _, states, _ = run_pipeline(project, "cold_start.lr=0.002")
-    assert states == {**{name: "Cached" for name in ALL[:2]}, **{name: "Completed" for name in ALL[2:]}}
+def test_changed_samples_rerun_sft(trained, project):
+    # (identical samples hit SFT's cache: see the rl_prompts edit below)
+    _, states, _ = run_pipeline(project, "rejection_sampling.samples_per_prompt=3")
+    assert states["rejection_sampling"] == "Completed" and states["sft"] == "Completed"
+    assert states["cold_start"] == "Cached"
 
 
-def test_deleted_outputs_are_rebuilt_not_served_stale(project):
+def test_editing_a_file_only_rl_stages_read_reruns_just_them(trained, project):
+    # rl_prompts.jsonl is read by rejection_sampling (first 16 rows: unchanged by dropping the
+    # last row, so its samples and therefore sft stay the same) and by reasoning_rl (all rows).
+    with data_edit(project, "rl_prompts.jsonl"):
+        _, states, _ = run_pipeline(project)
+    reran = {"rejection_sampling", "reasoning_rl", "evaluate/reasoning_rl"}
+    assert states == {n: ("Completed" if n in reran else "Cached") for n in ALL}, states
+
+
+def test_editing_the_eval_set_reruns_only_the_evaluations(trained, project):
+    with data_edit(project, "eval.jsonl"):
+        report, states, _ = run_pipeline(project)
+    assert states == {n: ("Completed" if n.startswith("evaluate/") else "Cached") for n in ALL}, states
+    assert all(m["n"] == 23 for m in report["metrics"].values())
+
+
+def test_editing_cold_start_data_reruns_its_readers_and_downstream(trained, project):
+    with data_edit(project, "cold_start.jsonl"):
+        _, states, _ = run_pipeline(project)
+    assert states == {n: ("Cached" if n in ("base", "evaluate/base") else "Completed") for n in ALL}, states
+
+
+def test_deleted_outputs_are_rebuilt_not_served_stale(trained, project):
     import shutil
 
     for folder in (project / "runs" / "stages").glob("cold_start-*"):
         shutil.rmtree(folder)
-    _, states, _ = run_pipeline(project, "cold_start.lr=0.002")
+    _, states, _ = run_pipeline(project)
     assert states["base"] == "Cached" and states["cold_start"] == "Completed"
 
 
-def test_uncommitted_data_change_is_refused(project):
-    from tasks.versioning import DataVersionError
-
+def test_uncommitted_data_change_is_refused(trained, project):
     path = project / "data" / "eval.jsonl"
     original = path.read_text()
     path.write_text(original + original.splitlines(keepends=True)[0])
     try:
         with pytest.raises(Exception, match="dvc add data"):
-            run_pipeline(project, "cold_start.lr=0.002")
+            run_pipeline(project)
     finally:
         path.write_text(original)
-    assert DataVersionError
 
 
-def test_single_stage_from_a_registry_alias(project):
-    from flows.single_stage import single_stage
-
-    recipe = load_recipe(project / "configs/tiny.yaml", ["cold_start.steps=2"]).model_dump(mode="json")
-    metrics = single_stage("cold_start", recipe, "models:/tiny@base", str(project))
-    assert set(metrics) == {"cold_start"} and metrics["cold_start"]["n"] == 24
-
-
-def test_rl_stages_log_rewards_and_sample_tables(project):
-    _, states, parent = run_pipeline(project, "cold_start.lr=0.002")
-    assert set(states.values()) == {"Cached"}
-    # cached stages are not re-logged under the new parent: look the run up by its tag
-    runs = MlflowClient().search_runs([parent.info.experiment_id], filter_string="tags.`r1flow.stage` = 'reasoning_rl'")
-    assert runs, "reasoning_rl ran"
-    history = MlflowClient().get_metric_history(runs[0].info.run_id, "reward/mean")
+def test_rl_stages_log_rewards_and_sample_tables(trained):
+    _, _, parent = trained
+    run = children(parent)["reasoning_rl"]
+    history = MlflowClient().get_metric_history(run.info.run_id, "reward/mean")
     assert [m.step for m in history] == [1, 2]
-    tables = [a.path for a in MlflowClient().list_artifacts(runs[0].info.run_id, "samples")]
+    tables = [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "samples")]
     assert tables == ["samples/reasoning_rl-step00002.json"]
 
 
-def test_sft_stage_on_user_data_from_a_local_model(project):
-    from flows.single_stage import single_stage
+def test_single_stage_from_a_registry_alias(trained, project):
+    from flows.single_stage import r1_stage
+
+    recipe = load_recipe(project / "configs/tiny.yaml", ["cold_start.steps=3"])
+    report = r1_stage("cold_start", recipe, {"policy": "models:/tiny@base"}, str(project))
+    assert set(report["metrics"]) == {"cold_start"} and report["metrics"]["cold_start"]["n"] == 24
+
+
+def test_sft_stage_on_user_data_from_a_local_model(trained, project):
+    from flows.single_stage import r1_stage
 
     model_dir = next((project / "runs" / "stages").glob("cold_start-*/model"))
-    recipe = load_recipe(project / "configs/tiny.yaml", ["sft.source=data/cold_start.jsonl"]).model_dump(mode="json")
-    metrics = single_stage("sft", recipe, str(model_dir), str(project))
-    assert set(metrics) == {"sft"}
-    runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("r1flow-tiny").experiment_id],
-                                      filter_string="tags.`r1flow.stage` = 'sft'")
-    assert runs[0].inputs.dataset_inputs[0].dataset.name == "derived"
+    recipe = load_recipe(project / "configs/tiny.yaml", ["sft.source=data/cold_start.jsonl"])
+    report = r1_stage("sft", recipe, {"policy": str(model_dir)}, str(project))
+    assert set(report["metrics"]) == {"sft"}
+    run = MlflowClient().get_run(report["stages"][0]["run_id"])
+    assert run.inputs.dataset_inputs[0].dataset.name == "sft_source"
 
 
-def test_rejection_sampling_that_keeps_nothing_fails_clearly(project):
-    from flows.single_stage import single_stage
+def test_rejection_sampling_that_keeps_nothing_fails_clearly(trained, project):
+    from flows.single_stage import r1_stage
 
     model_dir = next((project / "runs" / "stages").glob("base-*/model"))
-    recipe = load_recipe(project / "configs/tiny.yaml").model_dump(mode="json")
+    recipe = load_recipe(project / "configs/tiny.yaml", ["rejection_sampling.accept_score=2"])
     with pytest.raises(ValueError, match="rejection_sampling: no sample passed the filters"):
-        single_stage("rejection_sampling", recipe, str(model_dir), str(project))
+        r1_stage("rejection_sampling", recipe, {"policy": str(model_dir)}, str(project))
 
 
-def test_sft_without_derived_data_or_source_fails_clearly(project):
-    from flows.single_stage import single_stage
+def test_sft_without_a_dataset_or_source_fails_clearly_and_leaves_no_result(trained, project):
+    from flows.single_stage import r1_stage
 
     model_dir = next((project / "runs" / "stages").glob("cold_start-*/model"))
-    recipe = load_recipe(project / "configs/tiny.yaml").model_dump(mode="json")
-    with pytest.raises(ValueError, match="sft: needs rejection_sampling before it in run.stages, or sft.source"):
-        single_stage("sft", recipe, str(model_dir), str(project))
+    recipe = load_recipe(project / "configs/tiny.yaml", ["sft.lr=0.0033"])
+    with pytest.raises(ValueError, match="sft: needs a dataset"):
+        r1_stage("sft", recipe, {"policy": str(model_dir)}, str(project))
     done = [d for d in (project / "runs" / "stages").glob("sft-*") if (d / "result.json").exists()]
-    assert len(done) == 1, "only the earlier successful sft run left a result"
+    assert all(json.loads((d / "result.json").read_text())["key"] for d in done)
+    failed = MlflowClient().search_runs([mlflow.get_experiment_by_name("r1flow-tiny").experiment_id],
+                                        filter_string="tags.`r1flow.stage` = 'sft' and params.`sft.lr` = '0.0033'")
+    assert failed and failed[0].info.status == "FAILED"

@@ -1,8 +1,11 @@
+"""Recipes: one YAML per recipe, typed sections built from the stage registry, one-line errors."""
 from pathlib import Path
 
 import pytest
 
-from components.config import Recipe, RecipeError, load_recipe
+from components.config import RecipeError, TrainConfig
+from tasks.recipe import Recipe, load_recipe
+from tasks.stages import registry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,6 +31,8 @@ def test_overrides_are_typed_and_nested():
     ("cold_start.finetune=half", "cold_start.finetune: Input should be 'full', 'lora' or 'qlora'"),
     ("model.arch.hidden_size=33", "model.arch: Value error, hidden_size 33 is not divisible by num_heads"),
     ("run.stages=[base, warmup]", "unknown stage(s) ['warmup'] in run.stages"),
+    ("run.stages=[cold_start]", "run.stages has no 'base' and model.name_or_path is empty"),
+    ("rejection_sampling.rollout.backend=sglang", "rejection_sampling.rollout.backend: Input should be"),
     ("data.levels=[9]", "data.levels: Value error, unknown level(s) [9]"),
     ("reasoning_rl.pass_rate_band=[0.9, 0.1]", "reasoning_rl.pass_rate_band: Value error, expected 0 <= low <= high"),
     ("rejection_sampling.samples_per_prompt=0",
@@ -52,3 +57,19 @@ def test_bad_files(tmp_path):
         load_recipe(tmp_path / "list.yaml")
     with pytest.raises(RecipeError, match="expected section.field=value"):
         load_recipe(None, ["cold_start.lr"])
+
+
+def test_every_registered_stage_has_its_typed_section_with_the_stage_defaults():
+    recipe = load_recipe(None)
+    for name, spec in registry().items():
+        section = recipe.section(name)
+        assert isinstance(section, spec.config), name
+        for field, value in spec.defaults.items():
+            assert getattr(section, field) == value, (name, field)
+    assert isinstance(recipe.base, TrainConfig) and recipe.base.steps == 1500 and recipe.cold_start.steps == 150
+
+
+def test_a_recipe_is_validated_once_into_typed_objects():
+    recipe = load_recipe(REPO / "configs/tiny.yaml")
+    assert type(recipe) is Recipe
+    assert Recipe.model_validate(recipe) is recipe, "no second validation of an already typed recipe"

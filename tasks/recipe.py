@@ -1,0 +1,49 @@
+"""The `Recipe`: run, data and model sections, plus one typed section per registered stage.
+
+Assembled from the stage registry (`tasks/stages/`), so adding a stage adds its section here
+without touching this file. `load_recipe(path, overrides)` is THE validation of a recipe: the
+CLI calls it once, and every later layer receives typed objects (a stage receives its section).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, create_model, model_validator
+
+from components.config import DataConfig, ModelConfig, RunConfig, Section, load_tree, validate
+from tasks.stages import registry
+
+
+class RecipeBase(Section):
+    run: RunConfig = Field(default_factory=RunConfig, description="What to run and where it is recorded.")
+    data: DataConfig = Field(default_factory=DataConfig, description="The curated data (data/, versioned by DVC).")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The starting model.")
+
+    @model_validator(mode="after")
+    def _known_stages(self):
+        known = registry()
+        bad = [s for s in self.run.stages if s not in known]
+        if bad:
+            raise ValueError(f"unknown stage(s) {bad} in run.stages; choose from {sorted(known)}")
+        if "base" not in self.run.stages and not self.model.name_or_path:
+            raise ValueError("run.stages has no 'base' and model.name_or_path is empty: nothing to start from")
+        return self
+
+    def section(self, name: str) -> Section:
+        """The typed config section of stage `name`."""
+        return getattr(self, name)
+
+
+def _build() -> type[RecipeBase]:
+    fields = {name: (spec.config, Field(default_factory=spec.default_config, description=spec.doc))
+              for name, spec in registry().items()}
+    return create_model("Recipe", __base__=RecipeBase, __module__=__name__, **fields)
+
+
+Recipe = _build()
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> RecipeBase:
+    """Load a YAML recipe (or the defaults when `path` is None) with `--set` overrides, validated."""
+    tree, source = load_tree(path, overrides)
+    return validate(Recipe, tree, source)
