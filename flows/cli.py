@@ -107,8 +107,8 @@ def stage(name: str = typer.Argument(..., help="Stage to run, e.g. cold_start (s
             if not spec.inputs:
                 raise ValueError(f"{name}: takes no input, so --from has nothing to set")
             given.setdefault(spec.inputs[0], from_)
-        cfg = _recipe(recipe, set_)
         resolve_inputs(spec, given, root)  # every typo is one line, before the flow starts
+        cfg = _recipe(recipe, set_)
         from flows.single_stage import r1_stage
 
         _quiet_prefect()

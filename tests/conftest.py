@@ -6,6 +6,7 @@ developer's own `.r1flow/`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -45,6 +46,20 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def temporary_rewards(**fns):
+    """Register reward functions for the duration of a test module only (no leak into others)."""
+    from components.rewards import REWARDS, register_reward
+
+    for name, fn in fns.items():
+        register_reward(name)(fn)
+    try:
+        yield
+    finally:
+        for name in fns:
+            REWARDS.pop(name, None)
 
 
 @pytest.fixture(scope="session")

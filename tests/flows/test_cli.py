@@ -1,6 +1,8 @@
 """The CLI's error paths: one clear message, exit code 2, nothing written."""
 from pathlib import Path
 
+import pytest
+
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -33,3 +35,38 @@ def test_unknown_ui(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["ui", "grafana"])
     assert result.exit_code == 2 and "expected one of ['mlflow', 'prefect']" in result.output
+
+
+def test_a_bad_input_path_is_one_line_before_any_flow_starts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["stage", "cold_start", str(REPO / "configs/tiny.yaml"), "--from", "runs/nope/model"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: --policy: 'runs/nope/model' is neither a directory nor a runs:/ or "
+                                     "models:/ URI")
+    assert not (tmp_path / ".r1flow" / "prefect" / "prefect.db").exists(), "no Prefect server was started"
+
+
+def test_a_directory_that_is_not_a_model_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["stage", "cold_start", str(REPO / "configs/tiny.yaml"), "--policy", "empty"])
+    assert result.exit_code == 2 and "--policy: empty is a directory without a config.json" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["stage", "warmup", "--from", "x"], "unknown stage 'warmup'; choose from"),
+    (["stage", "sft"], "sft: needs policy (--policy …)"),
+    (["stage", "cold_start", "--teacher", "x"], "cold_start: unknown input(s) ['teacher']; it takes ['policy']"),
+    (["stage", "base", "--from", "x"], "base: takes no input, so --from has nothing to set"),
+])
+def test_stage_input_mistakes(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_stages_lists_every_stage_with_its_inputs():
+    result = runner.invoke(app, ["stages"])
+    assert result.exit_code == 0
+    line = next(x for x in result.output.splitlines() if x.startswith("sft "))
+    assert "inputs: policy, dataset?" in line

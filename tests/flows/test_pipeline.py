@@ -114,6 +114,24 @@ def test_first_run_trains_evaluates_and_tracks_everything(project, trained):
     assert "rejection_sampling" in Path(report_md).read_text()
 
 
+def test_the_prefect_run_log_shows_each_stage_and_its_training_metrics(trained):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    _, _, parent = trained
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[parent.data.tags["prefect.flow_run_id"]])), limit=200)
+    messages = [log.message for log in logs]
+    for stage in STAGES:
+        assert any(m.startswith(f"▶ {stage}  started") for m in messages), stage
+        assert any(m.startswith(f"✔ {stage}  done in") for m in messages), stage
+    assert any(m.strip().startswith("base step 2: loss") for m in messages)
+    assert any("cold_start: held-out accuracy" in m for m in messages)
+
+
 def test_models_are_registered_with_stage_aliases(trained):
     client = MlflowClient()
     for alias in ("base", "cold_start", "sft", "reasoning_rl"):

@@ -27,3 +27,43 @@ def test_evaluate_scores_greedy_completions(tiny_model, tiny_tokenizer):
 def test_empty_eval_set_is_an_error(tiny_model, tiny_tokenizer):
     with pytest.raises(ValueError, match="evaluation set is empty"):
         evaluate(tiny_model, tiny_tokenizer, [], max_new_tokens=4, batch_size=1)
+
+
+class SolvingEngine:
+    """A fake engine that answers each rendered prompt with its correct worked solution
+    (or, with `shift`, with the solution of another row: a row/text misalignment)."""
+
+    def __init__(self, shift: int = 0):
+        self.shift = shift
+
+    def generate(self, prompts, params, progress=False):
+        from components.data import arithmetic as ar
+        from components.generation import Rollout
+
+        def solution(prompt: str) -> str:
+            expr = prompt.split("<|user|>")[1].split("<|end|>")[0]
+            numbers = [int(x) for x in expr.replace("*", " ").replace("+", " ").replace("-", " ").split()]
+            ops = [c for c in expr if c in "+-*"]
+            answer, steps = ar.solve(numbers, ops)
+            return ar.Problem(expr, answer, steps, 0).solution()
+
+        texts = [solution(prompts[(i + self.shift) % len(prompts)]) for i in range(len(prompts))]
+        return Rollout(prompt_ids=[[1]] * len(texts), completion_ids=[[1, 2]] * len(texts), logprobs=[[0.0]] * len(texts),
+                       texts=texts, finish_reasons=["eos"] * len(texts), prompt_index=list(range(len(texts))),
+                       num_generated_tokens=2 * len(texts), wall_time_s=1.0)
+
+
+@pytest.mark.parametrize("shift, accuracy", [(0, 1.0), (1, 0.0)])
+def test_a_known_correct_completion_scores_as_correct_through_the_same_path(tiny_model, tiny_tokenizer, monkeypatch,
+                                                                            shift, accuracy):
+    import components.evaluation.accuracy as module
+    from components.data import arithmetic as ar
+
+    rows = [{"prompt": p.expression, "answer": str(p.answer), "level": p.level}
+            for p in ar.generate(3, 6, [2, 3], heldout=True)]
+    monkeypatch.setattr(module, "make_engine", lambda *a, **k: SolvingEngine(shift))
+    result = evaluate(tiny_model, tiny_tokenizer, rows, max_new_tokens=64, table_rows=6)
+    assert result.metrics["accuracy"] == accuracy and result.metrics["format_rate"] == 1.0
+    assert [r["correct"] for r in result.table] == [accuracy] * 6
+    if shift == 0:
+        assert all(f"<answer>{r['answer']}</answer>" in r["completion"] for r in result.table)

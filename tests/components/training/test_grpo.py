@@ -9,8 +9,8 @@ import torch
 
 from components.config import LoraConfig, RLConfig, RewardItem
 from components.generation import Rollout, SamplingParams, make_engine
-from components.rewards import register_reward
 from components.training.loop import NoUpdateError
+from tests.conftest import temporary_rewards
 from components.training.grpo import derive_seed, minibatch_plan, pick_prompts, run_grpo
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs, length_buckets
 
@@ -18,27 +18,30 @@ from components.training.rollout_batch import RolloutBatch, batch_logprobs, comp
 # --------------------------------------------------------------------------- test-local rewards
 
 
-@register_reward("test_digits")
 def digit_fraction(completions, **_):
     """Share of completion characters that are digits: learnable by a random tiny model."""
     return [sum(ch.isdigit() for ch in c) / len(c) if c else 0.0 for c in completions]
 
 
-@register_reward("test_constant")
 def constant(completions, **_):
     return [1.0] * len(completions)
 
 
-@register_reward("test_boom")
 def boom(completions, **_):
     raise RuntimeError("this reward is broken")
 
 
-@register_reward("test_by_difficulty")
 def by_difficulty(completions, difficulty, **_):
     """easy -> 1, hard -> 0, mid -> parity of the text length (pass rate near 1/2)."""
     return [1.0 if d == "easy" else 0.0 if d == "hard" else float(len(c) % 2 == 0)
             for c, d in zip(completions, difficulty)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _rewards():
+    with temporary_rewards(test_digits=digit_fraction, test_constant=constant, test_boom=boom,
+                      test_by_difficulty=by_difficulty):
+        yield
 
 
 ROWS = [{"prompt": f"{a}+{b}", "answer": str(a + b)} for a in range(4) for b in range(4)]

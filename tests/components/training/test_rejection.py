@@ -9,14 +9,19 @@ from components.config import RejectionConfig
 from components.data.prompts import render_prompt
 from components.generation import Rollout
 from components.io import digest_path, write_jsonl
-from components.rewards import register_reward
 from components.training.grpo import derive_seed
 from components.training.rejection import RejectionStats, dataset_digest, filter_samples, rejection_sample
+from tests.conftest import temporary_rewards
 
 
-@register_reward("test_rejection_accept_all")
 def accept_all(completions, **_):
     return [1.0] * len(completions)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _rewards():
+    with temporary_rewards(test_rejection_accept_all=accept_all):
+        yield
 
 
 def good(answer, think="2+2") -> str:

@@ -1,0 +1,63 @@
+"""What the user sees: periodic progress lines without a terminal, the end-of-run table."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tasks import console
+
+
+@pytest.fixture()
+def lines(monkeypatch):
+    said = []
+    monkeypatch.setattr(console, "say", lambda message, **kw: said.append((message, kw)))
+    monkeypatch.setattr(console, "interactive", lambda: False)
+    return said
+
+
+def test_without_a_terminal_progress_is_a_line_every_tenth(lines):
+    reporter = console.StageReporter("cold_start")
+    for step in range(1, 101):
+        reporter.progress(step, 100, {"loss": 1.0 / step, "lr": 0.1, "grad_norm": 3})
+    shown = [m for m, _ in lines]
+    assert len(shown) == 10, shown
+    assert shown[0].split() [:3] == ["cold_start", "10/100", "(10%)"]
+    assert "loss 0.1" in shown[0] and "lr" not in shown[0] and "eta" in shown[0]
+    assert shown[-1].split()[1] == "100/100"
+    assert all(kw == {"prefect": False} for _, kw in lines), "progress lines stay in the terminal"
+
+
+def test_a_new_phase_starts_its_own_count(lines):
+    reporter = console.StageReporter("reasoning_rl")
+    reporter.progress(50, 100, {"tok/s": 1000.0}, phase="sampling")
+    reporter.progress(1, 10, {"reward/mean": 0.5})
+    assert "reasoning_rl · sampling  50/100" in lines[0][0] and "tok/s 1000" in lines[0][0]
+    assert lines[1][0].strip().startswith("reasoning_rl  1/10")
+
+
+def test_metric_lines_go_to_the_prefect_log_only(lines):
+    console.StageReporter("sft").log({"loss": 0.25, "lr": 1e-3}, 20)
+    assert lines == [("  sft step 20: loss 0.25", {"console": False})]
+
+
+def test_summary_table_folds_evaluations_into_their_stage():
+    rows = [dict(label="base", status="ran", seconds=12.0, accuracy=0.181, accuracy_se=0.012, run_id="abcdef1234567890",
+                 evaluation_of=None),
+            dict(label="evaluate/base", status="ran", seconds=1.0, accuracy=None, run_id="x", evaluation_of="base"),
+            dict(label="rejection_sampling", status="cached", seconds=0.1, accuracy=None, run_id="r", evaluation_of=None)]
+    table = console.summary_table(rows).splitlines()
+    assert table[0].split() == ["stage", "status", "wall", "held-out", "accuracy", "MLflow", "run"]
+    assert table[2].split() == ["base", "ran", "12.0", "s", "18.1", "%", "±", "1.2", "abcdef123456"]
+    assert table[3].split() == ["rejection_sampling", "cached", "0.1", "s", "r"]
+    assert len(table) == 4
+
+
+def test_lines_reach_the_terminal_handler(capsys):
+    console.setup()
+    handler = next(h for h in console.LOGGER.handlers if isinstance(h, console._ConsoleHandler))
+    record = logging.LogRecord("r1flow", logging.INFO, __file__, 1, "hello", None, None)
+    handler.emit(record)
+    record.console = False
+    handler.emit(record)
+    assert capsys.readouterr().err.count("hello") == 1
