@@ -33,6 +33,7 @@ def configure(root: Path | None = None) -> Path:
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "R1FLOW_ARTIFACT_ROOT": (root / "mlruns").as_uri(),
         "DVC_NO_ANALYTICS": "1",
+        "DO_NOT_TRACK": "1",  # Prefect's client telemetry notice
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
