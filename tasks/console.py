@@ -66,8 +66,8 @@ def say(message: str, *, console: bool = True, prefect: bool = True) -> None:
 
 def brief(metrics: dict, limit: int = 4) -> str:
     """The few metrics worth a glance, formatted compactly (e.g. 'loss 0.412  kl 0.003')."""
-    shown = [(k, metrics[k]) for k in KEY_METRICS if k in metrics][:limit]
-    return "  ".join(f"{k} {float(v):.4g}" for k, v in shown)
+    shown = [(k, float(metrics[k])) for k in KEY_METRICS if k in metrics][:limit]
+    return "  ".join(f"{k} {v:.0f}" if abs(v) >= 1000 else f"{k} {v:.4g}" for k, v in shown)
 
 
 def interactive() -> bool:
