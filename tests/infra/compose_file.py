@@ -128,6 +128,15 @@ def depends_on_problems(doc: dict) -> list[str]:
     return problems
 
 
+def unadopted_one_shots(doc: dict) -> list[str]:
+    """One-shot jobs (`restart: "no"`) no long-running service waits for with
+    `service_completed_successfully`: `compose up --wait` reports their clean exit as a failure."""
+    waited_for = {target for service in doc["services"].values() if service.get("restart") != "no"
+                  for target, spec in (service.get("depends_on") or {}).items()
+                  if isinstance(spec, dict) and spec.get("condition") == "service_completed_successfully"}
+    return sorted(n for n, s in doc["services"].items() if s.get("restart") == "no" and n not in waited_for)
+
+
 def volume_problems(doc: dict) -> list[str]:
     """Named volumes used but not declared, or declared but not used."""
     declared = set(doc.get("volumes") or {})

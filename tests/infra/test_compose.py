@@ -92,6 +92,13 @@ def test_depends_on_check_catches_wrong_conditions():
     assert len(cf.depends_on_problems(doc)) == 3
 
 
+def test_one_shot_jobs_are_awaited_so_up_wait_succeeds():
+    assert cf.unadopted_one_shots(DOC) == []
+    doc = copy.deepcopy(DOC)
+    del doc["services"]["mlflow"]["depends_on"]["minio-setup"]
+    assert cf.unadopted_one_shots(doc) == ["minio-setup"]
+
+
 def test_named_volumes_are_declared_and_used():
     assert cf.volume_problems(DOC) == []
     doc = copy.deepcopy(DOC)
