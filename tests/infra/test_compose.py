@@ -4,6 +4,7 @@ worker and DVC all point at the same Postgres databases and MinIO buckets."""
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import subprocess
@@ -35,6 +36,16 @@ def test_every_service_has_a_pinned_image_or_a_build():
     for dockerfile in [cf.INFRA / "Dockerfile", cf.INFRA / "mlflow" / "Dockerfile"]:
         bases = re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(), re.MULTILINE)
         assert bases and all(cf.pinned(b) for b in bases), dockerfile
+
+
+def test_servers_run_the_versions_the_project_pins():
+    """Prefect and MLflow servers at the client versions of pyproject.toml (a bump must move both)."""
+    pins = dict(re.findall(r'"(prefect|mlflow|dvc)==([^"]+)"', (cf.INFRA.parent / "pyproject.toml").read_text()))
+    assert service("prefect-server")["image"].startswith(f"prefecthq/prefect:{pins['prefect']}-")
+    assert f"ghcr.io/mlflow/mlflow:v{pins['mlflow']}\n" in (cf.INFRA / "mlflow" / "Dockerfile").read_text()
+    assert service("mlflow")["image"] == f"r1flow-mlflow:{pins['mlflow']}"
+    for doc in [cf.INFRA / "README.md", cf.INFRA / "dvc" / "config.example"]:
+        assert f'"dvc[s3]=={pins["dvc"]}"' in doc.read_text(), doc
 
 
 def test_image_check_rejects_latest_and_untagged_images():
@@ -111,7 +122,8 @@ def test_mlflow_uses_postgres_and_the_minio_bucket():
     mlflow, setup = resolved("mlflow"), resolved("minio-setup")
     args = dict(a.split("=", 1) for a in mlflow["command"] if a.startswith("--"))
     store = urlparse(args["--backend-store-uri"])
-    assert (store.scheme, store.hostname, store.port, store.path) == ("postgresql+psycopg2", "postgres", 5432, "/mlflow")
+    assert (store.scheme, store.hostname, store.port, store.path) == (
+        "postgresql+psycopg2", "postgres", 5432, "/mlflow")
     assert "CREATE DATABASE mlflow" in (cf.INFRA / "postgres" / "initdb.sql").read_text()
     bucket = urlparse(args["--artifacts-destination"])
     assert bucket.scheme == "s3" and f"r1flow/{bucket.netloc}" in setup["command"][0]
@@ -129,7 +141,8 @@ def test_prefect_server_uses_postgres_and_its_ui_calls_the_published_port():
 def test_worker_reaches_servers_by_names_mlflow_accepts():
     worker, mlflow = resolved("prefect-worker"), resolved("mlflow")
     tracking = urlparse(worker["environment"]["MLFLOW_TRACKING_URI"])
-    assert tracking.hostname in DOC["services"] and urlparse(worker["environment"]["PREFECT_API_URL"]).hostname in DOC["services"]
+    prefect = urlparse(worker["environment"]["PREFECT_API_URL"])
+    assert tracking.hostname in DOC["services"] and prefect.hostname in DOC["services"]
     allowed = mlflow["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     for host in [tracking.netloc, f"127.0.0.1:{EXAMPLE_ENV['MLFLOW_PORT']}", "localhost:5000"]:
         assert any(fnmatch(host, pattern) for pattern in allowed), host
@@ -159,10 +172,11 @@ def test_compose_cli_accepts_the_file_with_the_example_env(tmp_path):
     (tmp_path / "compose.yaml").write_text(text)
     (tmp_path / "filled.env").write_text("".join(f"{k}={v}\n" for k, v in FILLED_ENV.items()))
     base = [*cli, "--project-directory", str(cf.INFRA), "-f", str(tmp_path / "compose.yaml")]
+    shell = {k: v for k, v in os.environ.items() if k not in EXAMPLE_ENV}  # the shell's values would win
     for overlay in [[], ["-f", str(cf.INFRA / "compose.gpu.yaml")]]:
         ok = subprocess.run([*base, *overlay, "--env-file", str(tmp_path / "filled.env"), "config", "-q"],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, env=shell)
         assert ok.returncode == 0, ok.stderr
     unset = subprocess.run([*base, "--env-file", str(cf.INFRA / ".env.example"), "config", "-q"],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, env=shell)
     assert unset.returncode != 0 and "set POSTGRES_PASSWORD in infra/.env" in unset.stdout + unset.stderr

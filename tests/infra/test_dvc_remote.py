@@ -55,7 +55,8 @@ def test_local_directory_remote_stays_the_default():
 def test_example_and_worker_reach_the_compose_minio_bucket():
     doc, env = cf.load(), cf.read_env()
     example, worker = Config.load_file(str(EXAMPLE)), Config.load_file(str(WORKER))
-    assert f"r1flow/{urlparse(example['remote']['minio']['url']).netloc}" in doc["services"]["minio-setup"]["command"][0]
+    bucket = urlparse(example["remote"]["minio"]["url"]).netloc
+    assert f"r1flow/{bucket}" in doc["services"]["minio-setup"]["command"][0]  # created by the set-up job
     published = cf.resolve(doc["services"]["minio"]["ports"][0], env).split(":")
     host = urlparse(example["remote"]["minio"]["endpointurl"])
     assert (host.hostname, host.port) == (published[0], int(published[1]))  # the published S3 API
