@@ -48,6 +48,12 @@ def test_servers_run_the_versions_the_project_pins():
         assert f'"dvc[s3]=={pins["dvc"]}"' in doc.read_text(), doc
 
 
+def test_project_image_leaves_credentials_and_local_state_out():
+    ignored = set((cf.INFRA / "Dockerfile.dockerignore").read_text().split())
+    assert {".dvc/config.local", "infra/.env", ".git", ".venv", ".r1flow", "data", "mlflow.db"} <= ignored
+    assert (cf.INFRA / ".gitignore").read_text().split()[-1] == ".env"
+
+
 def test_image_check_rejects_latest_and_untagged_images():
     broken = {"services": {"a": {"image": "minio/minio:latest"}, "b": {"image": "postgres"},
                            "c": {"image": "localhost:5000/x"}, "d": {}}}
