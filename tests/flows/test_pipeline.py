@@ -24,6 +24,7 @@ from tests.conftest import make_project
 STAGES = ["base", "cold_start", "cold_start_rl", "rejection_sampling", "sft", "reasoning_rl"]
 EVALUATED = [s for s in STAGES if s != "rejection_sampling"]
 ALL = STAGES + [f"evaluate/{s}" for s in EVALUATED]
+DATA = "data-tiny"  # the tiny recipe's own data version (data-tiny.dvc)
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +64,11 @@ def trained(project):
 
 @contextlib.contextmanager
 def data_edit(project: Path, name: str):
-    """Drop the last row of data/<name>, record it with `dvc add`; restore both afterwards."""
-    path = project / "data" / name
+    """Drop the last row of <data dir>/<name>, record it with `dvc add`; restore both afterwards."""
+    path = project / DATA / name
     original = path.read_text()
     path.write_text("".join(original.splitlines(keepends=True)[:-1]))
-    dvc = lambda: subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "data"], cwd=project, check=True)  # noqa
+    dvc = lambda: subprocess.run([sys.executable, "-m", "dvc", "add", "-q", DATA], cwd=project, check=True)  # noqa
     dvc()
     try:
         yield
@@ -90,9 +91,9 @@ def test_first_run_trains_evaluates_and_tracks_everything(project, trained):
         assert 0.0 <= report["metrics"][stage]["accuracy"] <= 1.0 and report["metrics"][stage]["n"] == 24
     assert [r["label"] for r in report["stages"] if not r["evaluation_of"]] == STAGES
     # Flow run and parent MLflow run are named after the recipe and the data version.
-    dvc_md5 = (project / "data.dvc").read_text().split("md5: ")[1].split(".dir")[0]
+    dvc_md5 = (project / f"{DATA}.dvc").read_text().split("md5: ")[1].split(".dir")[0]
     assert report["flow_run_name"].startswith(f"tiny-{dvc_md5[:8]}-")
-    assert parent.info.run_name == f"tiny-{dvc_md5[:8]}"
+    assert parent.info.run_name == report["flow_run_name"]  # one name in the Prefect and MLflow UIs
     assert parent.data.params["cold_start.lr"] == "0.001"
     assert parent.data.tags["r1flow.data_md5"] == dvc_md5
     assert parent.data.metrics["cold_start.accuracy"] == report["metrics"]["cold_start"]["accuracy"]
@@ -206,11 +207,11 @@ def test_deleted_outputs_are_rebuilt_not_served_stale(trained, project):
 
 
 def test_uncommitted_data_change_is_refused(trained, project):
-    path = project / "data" / "eval.jsonl"
+    path = project / DATA / "eval.jsonl"
     original = path.read_text()
     path.write_text(original + original.splitlines(keepends=True)[0])
     try:
-        with pytest.raises(Exception, match="dvc add data"):
+        with pytest.raises(Exception, match=f"dvc add {DATA}"):
             run_pipeline(project)
     finally:
         path.write_text(original)
@@ -237,7 +238,7 @@ def test_sft_stage_on_user_data_from_a_local_model(trained, project):
     from flows.single_stage import r1_stage
 
     model_dir = next((project / "runs" / "stages").glob("cold_start-*/model"))
-    recipe = load_recipe(project / "configs/tiny.yaml", ["sft.source=data/cold_start.jsonl"])
+    recipe = load_recipe(project / "configs/tiny.yaml", [f"sft.source={DATA}/cold_start.jsonl"])
     report = r1_stage("sft", recipe, {"policy": str(model_dir)}, str(project))
     assert set(report["metrics"]) == {"sft"}
     run = MlflowClient().get_run(report["stages"][0]["run_id"])
