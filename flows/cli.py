@@ -58,9 +58,16 @@ def _print_report(report: dict, as_json: bool, root: Path) -> None:
     champion = report.get("champion") or {}
     if champion:
         typer.echo(f"\nchampion: {champion['decision']} ({champion['reason']})")
-    typer.echo(f"\nCompare runs and models:  {_ui_url(root, 'mlflow')}  (experiment "
-               f"'{report.get('experiment', 'r1flow')}')")
+    typer.echo(f"\nCompare runs and models:  {_ui_url(root, 'mlflow')}{_experiment_page(report)}")
     typer.echo(f"See flow runs and logs:  {_ui_url(root, 'prefect')}")
+
+
+def _experiment_page(report: dict) -> str:
+    """The experiment's runs table (MLflow 3.17's UI opens on its GenAI view unless the URL asks)."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(report.get("experiment", "r1flow"))
+    return f"/#/experiments/{experiment.experiment_id}?workflowType=machine_learning" if experiment else ""
 
 
 def _ui_url(root: Path, name: str) -> str:

@@ -60,7 +60,7 @@ def gate(registered: str) -> dict[str, str]:
     accuracy = float(candidate[f"{HELDOUT}.accuracy"])
     if champion is None:
         promote, reason = True, f"no champion yet (candidate accuracy {accuracy:.4f})"
-    elif champion.version == version:
+    elif str(champion.version) == version:
         promote, reason = True, "the candidate already is the champion"
     elif champion.tags.get(f"{HELDOUT}.set") != candidate.get(f"{HELDOUT}.set"):
         promote, reason = False, "not comparable: the champion was measured on a different held-out set"

@@ -139,9 +139,14 @@ class PipelineRun:
         return stage_task.with_options(task_run_name=label, refresh_cache=not done), params
 
     def run_stage(self, spec: Stage, inputs: dict, label: str, section: Section | None = None):
-        task, params = self._task(spec, inputs, label, section)
-        t0 = time.perf_counter()
-        return self._collect(spec, label, task(**params, return_state=True), t0)
+        cfg = section if section is not None else self.recipe.section(spec.name)
+        key = stage_key(spec, cfg, self.recipe.model, self.recipe.run.seed, inputs, self.data)
+        out = output_dir(self.recipe.run.output_dir, spec.name, key)
+        # The same stage and key in two pipelines at once: one runs it, the other then finds it done (cached).
+        with file_lock(out.parent / f".{out.name}.lock"):
+            task, params = self._task(spec, inputs, label, section)
+            t0 = time.perf_counter()
+            return self._collect(spec, label, task(**params, return_state=True), t0)
 
     def _collect(self, spec: Stage, label: str, state, t0: float):
         result = state.result()  # raises the stage's own error if it failed

@@ -31,6 +31,7 @@ import httpx
 import psutil
 
 from components.io import atomic_file
+from tasks.locks import file_lock
 
 HOST = "127.0.0.1"
 
@@ -52,7 +53,7 @@ class Server:
 
 def _prefect_command(root: Path, host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port),
-            "--no-analytics"]
+            "--analytics-off"]
 
 
 def _prefect_env(root: Path, host: str, port: int) -> dict[str, str]:
@@ -245,14 +246,22 @@ def private_prefect_server(timeout: float = 180) -> Iterator[str]:
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
-    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(importlib.util.find_spec("prefect").origin).parent.parent), "--factory",
+    site = Path(importlib.util.find_spec("prefect").origin).parent.parent  # found without importing prefect
+    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(site), "--factory",
                "prefect.server.api.server:create_app", "--host", HOST, "--port", str(port), "--log-level", "error",
-               "--lifespan", "on"]
+               "--lifespan", "on"]  # what Prefect's own ephemeral server runs
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
-    proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, preexec_fn=preexec)
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
+    with file_lock(home / "r1flow-server-start.lock"):  # two runs at once: one migrates the database first
+        proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, preexec_fn=preexec)
+        try:
+            url = f"http://{HOST}:{port}/api"
+            wait_healthy(f"{url}/health", proc, timeout)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
     try:
-        url = f"http://{HOST}:{port}/api"
-        wait_healthy(f"{url}/health", proc, timeout)
         yield url
     finally:
         proc.terminate()

@@ -3,9 +3,7 @@
 Its cache key is the stage's `tasks.stage.stage_key`; it runs the stage in its own MLflow run
 (nested under the pipeline's) with the tags that line runs up across pipelines (`r1flow.stage`,
 `r1flow.kind`, `r1flow.recipe`, `r1flow.cache_key`, `r1flow.data_md5`, `r1flow.input.*`), and
-writes `result.json` into the stage's output folder when it succeeded. The same stage with the
-same key in two pipelines at once runs in one of them at a time (a file lock per key); the
-other then resumes from the final checkpoint and republishes the identical model.
+writes `result.json` into the stage's output folder when it succeeded.
 """
 from __future__ import annotations
 
@@ -19,9 +17,8 @@ from components.config import ModelConfig, RunConfig, Section
 from components.io import write_json
 from tasks import tracking
 from tasks.console import StageReporter, say
-from tasks.locks import file_lock
 from tasks.refs import DatasetRef, EvalRef, ModelRef
-from tasks.stage import Stage, StageContext, output_dir, stage_key
+from tasks.stage import StageContext, output_dir, stage_key
 from tasks.stages import get_stage
 from tasks.versioning import DataRef, code_digest, git_commit
 
@@ -39,13 +36,6 @@ def stage_task(name: str, cfg: Section, model: ModelConfig, run: RunConfig, inpu
     spec = get_stage(name)
     key = stage_key(spec, cfg, model, run.seed, inputs, data)
     out = output_dir(run.output_dir, name, key)
-    with file_lock(out.parent / f".{out.name}.lock"):  # the same stage and key in two pipelines: one at a time
-        return _run_stage(spec, cfg, model, run, inputs, data, parent_run_id, label, key, out)
-
-
-def _run_stage(spec: Stage, cfg: Section, model: ModelConfig, run: RunConfig, inputs: dict, data: DataRef,
-               parent_run_id: str, label: str, key: str, out: Path):
-    name = spec.name
     tags = {"r1flow.stage": name, "r1flow.cache_key": key, "r1flow.data_md5": data.md5, "r1flow.recipe": run.name,
             "r1flow.kind": "evaluation" if name == "evaluate" else "stage",
             "r1flow.code_hash": code_digest(*spec.code)[:16], "mlflow.source.git.commit": git_commit(Path.cwd()),
