@@ -53,6 +53,9 @@ def quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights", "Writing model shards"
+    # bitsandbytes on CPU warns on import that the optional `kernels` package is missing, then
+    # uses its own kernel (which works): nothing a user can or should act on.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def say(message: str, *, console: bool = True, prefect: bool = True) -> None:
