@@ -175,6 +175,9 @@ def current_pipeline() -> PipelineRun:
 def pipeline(recipe: Section, root: str | Path):
     """Open a pipeline run: check the data version, start the parent MLflow run, collect the summary."""
     root = Path(root).resolve()
+    # Outputs live under the project, wherever the process runs (a worker runs flows in the code folder).
+    outputs = str(root / recipe.run.output_dir)
+    recipe = recipe.model_copy(update={"run": recipe.run.model_copy(update={"output_dir": outputs})})
     reap_killed_runs()
     data = data_task(str(root), recipe.data.dir)
     flow_run = get_run_context().flow_run

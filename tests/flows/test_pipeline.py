@@ -266,3 +266,41 @@ def test_sft_without_a_dataset_or_source_fails_clearly_and_leaves_no_result(trai
     failed = MlflowClient().search_runs([mlflow.get_experiment_by_name("r1flow-tiny").experiment_id],
                                         filter_string="tags.`r1flow.stage` = 'sft' and params.`sft.lr` = '0.0033'")
     assert failed and failed[0].info.status == "FAILED"
+
+
+def test_runs_line_up_for_comparison_and_the_final_model_is_offered_to_the_champion_gate(trained):
+    report, _, parent = trained
+    client = MlflowClient()
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == \
+        "custom_model_development"
+    for run in [parent, *children(parent).values()]:
+        tags = run.data.tags
+        assert tags["r1flow.recipe"] == "tiny" and tags["r1flow.pid"] == str(os.getpid())
+        assert tags["r1flow.kind"] == ("pipeline" if run is parent else
+                                       "evaluation" if run.info.run_name.startswith("evaluate/") else "stage")
+    # the parent holds one accuracy key per evaluated stage: the columns to compare pipeline runs on
+    assert {f"{s}.accuracy" for s in EVALUATED} <= set(parent.data.metrics)
+    final = next(r["output"] for r in report["stages"] if r["label"] == "reasoning_rl")  # models:/tiny/N
+    assert report["champion"]["candidate"] == final.removeprefix("models:/")
+    assert parent.data.tags["r1flow.champion.decision"] == report["champion"]["decision"] == "promoted"
+    version = client.get_model_version("tiny", final.rsplit("/", 1)[1])
+    assert float(version.tags["r1flow.heldout.accuracy"]) == report["metrics"]["reasoning_rl"]["accuracy"]
+
+
+def test_the_evaluation_flow_fans_out_on_the_recipes_task_runner(trained, project):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.evaluate import r1_evaluate
+
+    recipe = load_recipe(project / "configs/tiny.yaml", ["runner.task_runner=threads", "runner.max_workers=2"])
+    state = r1_evaluate(["models:/tiny@cold_start", "models:/tiny@sft"], recipe, str(project), return_state=True)
+    report = state.result()
+    assert set(report["metrics"]) == {"tiny-cold_start", "tiny-sft"}
+    assert all(m["n"] == 24 for m in report["metrics"].values())
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))) if r.name.startswith("evaluate/")]
+    assert len(runs) == 2 and all(r.state.name == "Completed" for r in runs)
+    first, second = sorted(runs, key=lambda r: r.start_time)
+    assert second.start_time < first.end_time, "the two evaluations ran side by side"
