@@ -54,11 +54,12 @@ def overrides(mode: str, *extra: str) -> list[str]:
     return [*STEPS, *MODES[mode], *extra]
 
 
-def stage(project: Path, policy: str, sets: list[str]) -> dict:
+def stage(project: Path, policy: str, sets: list[str], **kwargs):
     """`cold_start` on `policy` through Prefect, in this process."""
     from flows.single_stage import r1_stage
 
-    return r1_stage("cold_start", load_recipe(project / "configs/tiny.yaml", sets), {"policy": policy}, str(project))
+    return r1_stage("cold_start", load_recipe(project / "configs/tiny.yaml", sets), {"policy": policy}, str(project),
+                    **kwargs)
 
 
 def model_weights(project: Path, output_dir: str) -> dict[str, torch.Tensor]:
@@ -120,7 +121,7 @@ def test_sigkill_between_checkpoints_and_during_a_checkpoint_write_resumes_to_th
 def test_a_stage_that_raises_is_failed_everywhere_registers_nothing_and_resumes(project, policy, single_thread,
                                                                                monkeypatch):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from components.training import loop
 
@@ -133,16 +134,19 @@ def test_a_stage_that_raises_is_failed_everywhere_registers_nothing_and_resumes(
             raise RuntimeError("disk full (injected)")
         return step(self, *args, **kwargs)
     monkeypatch.setattr(loop.Trainer, "step", flaky)
+    state = stage(project, policy, sets, return_state=True)
+    assert state.is_failed()
     with pytest.raises(RuntimeError, match="disk full"):
-        stage(project, policy, sets)
+        state.result()
     (failed,) = [r for r in runs(**{"r1flow.stage": "cold_start"}) if r.data.params.get("cold_start.lr") == "0.0013"
                  and r.info.status != "FINISHED"]
     assert failed.info.status == "FAILED"
     assert failed.data.tags["r1flow.error"] == "RuntimeError: disk full (injected)"
     assert not MlflowClient().search_model_versions(f"run_id = '{failed.info.run_id}'")
     with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["cold_start"])))
-    assert "Failed" in {t.state.name for t in task_runs}
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert {t.name: t.state.name for t in task_runs if t.name == "cold_start"} == {"cold_start": "Failed"}
 
     monkeypatch.setattr(loop.Trainer, "step", step)
     report = stage(project, policy, sets)
