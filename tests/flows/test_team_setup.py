@@ -166,11 +166,28 @@ def test_r1flow_serve_runs_a_deployment_triggered_through_the_api(team, deployed
     assert states == {name: "Cached" for name in ALL}, states  # same recipe and data: nothing reruns
 
 
-def test_the_mlflow_ui_shows_the_stage_runs_side_by_side_and_their_loss_curves(team, deployed_run, tmp_path):
+def needs_chromium() -> None:
     if chromium() is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is missing: .ci/run installs it (apt-get install -y chromium)")
         pytest.skip("no chromium (apt-get install -y chromium)")
+
+
+def test_the_prefect_ui_shows_the_recipe_as_a_form_of_sections(team, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    needs_chromium()
+    with temporary_settings({PREFECT_API_URL: team["api"]}), get_client(sync_client=True) as client:
+        (deployment,) = [d for d in client.read_deployments() if client.read_flow(d.flow_id).name == "r1_pipeline"
+                         and d.name == "default"]
+    form = browse(f"http://127.0.0.1:{team['ports']['prefect']}/deployments/deployment/{deployment.id}/run", tmp_path)
+    for section in ("Run", "Data", "Model", "Runner", "Cold Start", "Reasoning Rl", "Evaluate"):
+        assert f">{section} (Optional)<" in form, section
+
+
+def test_the_mlflow_ui_shows_the_stage_runs_side_by_side_and_their_loss_curves(team, deployed_run, tmp_path):
+    needs_chromium()
     flow_run, _ = deployed_run
     client = MlflowClient(tracking_uri=team["mlflow"])
     experiment = client.get_experiment_by_name("r1flow-tiny").experiment_id
