@@ -4,8 +4,8 @@ The evaluations fan out on the recipe's task runner (`runner.task_runner`: seque
 default, or threads, Dask, Ray); each is the cached `evaluate` stage, so a model already scored
 on the same held-out data is not scored again.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: `r1flow serve` runs the flow from a pickled copy in a
+# spawned process, where the parameter types must be objects, not names to resolve (KeyError / not defined).
 import re
 from pathlib import Path
 

@@ -6,8 +6,8 @@ produces is scored on the held-out set; the final one becomes the registry's `ch
 its held-out accuracy is not below the current champion's. The flow returns the run's summary
 (`PipelineRun.report`).
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: `r1flow serve` runs the flow from a pickled copy in a
+# spawned process, where the parameter types must be objects, not names to resolve (KeyError / not defined).
 from prefect import flow
 
 from tasks.flow_names import pipeline_run_name
