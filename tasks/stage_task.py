@@ -45,7 +45,9 @@ def stage_task(name: str, cfg: Section, model: ModelConfig, run: RunConfig, inpu
     reporter = StageReporter(label)
     t0 = time.perf_counter()
     try:
-        with tracking.run(label, run.experiment, parent_run_id=parent_run_id, params={name: cfg.model_dump(mode="json")},
+        # Params unprefixed (lr, steps, finetune, …): stage runs line up row by row in MLflow's compare view;
+        # the parent run holds the whole recipe with section prefixes (cold_start.lr, …).
+        with tracking.run(label, run.experiment, parent_run_id=parent_run_id, params=cfg.model_dump(mode="json"),
                           tags=tags) as run_id:
             log = tracking.metric_logger(run_id, echo=reporter.log)
             ctx = StageContext(name, cfg, model, run.seed, run.name, data, out, out.parent / f".ckpt-{out.name}",

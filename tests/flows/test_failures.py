@@ -138,7 +138,7 @@ def test_a_stage_that_raises_is_failed_everywhere_registers_nothing_and_resumes(
     assert state.is_failed()
     with pytest.raises(RuntimeError, match="disk full"):
         state.result()
-    (failed,) = [r for r in runs(**{"r1flow.stage": "cold_start"}) if r.data.params.get("cold_start.lr") == "0.0013"
+    (failed,) = [r for r in runs(**{"r1flow.stage": "cold_start"}) if r.data.params.get("lr") == "0.0013"
                  and r.info.status != "FINISHED"]
     assert failed.info.status == "FAILED"
     assert failed.data.tags["r1flow.error"] == "RuntimeError: disk full (injected)"

@@ -101,7 +101,7 @@ def test_first_run_trains_evaluates_and_tracks_everything(project, trained):
     kids = children(parent)
     assert set(kids) == set(ALL)
     base = kids["base"]
-    assert base.data.params["base.steps"] == "6"
+    assert base.data.params["steps"] == "6"  # unprefixed: stage runs line up in the compare view
     assert base.data.tags["r1flow.data_md5"] == dvc_md5
     history = MlflowClient().get_metric_history(base.info.run_id, "loss")
     assert [m.step for m in history] == [2, 4, 6]
@@ -264,7 +264,7 @@ def test_sft_without_a_dataset_or_source_fails_clearly_and_leaves_no_result(trai
     done = [d for d in (project / "runs" / "stages").glob("sft-*") if (d / "result.json").exists()]
     assert all(json.loads((d / "result.json").read_text())["key"] for d in done)
     failed = MlflowClient().search_runs([mlflow.get_experiment_by_name("r1flow-tiny").experiment_id],
-                                        filter_string="tags.`r1flow.stage` = 'sft' and params.`sft.lr` = '0.0033'")
+                                        filter_string="tags.`r1flow.stage` = 'sft' and params.`lr` = '0.0033'")
     assert failed and failed[0].info.status == "FAILED"
 
 
