@@ -293,7 +293,9 @@ def test_the_evaluation_flow_fans_out_on_the_recipes_task_runner(trained, projec
 
     from flows.evaluate import r1_evaluate
 
-    recipe = load_recipe(project / "configs/tiny.yaml", ["runner.task_runner=threads", "runner.max_workers=2"])
+    # (evaluate.table_rows=5: a setting no other test uses, else the pipeline's own evaluations are cache hits)
+    recipe = load_recipe(project / "configs/tiny.yaml", ["runner.task_runner=threads", "runner.max_workers=2",
+                                                         "evaluate.table_rows=5"])
     state = r1_evaluate(["models:/tiny@cold_start", "models:/tiny@sft"], recipe, str(project), return_state=True)
     report = state.result()
     assert set(report["metrics"]) == {"tiny-cold_start", "tiny-sft"}
