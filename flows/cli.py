@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -31,7 +32,15 @@ def prefect_api():
         try:
             yield
         finally:
+            _flush_prefect_logs()  # before the server goes: else "Error logging to API"
             os.environ.pop("PREFECT_API_URL", None)
+
+
+def _flush_prefect_logs() -> None:
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler().flush()
 
 
 def _interrupted() -> None:

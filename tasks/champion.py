@@ -59,9 +59,9 @@ def gate(registered: str) -> dict[str, str]:
         return decision | {"decision": "kept", "reason": "the candidate has no held-out accuracy"}
     accuracy = float(candidate[f"{HELDOUT}.accuracy"])
     if champion is None:
-        promote, reason = True, f"no champion yet (candidate accuracy {accuracy:.4f})"
+        promote, reason = True, f"no champion yet; held-out accuracy {accuracy:.4f}"
     elif str(champion.version) == version:
-        promote, reason = True, "the candidate already is the champion"
+        promote, reason = False, "the candidate already is the champion"
     elif champion.tags.get(f"{HELDOUT}.set") != candidate.get(f"{HELDOUT}.set"):
         promote, reason = False, "not comparable: the champion was measured on a different held-out set"
     else:
