@@ -202,7 +202,7 @@ def test_the_mlflow_ui_shows_the_stage_runs_side_by_side_and_their_loss_curves(t
     ids = quote(json.dumps([stages[s] for s in trained]))
     shot = Path(os.environ.get("R1FLOW_SCREENSHOT", tmp_path / "compare.png"))
     compare = browse(f"{team['mlflow']}/#/compare-runs?runs={ids}&experiments={quote(json.dumps([experiment]))}"
-                     "&workflowType=machine_learning", tmp_path, screenshot=shot, size="1400,1600")
+                     "&workflowType=machine_learning", tmp_path, screenshot=shot, size="1280,1100")
     assert f"Comparing {len(trained)} Runs" in compare
     for name in trained:
         assert f">{name}<" in compare, name
