@@ -41,3 +41,26 @@ def test_an_engine_that_is_not_installed_says_which_extra_to_install(name, modul
 
 def test_every_runner_name_resolves_to_a_factory():
     assert set(TASK_RUNNERS) == {"sequential", "threads", "dask", "ray"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("prefect_dask") is None, reason="pip install 'r1flow[dask]'")
+def test_dask_runs_the_fanned_out_tasks_in_its_worker_processes(prefect_server):
+    """The same submit/wait pattern as `PipelineRun.evaluate_models`, on a local Dask cluster."""
+    import os
+
+    from prefect import flow, task
+
+    @task
+    def where(i: int) -> int:
+        return os.getpid()
+
+    @flow
+    def fan_out() -> list[int]:
+        with get_task_runner(RunnerConfig(task_runner="dask", max_workers=2)) as runner:
+            futures = [runner.submit(where, {"i": i}) for i in range(4)]
+            for f in futures:
+                f.wait()
+            return [f.state.result() for f in futures]
+
+    pids = fan_out()
+    assert len(pids) == 4 and os.getpid() not in pids
