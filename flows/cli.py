@@ -25,7 +25,7 @@ def prefect_api():
     if os.environ.get("PREFECT_API_URL"):
         yield
         return
-    from tasks.servers import private_prefect_server
+    from tasks.private_server import private_prefect_server
 
     with private_prefect_server() as url:
         os.environ["PREFECT_API_URL"] = url
