@@ -98,8 +98,7 @@ class PipelineRun:
         return {label: self.evaluated[m.digest] for label, m in models.items()}
 
     def _scored(self, model: ModelRef, label: str, scores: EvalRef) -> None:
-        evaluation = self.records[-1] if self.records[-1].label == f"evaluate/{label}" else \
-            next(r for r in self.records if r.label == f"evaluate/{label}")
+        evaluation = next(r for r in reversed(self.records) if r.label == f"evaluate/{label}")
         row = next((r for r in reversed(self.records) if r.label == label), None)
         if row is not None:  # fold the evaluation into its stage's row of the summary
             evaluation.evaluation_of = label
@@ -128,20 +127,22 @@ class PipelineRun:
         self.champion = decision
         return decision
 
-    def _task(self, spec: Stage, inputs: dict, label: str, section: Section | None = None):
-        """(task, parameters) of running `spec` on `inputs` as the cached `stage_task`."""
+    def _output(self, spec: Stage, inputs: dict, section: Section | None) -> tuple[Section, Path]:
+        """The stage's config section and its output folder (named by its cache key)."""
         cfg = section if section is not None else self.recipe.section(spec.name)
         run = self.recipe.run
-        key = stage_key(spec, cfg, self.recipe.model, run.seed, inputs, self.data)
-        done = (output_dir(run.output_dir, spec.name, key) / "result.json").exists()
-        params = dict(name=spec.name, cfg=cfg, model=self.recipe.model, run=run, inputs=inputs, data=self.data,
-                      parent_run_id=self.parent_run_id, label=label)
-        return stage_task.with_options(task_run_name=label, refresh_cache=not done), params
+        return cfg, output_dir(run.output_dir, spec.name, stage_key(spec, cfg, self.recipe.model, run.seed, inputs,
+                                                                      self.data))
+
+    def _task(self, spec: Stage, inputs: dict, label: str, section: Section | None = None):
+        """(task, parameters) of running `spec` on `inputs` as the cached `stage_task`."""
+        cfg, out = self._output(spec, inputs, section)
+        params = dict(name=spec.name, cfg=cfg, model=self.recipe.model, run=self.recipe.run, inputs=inputs,
+                      data=self.data, parent_run_id=self.parent_run_id, label=label)
+        return stage_task.with_options(task_run_name=label, refresh_cache=not (out / "result.json").exists()), params
 
     def run_stage(self, spec: Stage, inputs: dict, label: str, section: Section | None = None):
-        cfg = section if section is not None else self.recipe.section(spec.name)
-        key = stage_key(spec, cfg, self.recipe.model, self.recipe.run.seed, inputs, self.data)
-        out = output_dir(self.recipe.run.output_dir, spec.name, key)
+        _, out = self._output(spec, inputs, section)
         # The same stage and key in two pipelines at once: one runs it, the other then finds it done (cached).
         with file_lock(out.parent / f".{out.name}.lock"):
             task, params = self._task(spec, inputs, label, section)
