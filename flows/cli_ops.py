@@ -44,8 +44,8 @@ def server_start(names: Optional[List[str]] = NamesArg,
         from tasks.servers import start
 
         ports = {"prefect": prefect_port, "mlflow": mlflow_port}
-        for name in _names(names):
-            state = start(root, name, host, ports[name])
+        for state in start(root, {name: ports[name] for name in _names(names)}, host):
+            name = state.name
             typer.echo(f"{name:8s} running  {state.ui:26s} pid {state.pid}, log {state.log}")
             typer.echo(f"         clients: {'PREFECT_API_URL' if name == 'prefect' else 'MLFLOW_TRACKING_URI'}"
                        f"={state.url}")

@@ -155,8 +155,22 @@ def _tail(log: Path | None, lines: int = 15) -> str:
     return "; its log ends:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start(root: Path, name: str, host: str = HOST, port: int | None = None, timeout: float = 180) -> ServerState:
-    """Start server `name` in the background (or return the one already running)."""
+def start(root: Path, ports: dict[str, int | None], host: str = HOST, timeout: float = 180) -> list[ServerState]:
+    """Start the servers named in `ports` ({name: port or None for its default}) in the background,
+    side by side; a server already running is returned as it is."""
+    launched = []
+    try:
+        for name, port in ports.items():
+            launched.append(_launch(root, name, host, port))
+        return [item if isinstance(item, ServerState) else _await(root, *item, timeout) for item in launched]
+    except BaseException:  # none of the servers this call launched is left without a state file
+        for item in launched:
+            if not isinstance(item, ServerState) and read_state(root, item[0].name) is None:
+                _kill_group(item[1].pid, grace=10)
+        raise
+
+
+def _launch(root: Path, name: str, host: str, port: int | None):
     spec = get_server(name)
     running = read_state(root, name)
     if running is not None:
@@ -171,14 +185,20 @@ def start(root: Path, name: str, host: str = HOST, port: int | None = None, time
     with open(log, "ab") as out:
         proc = subprocess.Popen(spec.command(root, host, port), cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    return spec, proc, host, port, log
+
+
+def _await(root: Path, spec: Server, proc: subprocess.Popen, host: str, port: int, log: Path,
+           timeout: float) -> ServerState:
+    """Wait until the launched server answers its health check, then record its state."""
     try:
         wait_healthy(f"http://{host}:{port}{spec.health}", proc, timeout, log)
     except BaseException:
         _kill_group(proc.pid, grace=10)
         raise
-    state = ServerState(name, proc.pid, psutil.Process(proc.pid).create_time(), host, port, spec.url(host, port),
-                        str(log))
-    with atomic_file(folder / f"{name}.json") as fh:
+    state = ServerState(spec.name, proc.pid, psutil.Process(proc.pid).create_time(), host, port,
+                        spec.url(host, port), str(log))
+    with atomic_file(state_dir(root) / f"{spec.name}.json") as fh:
         json.dump(asdict(state), fh, indent=2)
     return state
 
