@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from tasks.recipe import load_recipe
 from tests.conftest import make_project
-from tests.ops import alive, spawn, tree, user_env, wait_for
+from tests.ops import alive, spawn, stop_tree, tree, user_env, wait_for
 
 MODES = {"full": [], "lora": ["cold_start.finetune=lora", "cold_start.lora.r=4", "cold_start.lora.alpha=8"]}
 STEPS = ["cold_start.steps=6", "cold_start.ckpt_every=2", "cold_start.log_every=1"]
@@ -163,15 +163,18 @@ def test_kill_9_of_r1flow_takes_its_prefect_server_along_and_the_next_start_mark
             "--set", "cold_start.ckpt_every=5", "--set", "run.output_dir=runs-kill9"]
     env = user_env()
     proc = spawn(project, project / "kill9.log", *args, env=env)
-    ckpts = project / "runs-kill9" / "stages"
-    wait_for(lambda: list(ckpts.glob(".ckpt-cold_start-*/step-*")), 300, "training to reach a checkpoint")
-    family = tree(proc.pid)
-    servers = [p for p in family if "uvicorn" in " ".join(p.cmdline())]
-    assert servers, f"no Prefect API server under r1flow: {[p.cmdline() for p in family]}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    wait_for(lambda: not alive(servers), 60, "the Prefect server to stop with its parent")
-    assert alive(family) == [], [p.cmdline() for p in alive(family)]
+    try:
+        ckpts = project / "runs-kill9" / "stages"
+        wait_for(lambda: list(ckpts.glob(".ckpt-cold_start-*/step-*")), 300, "training to reach a checkpoint")
+        family = tree(proc.pid)
+        servers = [p for p in family if "uvicorn" in " ".join(p.cmdline())]
+        assert servers, f"no Prefect API server under r1flow: {[p.cmdline() for p in family]}"
+        os.kill(proc.pid, signal.SIGKILL)  # only the r1flow process: its server must go by itself
+        proc.wait(timeout=30)
+        wait_for(lambda: not alive(servers), 60, "the Prefect server to stop with its parent")
+        assert alive(family) == [], [p.cmdline() for p in alive(family)]
+    finally:
+        stop_tree(proc, signal.SIGKILL)  # whatever a failed test left
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     left = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("r1flow-tiny").experiment_id],
