@@ -89,6 +89,8 @@ def runs(**tags: str):
 @pytest.mark.parametrize("mode", list(MODES))
 def test_sigkill_between_checkpoints_and_during_a_checkpoint_write_resumes_to_the_same_weights(project, policy,
                                                                                              mode, single_thread):
+    from prefect.client.orchestration import get_client
+
     sets = overrides(mode, f"cold_start.lr={ {'full': 0.0011, 'lora': 0.0012}[mode]}")
     stage(project, policy, [*sets, f"run.output_dir=reference-{mode}"])   # uninterrupted
     reference = model_weights(project, f"reference-{mode}")
@@ -114,6 +116,11 @@ def test_sigkill_between_checkpoints_and_during_a_checkpoint_write_resumes_to_th
     client = MlflowClient()
     assert [client.get_run(run_id).info.status for run_id in orphans] == ["KILLED", "KILLED"]
     assert "killed" in client.get_run(orphans[0]).data.tags["r1flow.error"]
+    parents = [client.get_run(client.get_run(r).data.tags["mlflow.parentRunId"]) for r in orphans]
+    assert {p.info.status for p in parents} == {"KILLED"}
+    with get_client(sync_client=True) as prefect:
+        states = {prefect.read_flow_run(p.data.tags["prefect.flow_run_id"]).state.name for p in parents}
+    assert states == {"Crashed"}, "the killed processes' Prefect flow runs are not left Running"
     history = client.get_metric_history(report["stages"][0]["run_id"], "loss")
     assert [m.step for m in history] == [3, 4, 5, 6], "the rerun starts after the last complete checkpoint"
 
