@@ -91,26 +91,27 @@ def test_sigkill_between_checkpoints_and_during_a_checkpoint_write_resumes_to_th
                                                                                              mode, single_thread):
     from prefect.client.orchestration import get_client
 
-    sets = overrides(mode, f"cold_start.lr={ {'full': 0.0011, 'lora': 0.0012}[mode]}")
+    lr = {"full": 0.0011, "lora": 0.0012}[mode]
+    sets = overrides(mode, f"cold_start.lr={lr}", f"run.output_dir=runs-{mode}")  # each test its own folders
     stage(project, policy, [*sets, f"run.output_dir=reference-{mode}"])   # uninterrupted
     reference = model_weights(project, f"reference-{mode}")
 
     running = lambda: [r.info.run_id for r in runs(**{"r1flow.stage": "cold_start"})  # noqa: E731
                        if r.info.status == "RUNNING"]
     killed(project, policy, sets, "after-update", 3)     # lost: step 3 (checkpoint at 2)
-    ckpt = next((project / "runs" / "stages").glob(".ckpt-cold_start-*"))
+    (ckpt,) = (project / f"runs-{mode}" / "stages").glob(".ckpt-cold_start-*")
     assert sorted(p.name for p in ckpt.glob("step-*")) == ["step-00000002"]
     orphans = running()
     assert len(orphans) == 1, "the killed process left its stage run RUNNING"
     killed(project, policy, sets, "during-save", 4)      # resumes at 2, replays 3, dies writing 4
     assert sorted(p.name for p in ckpt.glob("step-*")) == ["step-00000002"]
     assert list(ckpt.glob(".step-00000004.tmp-*")), "the half-written checkpoint is left, never renamed"
-    assert not list((project / "runs" / "stages").glob("cold_start-*/model"))
+    assert not list((project / f"runs-{mode}" / "stages").glob("cold_start-*/model"))
     orphans += running()
     assert len(set(orphans)) == 2
 
     report = stage(project, policy, sets)                # through Prefect; resumes from step 2
-    resumed = model_weights(project, "runs")
+    resumed = model_weights(project, f"runs-{mode}")
     assert resumed.keys() == reference.keys()
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
     client = MlflowClient()
@@ -132,7 +133,7 @@ def test_a_stage_that_raises_is_failed_everywhere_registers_nothing_and_resumes(
 
     from components.training import loop
 
-    sets = overrides("full", "cold_start.lr=0.0013")
+    sets = overrides("full", "cold_start.lr=0.0013", "run.output_dir=runs-raise")
     stage(project, policy, [*sets, "run.output_dir=reference-raise"])
     step = loop.Trainer.step
 
@@ -159,7 +160,7 @@ def test_a_stage_that_raises_is_failed_everywhere_registers_nothing_and_resumes(
     report = stage(project, policy, sets)
     history = MlflowClient().get_metric_history(report["stages"][0]["run_id"], "loss")
     assert [m.step for m in history] == [3, 4, 5, 6]
-    resumed, reference = model_weights(project, "runs"), model_weights(project, "reference-raise")
+    resumed, reference = model_weights(project, "runs-raise"), model_weights(project, "reference-raise")
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 
 
