@@ -40,7 +40,7 @@ class RunConfig(Section):
 
 
 class DataConfig(Section):
-    dir: str = Field("data", description="The DVC-tracked directory of curated data (see data.dvc).")
+    dir: str = Field("data", description="The DVC-tracked directory of curated data, versioned by <dir>.dvc.")
     seed: int = Field(1234, description="Seed of the synthetic data generator.")
     levels: list[int] = Field(default_factory=lambda: sorted(LEVELS), description="Difficulty levels used.")
     n_pretrain: int = Field(60_000, ge=1, description="Pretraining documents for the base model.")
