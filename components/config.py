@@ -30,7 +30,8 @@ class Section(BaseModel):
 class RunConfig(Section):
     name: str = Field("default", description="Recipe name: MLflow run name and registered-model prefix.")
     seed: int = Field(0, description="Seed for every random choice in the pipeline.")
-    output_dir: str = Field("runs", description="Where stage outputs (models, derived data) are written.")
+    output_dir: str = Field("runs", description="Where stage outputs (models, derived data) are written, "
+                            "relative to the project folder.")
     experiment: str = Field("r1flow", description="MLflow experiment name.")
     stages: list[str] = Field(
         default_factory=lambda: ["base", "cold_start"],
