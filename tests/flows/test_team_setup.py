@@ -221,7 +221,7 @@ def test_server_stop_leaves_no_process_port_state_or_lock(team, deployed_run):
     servers = [psutil.Process(s["pid"]) for s in team["started"].values()]
     members = [m for p in servers for m in [p, *p.children(recursive=True)]]
     for _, proc in team["procs"]:
-        members += stop_tree(proc)
+        members += stop_tree(proc, timeout=15)  # SIGTERM, then SIGKILL what is left
     team["procs"].clear()
     out = cli(project, "server", "stop").stdout
     assert "prefect  stopped" in out and "mlflow   stopped" in out
