@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 FIND    := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
 RECIPE  ?= configs/default.yaml
 
-.PHONY: run test test-slow install bench clean
+.PHONY: run test test-slow install bench clean servers stop-servers
 
 $(BIN)/r1flow: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+servers: install    # Prefect :4200 and MLflow :5000 on 127.0.0.1 for this project (see README "Team set-up")
+	$(BIN)/r1flow server start
+
+stop-servers: install
+	$(BIN)/r1flow server stop
 
 bench: install
 	$(BIN)/uv pip install -q --python $(BIN)/python $(FIND) -e '.[dev,bench]'

@@ -30,7 +30,8 @@ class Section(BaseModel):
 class RunConfig(Section):
     name: str = Field("default", description="Recipe name: MLflow run name and registered-model prefix.")
     seed: int = Field(0, description="Seed for every random choice in the pipeline.")
-    output_dir: str = Field("runs", description="Where stage outputs (models, derived data) are written.")
+    output_dir: str = Field("runs", description="Where stage outputs (models, derived data) are written, "
+                            "relative to the project folder.")
     experiment: str = Field("r1flow", description="MLflow experiment name.")
     stages: list[str] = Field(
         default_factory=lambda: ["base", "cold_start"],
@@ -40,7 +41,7 @@ class RunConfig(Section):
 
 
 class DataConfig(Section):
-    dir: str = Field("data", description="The DVC-tracked directory of curated data (see data.dvc).")
+    dir: str = Field("data", description="The DVC-tracked directory of curated data, versioned by <dir>.dvc.")
     seed: int = Field(1234, description="Seed of the synthetic data generator.")
     levels: list[int] = Field(default_factory=lambda: sorted(LEVELS), description="Difficulty levels used.")
     n_pretrain: int = Field(60_000, ge=1, description="Pretraining documents for the base model.")

@@ -1,43 +1,52 @@
-"""`r1flow`: run recipes, rerun single stages, manage the versioned data, open the UIs."""
+"""`r1flow`: run recipes, rerun single stages, evaluate models, manage data, servers and deployments."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from flows.cli_common import USER_ERRORS, RecipeArg, SetOpt, fail, load
+from flows.cli_data import data_app
+from flows.cli_ops import register_ops, server_app
 from tasks.settings import configure
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-data_app = typer.Typer(no_args_is_help=True, help="The curated data in data/, versioned by DVC (data.dvc).")
-app.add_typer(data_app, name="data")
-
-RecipeArg = typer.Argument(None, help="YAML recipe (default: configs/default.yaml).")
-SetOpt = typer.Option(None, "--set", help="Override a recipe field: section.field=value (repeatable).")
 
 
-def _recipe(path: Optional[Path], overrides: Optional[List[str]]):
-    from tasks.recipe import load_recipe
+@contextlib.contextmanager
+def prefect_api():
+    """Point Prefect at a server: the configured one (`r1flow server start`, PREFECT_API_URL), or a
+    private one for this command that stops with it, even when it is killed."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from tasks.private_server import private_prefect_server
 
-    return load_recipe(path or Path("configs/default.yaml"), overrides or [])
+    with private_prefect_server() as url:
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            yield
+        finally:
+            _flush_prefect_logs()  # before the server goes: else "Error logging to API"
+            os.environ.pop("PREFECT_API_URL", None)
 
 
-def _fail(err: BaseException) -> None:
-    typer.secho(f"error: {err}", fg="red", err=True)
-    raise typer.Exit(2)
+def _flush_prefect_logs() -> None:
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler().flush()
 
 
 def _interrupted() -> None:
     typer.secho("interrupted: run the same command again to resume (finished stages are cached, "
                 "a stage in progress resumes from its last checkpoint)", fg="yellow", err=True)
     raise typer.Exit(130)
-
-
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, RuntimeError)
 
 
 def _quiet_prefect() -> None:
@@ -48,16 +57,35 @@ def _quiet_prefect() -> None:
         logging.getLogger(name).propagate = False
 
 
-def _print_report(report: dict, as_json: bool) -> None:
+def _print_report(report: dict, as_json: bool, root: Path) -> None:
     from tasks.console import summary_table
 
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     typer.echo("\n" + summary_table(report["stages"]))
-    typer.echo("\nCompare runs and models:  r1flow ui mlflow    (http://127.0.0.1:5000, experiment "
-               f"'{report.get('experiment', 'r1flow')}')")
-    typer.echo("See flow runs and logs:  r1flow ui prefect   (http://127.0.0.1:4200)")
+    champion = report.get("champion") or {}
+    if champion:
+        typer.echo(f"\nchampion: {champion['decision']} ({champion['reason']})")
+    typer.echo(f"\nCompare runs and models:  {_ui_url(root, 'mlflow')}{_experiment_page(report)}")
+    typer.echo(f"See flow runs and logs:  {_ui_url(root, 'prefect')}")
+
+
+def _experiment_page(report: dict) -> str:
+    """The experiment's runs table (MLflow 3.17's UI opens on its GenAI view unless the URL asks)."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(report.get("experiment", "r1flow"))
+    return f"/#/experiments/{experiment.experiment_id}?workflowType=machine_learning" if experiment else ""
+
+
+def _ui_url(root: Path, name: str) -> str:
+    from tasks.servers import HOST, get_server, read_state
+
+    state = read_state(root, name)
+    if state is None:
+        return f"`r1flow server start`, then {get_server(name).ui_url(HOST, get_server(name).default_port)}"
+    return get_server(name).ui_url(state.host, state.port)
 
 
 JsonOpt = typer.Option(False, "--json", help="Print the run's report as JSON instead of a table.")
@@ -68,16 +96,17 @@ def run(recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] = SetOpt, 
     """Run the recipe's pipeline end to end (cached stages are skipped)."""
     root = configure()
     try:
-        cfg = _recipe(recipe, set_)
-        from flows.pipeline import r1_pipeline
+        cfg = load(recipe, set_)
+        with prefect_api():
+            from flows.pipeline import r1_pipeline
 
-        _quiet_prefect()
-        report = r1_pipeline(cfg, str(root))
+            _quiet_prefect()
+            report = r1_pipeline(cfg, str(root))
     except USER_ERRORS as e:
-        _fail(e)
+        fail(e)
     except KeyboardInterrupt:
         _interrupted()
-    _print_report({**report, "experiment": cfg.run.experiment}, as_json)
+    _print_report({**report, "experiment": cfg.run.experiment}, as_json, root)
 
 
 def _input_option(name: str):
@@ -108,16 +137,17 @@ def stage(name: str = typer.Argument(..., help="Stage to run, e.g. cold_start (s
                 raise ValueError(f"{name}: takes no input, so --from has nothing to set")
             given.setdefault(spec.inputs[0], from_)
         resolve_inputs(spec, given, root)  # every typo is one line, before the flow starts
-        cfg = _recipe(recipe, set_)
-        from flows.single_stage import r1_stage
+        cfg = load(recipe, set_)
+        with prefect_api():
+            from flows.single_stage import r1_stage
 
-        _quiet_prefect()
-        report = r1_stage(name, cfg, given, str(root))
+            _quiet_prefect()
+            report = r1_stage(name, cfg, given, str(root))
     except USER_ERRORS as e:
-        _fail(e)
+        fail(e)
     except KeyboardInterrupt:
         _interrupted()
-    _print_report({**report, "experiment": cfg.run.experiment}, as_json)
+    _print_report({**report, "experiment": cfg.run.experiment}, as_json, root)
 
 
 @app.command("stages")
@@ -138,88 +168,47 @@ def serve(recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] = SetOpt
     """Serve the pipeline as a scheduled Prefect deployment (runs until stopped)."""
     root = configure()
     try:
-        cfg = _recipe(recipe, set_)
-        from flows.pipeline import r1_pipeline
+        cfg = load(recipe, set_)
+        with prefect_api():
+            from flows.pipeline import r1_pipeline
 
-        r1_pipeline.serve(name=name, cron=cron, interval=interval,
-                          parameters={"recipe": cfg.model_dump(mode="json"), "root": str(root)})
+            r1_pipeline.serve(name=name, cron=cron, interval=interval,
+                              parameters={"recipe": cfg.model_dump(mode="json"), "root": str(root)})
     except USER_ERRORS as e:
-        _fail(e)
-
-
-@data_app.command("generate")
-def data_generate(recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] = SetOpt,
-                  push: bool = typer.Option(True, help="Push the new version to the DVC remote.")) -> None:
-    """(Re)build the curated data from the recipe's generator, `dvc add` it and push it."""
-    root = configure()
-    try:
-        from components.data.curate import build
-        from tasks.versioning import dvc, read_dvc_file
-
-        cfg = _recipe(recipe, set_)
-        counts = build(cfg.data, root / cfg.data.dir)
-        dvc(root, "add", "-q", cfg.data.dir)
-        if push:
-            dvc(root, "push", "-q")
-        typer.echo(json.dumps({"md5": read_dvc_file(root)[1], "rows": counts}, indent=2))
-    except USER_ERRORS as e:
-        _fail(e)
-
-
-@data_app.command("ensure")
-def data_ensure(recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] = SetOpt) -> None:
-    """Make data/ match data.dvc: pull it, or rebuild it when no remote has it (checked by md5)."""
-    root = configure()
-    try:
-        from tasks.versioning import DataVersionError, data_version, dvc, read_dvc_file
-
-        try:
-            ref = data_version(root)
-        except DataVersionError:
-            _, wanted = read_dvc_file(root)
-            from components.data.curate import build
-
-            build(_recipe(recipe, set_).data, root / "data")
-            dvc(root, "add", "-q", "data")
-            _, got = read_dvc_file(root)
-            if got != wanted:
-                raise DataVersionError(f"data.dvc: rebuilt data has md5 {got}, expected {wanted}")
-            dvc(root, "push", "-q")
-            ref = data_version(root)
-        typer.echo(f"data version {ref.md5} ({len(ref.files)} files)")
-    except USER_ERRORS as e:
-        _fail(e)
-
-
-@data_app.command("status")
-def data_status() -> None:
-    """Print the data version and whether data/ matches it."""
-    root = configure()
-    try:
-        from tasks.versioning import data_version
-
-        ref = data_version(root)
-        typer.echo(json.dumps({"md5": ref.md5, "files": ref.files}, indent=2))
-    except USER_ERRORS as e:
-        _fail(e)
+        fail(e)
 
 
 @app.command()
-def ui(which: str = typer.Argument(..., help="mlflow or prefect"),
-       host: str = typer.Option("127.0.0.1", help="Bind address (loopback unless you mean otherwise)."),
-       port: int = typer.Option(0, help="Port (default 5000 for MLflow, 4200 for Prefect).")) -> None:
-    """Serve the MLflow or Prefect UI on this project's stores."""
+def evaluate(models: List[str] = typer.Argument(..., help="Models to score: directories, runs:/… or "
+                                                "models:/NAME@ALIAS."),
+             recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe (default: configs/default.yaml)."),
+             set_: Optional[List[str]] = SetOpt, as_json: bool = JsonOpt) -> None:
+    """Score models on the recipe's held-out set, side by side on the recipe's task runner."""
     root = configure()
-    commands = {
-        "mlflow": [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port or 5000),
-                   "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"],
-                   "--artifacts-destination", os.environ["R1FLOW_ARTIFACT_ROOT"], "--workers", "1"],
-        "prefect": [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port or 4200)],
-    }
-    if which not in commands:
-        _fail(ValueError(f"ui: expected one of {sorted(commands)}, got {which!r}"))
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    raise typer.Exit(subprocess.call(commands[which], cwd=root, env=env))
+    try:
+        from tasks.inputs import resolve_model
+
+        cfg = load(recipe, set_)
+        for uri in models:
+            resolve_model(uri, root)  # every typo is one line, before the flow starts
+        from tasks.runners import get_task_runner
+
+        get_task_runner(cfg.runner)  # a missing Dask/Ray extra, too
+        with prefect_api():
+            from flows.evaluate import r1_evaluate
+
+            _quiet_prefect()
+            report = r1_evaluate(list(models), cfg, str(root))
+    except USER_ERRORS as e:
+        fail(e)
+    except KeyboardInterrupt:
+        _interrupted()
+    _print_report({**report, "experiment": cfg.run.experiment}, as_json, root)
+
+
+app.add_typer(data_app, name="data")
+app.add_typer(server_app, name="server")
+register_ops(app)
 
 
 def main() -> None:

@@ -2,10 +2,12 @@
 
 A stage the recipe does not list in `run.stages` hands its input on unchanged, so one outline
 serves every recipe (start from a hub model, skip rejection sampling, …). Every model a stage
-produces is scored on the held-out set; the flow returns the run's summary (`PipelineRun.report`).
+produces is scored on the held-out set; the final one becomes the registry's `champion` only if
+its held-out accuracy is not below the current champion's. The flow returns the run's summary
+(`PipelineRun.report`).
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: `r1flow serve` runs the flow from a pickled copy in a
+# spawned process, where the parameter types must be objects, not names to resolve (KeyError / not defined).
 from prefect import flow
 
 from tasks.flow_names import pipeline_run_name
@@ -28,4 +30,5 @@ def r1_pipeline(recipe: Recipe, root: str = ".") -> dict:
         samples = rejection_sampling(policy=policy)               # §2.3.3 K samples, keep the verified ones
         policy = sft(policy=policy, dataset=samples)              #   SFT on them
         reasoner = reasoning_rl(policy=policy)                    # §2.3.2 GRPO with rule-based rewards
+        run.gate_champion(reasoner)                               # alias `champion` moves only if it is no worse
     return run.report() | {"final": reasoner.uri if reasoner else None}

@@ -1,6 +1,6 @@
 """Rerun one stage from given inputs (`r1flow stage NAME --policy … --reward-model …`), then evaluate it."""
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: `r1flow serve` runs the flow from a pickled copy in a
+# spawned process, where the parameter types must be objects, not names to resolve (KeyError / not defined).
 from prefect import flow
 
 from tasks.flow_names import pipeline_run_name

@@ -41,7 +41,7 @@ def load_policy(ctx: StageContext, ref: ModelRef, finetune: str = "full", lora=N
     """(model, tokenizer) of a causal-LM input, ready for `finetune` mode (full | lora | qlora)."""
     m = ctx.model
     model = load_model(ref.uri, finetune=finetune, lora=lora, dtype=m.dtype, revision=m.revision,
-                       trust_remote_code=m.trust_remote_code)
+                       trust_remote_code=m.trust_remote_code, seed=ctx.seed)
     tokenizer = load_tokenizer(ref.uri, revision=m.revision, trust_remote_code=m.trust_remote_code)
     return model, tokenizer
 

@@ -13,9 +13,10 @@ def pipeline_run_name() -> str:
 
     params = flow_run.parameters
     recipe = params.get("recipe")
-    name = recipe.run.name if hasattr(recipe, "run") else (recipe or {}).get("run", {}).get("name", "r1flow")
+    tree = recipe.model_dump() if hasattr(recipe, "run") else (recipe or {})
+    name = tree.get("run", {}).get("name", "default")
     try:
-        md5 = read_dvc_file(Path(params.get("root") or ".").resolve())[1][:8]
+        md5 = read_dvc_file(Path(params.get("root") or ".").resolve(), tree.get("data", {}).get("dir", "data"))[1][:8]
     except DataVersionError:
         md5 = "nodata"
     stage = params.get("stage")

@@ -1,11 +1,18 @@
-"""A pipeline run: the data version, the parent MLflow run, and the one cached task every stage runs in.
+"""A pipeline run: the data version, the parent MLflow run, the stages it ran, the champion gate.
 
 Inside `with pipeline(recipe, root) as run:` a stage called like a function (`cold_start(policy=base)`)
 goes through `PipelineRun.call`: a stage the recipe does not enable hands its `passthrough`
 input on; an enabled one runs as the Prefect task `stage_task`, cached on `tasks.stage.stage_key`,
 in its own MLflow run nested under the pipeline's; every new model it produces is then scored
-on the held-out set by the `evaluate` stage. What happened is collected as rows of the summary
-table the CLI prints and the report logged to the parent run.
+on the held-out set by the `evaluate` stage (`evaluate_models` fans several evaluations out on
+the recipe's task runner). What happened is collected as rows of the summary table the CLI
+prints and the report logged to the parent run; `gate_champion` ends a run by offering its
+final model to the registry's quality gate (`tasks/champion.py`).
+
+The parent MLflow run is named like the Prefect flow run, so one name finds a run in both UIs.
+Before it starts, runs that a killed process left RUNNING are marked KILLED (and their Prefect
+flow runs Crashed). Two pipelines at once share outputs safely: a stage's output folder is named
+by its cache key and a per-key file lock lets one process at a time run that stage.
 """
 from __future__ import annotations
 
@@ -20,14 +27,17 @@ import mlflow
 from prefect import task
 from prefect.context import get_run_context
 
-from components.config import ModelConfig, RunConfig, Section
-from components.io import digest_path, write_json
-from tasks import tracking
-from tasks.console import StageReporter, say, summary_table
+from components.config import Section
+from components.io import digest_path
+from tasks import champion, tracking
+from tasks.console import say, summary_table
+from tasks.locks import file_lock
 from tasks.refs import DatasetRef, EvalRef, ModelRef
-from tasks.stage import Stage, StageContext, output_dir, stage_key
+from tasks.runners import get_task_runner
+from tasks.stage import Stage, output_dir, stage_key
+from tasks.stage_task import output_label, run_id_of, stage_task
 from tasks.stages import get_stage
-from tasks.versioning import DataRef, code_digest, data_version, git_commit
+from tasks.versioning import DataRef, data_version, git_commit
 
 _CURRENT: contextvars.ContextVar["PipelineRun"] = contextvars.ContextVar("r1flow_pipeline")
 
@@ -56,6 +66,7 @@ class PipelineRun:
     records: list[StageRecord] = field(default_factory=list)
     metrics: dict[str, dict] = field(default_factory=dict)     # evaluated stage -> held-out metrics
     evaluated: dict[str, EvalRef] = field(default_factory=dict)  # model digest -> its evaluation
+    champion: dict | None = None                                 # the quality gate's decision, if offered
 
     def call(self, spec: Stage, inputs: dict, *, label: str | None = None, section: Section | None = None,
              force: bool = False):
@@ -72,38 +83,86 @@ class PipelineRun:
     def evaluate(self, model: ModelRef, label: str) -> EvalRef:
         """Score `model` (the output of stage `label`) on the held-out set, once per distinct model."""
         if model.digest not in self.evaluated:
-            row = next(r for r in reversed(self.records) if r.label == label)
-            scores = self.run_stage(get_stage("evaluate"), {"model": model}, f"evaluate/{label}")
-            self.records[-1].evaluation_of = label
-            row.seconds += self.records[-1].seconds
-            self.evaluated[model.digest] = scores
-            self.metrics[label] = m = scores.metrics
-            row.accuracy, row.accuracy_se = m.get("accuracy"), m.get("accuracy_se")
-            say(f"  {label}: held-out accuracy {100 * m['accuracy']:.1f} % ± {100 * m['accuracy_se']:.1f} "
-                f"(n={int(m['n'])}), format {100 * m.get('format_rate', 0):.0f} %")
+            self._scored(model, label, self.run_stage(get_stage("evaluate"), {"model": model}, f"evaluate/{label}"))
         return self.evaluated[model.digest]
 
-    def run_stage(self, spec: Stage, inputs: dict, label: str, section: Section | None = None):
+    def evaluate_models(self, models: dict[str, ModelRef]) -> dict[str, EvalRef]:
+        """Score several models ({label: model}) side by side on the recipe's task runner."""
+        spec = get_stage("evaluate")
+        with get_task_runner(self.recipe.runner) as runner:
+            futures = {label: (runner.submit(*self._task(spec, {"model": m}, f"evaluate/{label}")), time.perf_counter())
+                       for label, m in models.items()}
+            for label, (future, t0) in futures.items():
+                future.wait()
+                self._scored(models[label], label, self._collect(spec, f"evaluate/{label}", future.state, t0))
+        return {label: self.evaluated[m.digest] for label, m in models.items()}
+
+    def _scored(self, model: ModelRef, label: str, scores: EvalRef) -> None:
+        evaluation = next(r for r in reversed(self.records) if r.label == f"evaluate/{label}")
+        row = next((r for r in reversed(self.records) if r.label == label), None)
+        if row is not None:  # fold the evaluation into its stage's row of the summary
+            evaluation.evaluation_of = label
+            row.seconds += evaluation.seconds
+        else:
+            row = evaluation
+        self.evaluated[model.digest] = scores
+        self.metrics[label] = m = scores.metrics
+        row.accuracy, row.accuracy_se = m.get("accuracy"), m.get("accuracy_se")
+        if model.registered and model.registered.startswith("models:/") and "@" not in model.registered:
+            held_out = champion.heldout_set(self.data.files.get("eval.jsonl", ""),
+                                            self.recipe.evaluate.model_dump(mode="json"))
+            champion.record_heldout(model.registered, m, held_out)
+        say(f"  {label}: held-out accuracy {100 * m['accuracy']:.1f} % ± {100 * m['accuracy_se']:.1f} "
+            f"(n={int(m['n'])}), format {100 * m.get('format_rate', 0):.0f} %")
+
+    def gate_champion(self, model: ModelRef | None) -> dict:
+        """Offer the run's final model to the registry's quality gate (see tasks/champion.py)."""
+        if model is None or not (model.registered or "").startswith("models:/") or "@" in model.registered:
+            decision = {"decision": "kept", "reason": "the run produced no registered model"}
+        else:
+            with file_lock(self.root / ".r1flow" / "locks" / "champion.lock"):
+                decision = champion.gate(model.registered)
+        mlflow.set_tags({f"r1flow.champion.{k}": v for k, v in decision.items()})
+        say(f"champion: {decision['decision']} ({decision['reason']})")
+        self.champion = decision
+        return decision
+
+    def _output(self, spec: Stage, inputs: dict, section: Section | None) -> tuple[Section, Path]:
+        """The stage's config section and its output folder (named by its cache key)."""
         cfg = section if section is not None else self.recipe.section(spec.name)
         run = self.recipe.run
-        key = stage_key(spec, cfg, self.recipe.model, run.seed, inputs, self.data)
-        done = (output_dir(run.output_dir, spec.name, key) / "result.json").exists()
-        t0 = time.perf_counter()
-        state = stage_task.with_options(task_run_name=label, refresh_cache=not done)(
-            spec.name, cfg, self.recipe.model, run, inputs, self.data, self.parent_run_id, label, return_state=True)
+        return cfg, output_dir(run.output_dir, spec.name, stage_key(spec, cfg, self.recipe.model, run.seed, inputs,
+                                                                      self.data))
+
+    def _task(self, spec: Stage, inputs: dict, label: str, section: Section | None = None):
+        """(task, parameters) of running `spec` on `inputs` as the cached `stage_task`."""
+        cfg, out = self._output(spec, inputs, section)
+        params = dict(name=spec.name, cfg=cfg, model=self.recipe.model, run=self.recipe.run, inputs=inputs,
+                      data=self.data, parent_run_id=self.parent_run_id, label=label)
+        return stage_task.with_options(task_run_name=label, refresh_cache=not (out / "result.json").exists()), params
+
+    def run_stage(self, spec: Stage, inputs: dict, label: str, section: Section | None = None):
+        _, out = self._output(spec, inputs, section)
+        # The same stage and key in two pipelines at once: one runs it, the other then finds it done (cached).
+        with file_lock(out.parent / f".{out.name}.lock"):
+            task, params = self._task(spec, inputs, label, section)
+            t0 = time.perf_counter()
+            return self._collect(spec, label, task(**params, return_state=True), t0)
+
+    def _collect(self, spec: Stage, label: str, state, t0: float):
         result = state.result()  # raises the stage's own error if it failed
         cached = state.name == "Cached"
         seconds = time.perf_counter() - t0
         if cached:
-            say(f"◆ {label}  cached  (MLflow run {_run_id(result)[:12]})")
-        self.records.append(StageRecord(label, spec.name, "cached" if cached else "ran", seconds, _run_id(result),
-                                        _output(result)))
+            say(f"◆ {label}  cached  (MLflow run {run_id_of(result)[:12]})")
+        self.records.append(StageRecord(label, spec.name, "cached" if cached else "ran", seconds, run_id_of(result),
+                                        output_label(result)))
         _record_on_parent(label, result)
         return result
 
     def report(self) -> dict:
         return {"recipe": self.recipe.run.name, "data_md5": self.data.md5, "parent_run_id": self.parent_run_id,
-                "stages": [asdict(r) for r in self.records], "metrics": self.metrics}
+                "stages": [asdict(r) for r in self.records], "metrics": self.metrics, "champion": self.champion}
 
 
 def current_pipeline() -> PipelineRun:
@@ -117,11 +176,15 @@ def current_pipeline() -> PipelineRun:
 def pipeline(recipe: Section, root: str | Path):
     """Open a pipeline run: check the data version, start the parent MLflow run, collect the summary."""
     root = Path(root).resolve()
-    data = data_task(str(root))
-    tags = {"mlflow.source.git.commit": git_commit(root), "r1flow.data_md5": data.md5,
-            "prefect.flow_run_id": str(get_run_context().flow_run.id), "r1flow.recipe": recipe.run.name}
-    name = f"{recipe.run.name}-{data.md5[:8]}"
-    with tracking.run(name, recipe.run.experiment, params=recipe.model_dump(mode="json"), tags=tags) as run_id:
+    # Outputs live under the project, wherever the process runs (a worker runs flows in the code folder).
+    outputs = str(root / recipe.run.output_dir)
+    recipe = recipe.model_copy(update={"run": recipe.run.model_copy(update={"output_dir": outputs})})
+    reap_killed_runs()
+    data = data_task(str(root), recipe.data.dir)
+    flow_run = get_run_context().flow_run
+    tags = {"mlflow.source.git.commit": git_commit(root), "r1flow.data_md5": data.md5, "r1flow.kind": "pipeline",
+            "prefect.flow_run_id": str(flow_run.id), "r1flow.recipe": recipe.run.name}
+    with tracking.run(flow_run.name, recipe.run.experiment, params=recipe.model_dump(mode="json"), tags=tags) as run_id:
         say(f"r1flow · recipe {recipe.run.name} · data {data.md5[:8]} · MLflow run {run_id[:12]}")
         run = PipelineRun(recipe, root, data, run_id)
         token = _CURRENT.set(run)
@@ -136,9 +199,27 @@ def pipeline(recipe: Section, root: str | Path):
 
 
 @task(retries=1, retry_delay_seconds=2)
-def data_task(root: str) -> DataRef:
-    """The DVC data version (pulled first if the folder is missing)."""
-    return data_version(Path(root))
+def data_task(root: str, folder: str = "data") -> DataRef:
+    """The DVC data version of `folder` (pulled first if the folder is missing)."""
+    return data_version(Path(root), folder)
+
+
+def reap_killed_runs() -> None:
+    """Mark KILLED the MLflow runs a killed process left RUNNING, and Crashed their Prefect flow runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    reaped = tracking.reap_orphaned_runs()
+    flow_runs = {r.data.tags["prefect.flow_run_id"] for r in reaped if "prefect.flow_run_id" in r.data.tags
+                 and r.data.tags.get("r1flow.kind") == "pipeline"}
+    if not flow_runs:
+        return
+    with get_client(sync_client=True) as client:
+        for flow_run_id in flow_runs:
+            with contextlib.suppress(Exception):  # a flow run on another (gone) server: nothing to mark
+                if client.read_flow_run(flow_run_id).state.is_running():
+                    client.set_flow_run_state(flow_run_id, Crashed(message="its process was killed"), force=True)
+    say(f"marked {len(reaped)} MLflow run(s) of killed processes KILLED")
 
 
 def starting_model(recipe: Section) -> ModelRef | None:
@@ -152,43 +233,6 @@ def starting_model(recipe: Section) -> ModelRef | None:
     return ModelRef(uri=name, digest=f"hub:{name}@{recipe.model.revision or 'main'}", stage="given")
 
 
-# --------------------------------------------------------------------------- the one cached task
-
-
-def _cache_key(context, parameters: dict) -> str:
-    spec = get_stage(parameters["name"])
-    return stage_key(spec, parameters["cfg"], parameters["model"], parameters["run"].seed, parameters["inputs"],
-                     parameters["data"])
-
-
-@task(cache_key_fn=_cache_key, persist_result=True, retries=0)
-def stage_task(name: str, cfg: Section, model: ModelConfig, run: RunConfig, inputs: dict, data: DataRef,
-               parent_run_id: str, label: str):
-    """Run one stage in its own MLflow run (nested under the pipeline's), named `label`."""
-    spec = get_stage(name)
-    key = stage_key(spec, cfg, model, run.seed, inputs, data)
-    out = output_dir(run.output_dir, name, key)
-    tags = {"r1flow.stage": name, "r1flow.cache_key": key, "r1flow.data_md5": data.md5,
-            "r1flow.code_hash": code_digest(*spec.code)[:16], "mlflow.source.git.commit": git_commit(Path.cwd()),
-            "prefect.flow_run_id": str(get_run_context().task_run.flow_run_id),
-            **{f"r1flow.input.{k}": _output(v) for k, v in inputs.items() if v is not None}}
-    say(f"▶ {label}  started  (key {key[:12]})")
-    reporter = StageReporter(label)
-    t0 = time.perf_counter()
-    try:
-        with tracking.run(label, run.experiment, parent_run_id=parent_run_id, params={name: cfg.model_dump(mode="json")},
-                          tags=tags) as run_id:
-            log = tracking.metric_logger(run_id, echo=reporter.log)
-            ctx = StageContext(name, cfg, model, run.seed, run.name, data, out, out.parent / f".ckpt-{out.name}",
-                               run_id, log, reporter.progress)
-            result = spec.fn(ctx, **{n: inputs.get(n) for n in spec.inputs})
-    finally:
-        reporter.close()
-    write_json(out / "result.json", {"run_id": run_id, "key": key})
-    say(f"✔ {label}  done in {time.perf_counter() - t0:.1f} s  → {_output(result)}")
-    return result
-
-
 def _check_inputs(spec: Stage, inputs: dict, enabled: bool) -> None:
     unknown = sorted(set(inputs) - set(spec.inputs))
     if unknown:
@@ -198,22 +242,10 @@ def _check_inputs(spec: Stage, inputs: dict, enabled: bool) -> None:
         raise ValueError(f"{spec.name}: no {', '.join(missing)} to run on (the stage before it produced nothing)")
 
 
-def _run_id(result) -> str:
-    return getattr(result, "run_id", None) or ""
-
-
-def _output(result) -> str:
-    if isinstance(result, (ModelRef, DatasetRef)):
-        return result.registered if isinstance(result, ModelRef) and result.registered else result.uri
-    if isinstance(result, EvalRef):
-        return f"accuracy {result.metrics.get('accuracy', float('nan')):.3f}"
-    return str(result)
-
-
 def _record_on_parent(label: str, result) -> None:
     """Point the parent run at a stage's result (also when it came from the cache)."""
-    if isinstance(result, EvalRef):
-        mlflow.log_metrics({f"{result.model.stage}.{k}": v for k, v in result.metrics.items()})
-    mlflow.set_tag(f"r1flow.run.{label.replace('/', '.')}", _run_id(result))
+    if isinstance(result, EvalRef):  # e.g. cold_start.accuracy: one key per evaluated stage, in every run
+        mlflow.log_metrics({f"{label.removeprefix('evaluate/')}.{k}": v for k, v in result.metrics.items()})
+    mlflow.set_tag(f"r1flow.run.{label.replace('/', '.')}", run_id_of(result))
     if isinstance(result, (ModelRef, DatasetRef)):
-        mlflow.set_tag(f"r1flow.output.{label.replace('/', '.')}", _output(result))
+        mlflow.set_tag(f"r1flow.output.{label.replace('/', '.')}", output_label(result))

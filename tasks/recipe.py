@@ -11,13 +11,17 @@ from pathlib import Path
 from pydantic import Field, create_model, model_validator
 
 from components.config import DataConfig, ModelConfig, RunConfig, Section, load_tree, validate
+from tasks.runners import RunnerConfig
 from tasks.stages import registry
 
 
 class RecipeBase(Section):
     run: RunConfig = Field(default_factory=RunConfig, description="What to run and where it is recorded.")
-    data: DataConfig = Field(default_factory=DataConfig, description="The curated data (data/, versioned by DVC).")
+    data: DataConfig = Field(default_factory=DataConfig, description="The curated data (data.dir, versioned by DVC "
+                             "in <data.dir>.dvc).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The starting model.")
+    runner: RunnerConfig = Field(default_factory=RunnerConfig, description="How evaluations of several models fan "
+                                 "out (a Prefect task runner: sequential, threads, dask or ray).")
 
     @model_validator(mode="after")
     def _known_stages(self):

@@ -1,6 +1,10 @@
 """MLflow at the edge: one parent run per pipeline run, one nested run per stage.
 
 Stages receive only a `log(metrics, step)` callable; everything MLflow-specific is here.
+Every run records the process that owns it (`r1flow.host`, `r1flow.pid`, `r1flow.pid_started`),
+so a run left RUNNING by a process that was killed (`kill -9`, a lost machine) is found and
+marked KILLED by the next pipeline that starts (`reap_orphaned_runs`). A run that ends with an
+exception is FAILED and carries the error in the tag `r1flow.error`.
 """
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Iterator
@@ -18,11 +23,27 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 
+# MLflow's UI opens an experiment of this kind on its runs table (without it: the empty GenAI overview).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+ERROR_TAG = "r1flow.error"
+
+
 def experiment_id(name: str) -> str:
     exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return mlflow.create_experiment(name, artifact_location=os.environ.get("R1FLOW_ARTIFACT_ROOT"))
+    if exp is None:
+        return mlflow.create_experiment(name, artifact_location=os.environ.get("R1FLOW_ARTIFACT_ROOT"),
+                                        tags=EXPERIMENT_KIND)
+    if exp.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
+        MlflowClient().set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+    return exp.experiment_id
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process owns a run: checked by `reap_orphaned_runs` (the start time guards against pid reuse)."""
+    import psutil
+
+    return {"r1flow.host": socket.gethostname(), "r1flow.pid": str(os.getpid()),
+            "r1flow.pid_started": repr(psutil.Process().create_time())}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -40,12 +61,50 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 @contextlib.contextmanager
 def run(name: str, experiment: str, *, parent_run_id: str | None = None, params: dict | None = None,
         tags: dict | None = None) -> Iterator[str]:
-    """Start (nested under `parent_run_id` if given) an MLflow run; yields its id."""
-    with mlflow.start_run(run_name=name, experiment_id=experiment_id(experiment), nested=parent_run_id is not None,
-                          parent_run_id=parent_run_id, tags={k: str(v) for k, v in (tags or {}).items()}) as r:
+    """Start (nested under `parent_run_id` if given) an MLflow run; yields its id. An exception
+    ends it FAILED with the error as the tag `r1flow.error` (KILLED for Ctrl-C)."""
+    tags = {**owner_tags(), **{k: str(v) for k, v in (tags or {}).items()}}
+    r = mlflow.start_run(run_name=name, experiment_id=experiment_id(experiment), nested=parent_run_id is not None,
+                         parent_run_id=parent_run_id, tags=tags)
+    try:
         if params:
             mlflow.log_params(flatten(params))
         yield r.info.run_id
+    except BaseException as e:
+        MlflowClient().set_tag(r.info.run_id, ERROR_TAG, f"{type(e).__name__}: {e}"[:4000])
+        while (active := mlflow.active_run()) is not None and active.info.run_id != r.info.run_id:
+            mlflow.end_run("FAILED")  # a run the stage left open
+        mlflow.end_run("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def _owner_gone(tags: dict) -> bool:
+    import psutil
+
+    if tags.get("r1flow.host") != socket.gethostname() or "r1flow.pid" not in tags:
+        return False  # another machine's run: only that machine can tell
+    try:
+        return repr(psutil.Process(int(tags["r1flow.pid"])).create_time()) != tags.get("r1flow.pid_started")
+    except psutil.Error:
+        return True
+
+
+def reap_orphaned_runs() -> list:
+    """Mark KILLED every RUNNING run on this machine whose owning process is gone; returns those runs."""
+    client = MlflowClient()
+    ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return []
+    running = client.search_runs(ids, filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    reaped = []
+    for r in running:
+        if _owner_gone(r.data.tags):
+            client.set_tag(r.info.run_id, ERROR_TAG, f"process {r.data.tags['r1flow.pid']} on "
+                           f"{r.data.tags['r1flow.host']} ended without closing this run (killed)")
+            client.set_terminated(r.info.run_id, "KILLED")
+            reaped.append(r)
+    return reaped
 
 
 def metric_logger(run_id: str, prefix: str = "", echo=None):

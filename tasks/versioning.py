@@ -1,9 +1,11 @@
 """Versions of what a stage depends on: the DVC data version, the code, the git commit.
 
-The md5 in `data.dvc` is THE data version. DVC's directory manifest (the `.dir` object in
-the DVC cache) also gives each file's md5, so a stage's cache key can name exactly the
-files it reads: changing `cold_start.jsonl` and running `dvc add data` reruns cold start
-but not the base model.
+The md5 in `<dir>.dvc` (`data.dvc` for the default `data.dir: data`) is THE data version of
+a recipe. DVC's directory manifest (the `.dir` object in the DVC cache) also gives each file's
+md5, so a stage's cache key can name exactly the files it reads: changing `cold_start.jsonl`
+and running `dvc add data` reruns cold start but not the base model. `dir_md5` computes the
+md5 `dvc add` would record for a folder without touching the project, so a rebuilt folder can
+be checked against the committed version before anything is changed.
 """
 from __future__ import annotations
 
@@ -21,12 +23,12 @@ CODE_ROOTS = ("components", "tasks", "flows")
 
 
 class DataVersionError(RuntimeError):
-    """The data on disk is missing or does not match data.dvc."""
+    """The data on disk is missing or does not match its .dvc file."""
 
 
 @dataclass(frozen=True)
 class DataRef:
-    """The curated data as a stage sees it: folder, version (data.dvc md5), per-file md5s."""
+    """The curated data as a stage sees it: folder, version (the .dvc file's md5), per-file md5s."""
 
     path: str
     md5: str
@@ -39,7 +41,7 @@ class DataRef:
         """Digest of just the files `names` (the data a stage reads)."""
         missing = [n for n in names if n not in self.files]
         if missing:
-            raise DataVersionError(f"{self.path}: data.dvc records no file(s) {missing}")
+            raise DataVersionError(f"{self.path}: its .dvc file records no file(s) {missing}")
         return hashlib.sha256(json.dumps({n: self.files[n] for n in sorted(names)}).encode()).hexdigest()
 
 
@@ -51,13 +53,25 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_dvc_file(root: Path, name: str = "data.dvc") -> tuple[str, str]:
-    """(out path, md5) recorded in a .dvc file."""
-    dvc_file = root / name
+def read_dvc_file(root: Path, folder: str = "data") -> tuple[str, str]:
+    """(out path, md5) recorded in `<folder>.dvc`."""
+    dvc_file = root / f"{folder}.dvc"
     if not dvc_file.exists():
         raise DataVersionError(f"{dvc_file}: not found; run `r1flow data generate` to create and track the data")
     out = yaml.safe_load(dvc_file.read_text())["outs"][0]
     return out["path"], out["md5"]
+
+
+def dir_md5(folder: Path) -> str:
+    """The md5 `dvc add <folder>` records (DVC's tree object: the sorted JSON manifest of file md5s)."""
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.tree import Tree
+
+    tree = Tree()
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        tree.add(f.relative_to(folder).parts, None, HashInfo("md5", _md5(f)))
+    tree.digest()
+    return tree.hash_info.value
 
 
 def manifest(root: Path, md5: str) -> dict[str, str]:
@@ -69,20 +83,24 @@ def manifest(root: Path, md5: str) -> dict[str, str]:
     return {entry["relpath"]: entry["md5"] for entry in json.loads(obj.read_text())}
 
 
-def data_version(root: Path) -> DataRef:
-    """The DataRef of the project's data, after checking the files on disk match data.dvc."""
-    out, md5 = read_dvc_file(root)
+def data_version(root: Path, folder: str = "data") -> DataRef:
+    """The DataRef of `folder`, after checking the files on disk match `<folder>.dvc`."""
+    out, md5 = read_dvc_file(root, folder)
     folder = root / out
     if not folder.is_dir():
-        dvc(root, "pull", "-q")
+        try:
+            dvc(root, "pull", "-q", f"{out}.dvc")
+        except DataVersionError as e:
+            raise DataVersionError(f"{folder}: missing and not on the DVC remote; `r1flow data ensure RECIPE` "
+                                   f"rebuilds it ({e})") from None
     files = manifest(root, md5)
     changed = sorted(n for n, m in files.items() if not (folder / n).exists() or _md5(folder / n) != m)
     extra = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
                    and str(p.relative_to(folder)) not in files)
     if changed or extra:
         raise DataVersionError(
-            f"{folder}: files differ from data.dvc ({', '.join(changed + extra)}); "
-            "run `dvc add data` to record a new data version (or `dvc checkout` to restore it)")
+            f"{folder}: files differ from {out}.dvc ({', '.join(changed + extra)}); "
+            f"run `dvc add {out}` to record a new data version (or `dvc checkout {out}.dvc` to restore it)")
     return DataRef(path=str(folder), md5=md5.removesuffix(".dir"), files=files)
 
 

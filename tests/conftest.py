@@ -71,7 +71,8 @@ def prefect_server():
 
 
 def make_project(folder: Path, recipe: str = "configs/tiny.yaml") -> Path:
-    """A fresh r1flow project: the tiny recipe, DVC with a local remote, generated data."""
+    """A fresh r1flow project: the tiny recipe, DVC with a local remote, generated data (in the
+    recipe's `data.dir`, recorded in `<data.dir>.dvc`)."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copytree(REPO / "configs", folder / "configs", dirs_exist_ok=True)
     run = lambda *a: subprocess.run([sys.executable, "-m", "dvc", *a], cwd=folder, check=True,  # noqa: E731
@@ -81,8 +82,9 @@ def make_project(folder: Path, recipe: str = "configs/tiny.yaml") -> Path:
     from tasks.recipe import load_recipe
     from components.data.curate import build
 
-    build(load_recipe(folder / recipe).data, folder / "data")
-    run("add", "-q", "data")
+    data = load_recipe(folder / recipe).data
+    build(data, folder / data.dir)
+    run("add", "-q", data.dir)
     return folder
 
 

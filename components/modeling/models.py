@@ -59,8 +59,9 @@ def load_tokenizer(name_or_path: str, *, revision=None, trust_remote_code: bool 
 
 
 def load_model(name_or_path: str, *, finetune: str = "full", lora=None, dtype: str = "float32",
-               revision=None, trust_remote_code: bool = False):
-    """Load a causal LM for training in `finetune` mode: "full", "lora" or "qlora" (4-bit NF4 + LoRA)."""
+               revision=None, trust_remote_code: bool = False, seed: int = 0):
+    """Load a causal LM for training in `finetune` mode: "full", "lora" or "qlora" (4-bit NF4 + LoRA).
+    New adapters are initialised from `seed` (see `add_lora`)."""
     from transformers import AutoModelForCausalLM
 
     _check_exists(name_or_path)
@@ -73,7 +74,7 @@ def load_model(name_or_path: str, *, finetune: str = "full", lora=None, dtype: s
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"model.name_or_path: cannot load a model from {name_or_path!r}: {e}") from None
     if finetune in ("lora", "qlora"):
-        model = add_lora(model, lora, quantized=finetune == "qlora")
+        model = add_lora(model, lora, quantized=finetune == "qlora", seed=seed)
     return model
 
 
@@ -84,15 +85,24 @@ def _nf4_config(dtype: str):
                               bnb_4bit_compute_dtype=DTYPES[dtype])
 
 
-def add_lora(model, lora, quantized: bool = False):
-    """Wrap `model` with LoRA adapters (peft); for QLoRA also make the 4-bit layers train-safe."""
+def add_lora(model, lora, quantized: bool = False, seed: int = 0):
+    """Wrap `model` with LoRA adapters (peft); for QLoRA also make the 4-bit layers train-safe.
+
+    The adapters' random init (lora_A) is drawn from `seed` on a forked RNG: a function of the
+    seed alone, not of whatever ran before in this process. Without it, a run resumed in a new
+    process from a checkpoint of another (killed) one trains from different adapters than an
+    uninterrupted run, and two identical runs differ.
+    """
+    import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = get_peft_model(model, config)
     if quantized:
         disable_bnb_cpu_repack(model)
     return model

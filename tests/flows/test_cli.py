@@ -70,3 +70,30 @@ def test_stages_lists_every_stage_with_its_inputs():
     assert result.exit_code == 0
     line = next(x for x in result.output.splitlines() if x.startswith("sft "))
     assert "inputs: policy, dataset?" in line
+
+
+def test_server_status_without_servers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["server", "status"])
+    assert result.exit_code == 0 and result.output.split() == ["prefect", "stopped", "mlflow", "stopped"]
+
+
+def test_worker_and_deploy_need_a_server(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    for command in ("worker", "deploy"):
+        result = runner.invoke(app, [command])
+        assert result.exit_code == 2 and "no Prefect server: run `r1flow server start`" in result.output
+
+
+def test_a_busy_port_is_named(tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = runner.invoke(app, ["server", "start", "mlflow", "--mlflow-port", str(port)])
+    assert result.exit_code == 2 and f"mlflow: port {port} on 127.0.0.1 is in use" in result.output
+    assert not list((tmp_path / ".r1flow" / "servers").glob("*.json"))

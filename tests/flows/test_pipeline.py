@@ -24,6 +24,7 @@ from tests.conftest import make_project
 STAGES = ["base", "cold_start", "cold_start_rl", "rejection_sampling", "sft", "reasoning_rl"]
 EVALUATED = [s for s in STAGES if s != "rejection_sampling"]
 ALL = STAGES + [f"evaluate/{s}" for s in EVALUATED]
+DATA = "data-tiny"  # the tiny recipe's own data version (data-tiny.dvc)
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +64,11 @@ def trained(project):
 
 @contextlib.contextmanager
 def data_edit(project: Path, name: str):
-    """Drop the last row of data/<name>, record it with `dvc add`; restore both afterwards."""
-    path = project / "data" / name
+    """Drop the last row of <data dir>/<name>, record it with `dvc add`; restore both afterwards."""
+    path = project / DATA / name
     original = path.read_text()
     path.write_text("".join(original.splitlines(keepends=True)[:-1]))
-    dvc = lambda: subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "data"], cwd=project, check=True)  # noqa
+    dvc = lambda: subprocess.run([sys.executable, "-m", "dvc", "add", "-q", DATA], cwd=project, check=True)  # noqa
     dvc()
     try:
         yield
@@ -90,9 +91,9 @@ def test_first_run_trains_evaluates_and_tracks_everything(project, trained):
         assert 0.0 <= report["metrics"][stage]["accuracy"] <= 1.0 and report["metrics"][stage]["n"] == 24
     assert [r["label"] for r in report["stages"] if not r["evaluation_of"]] == STAGES
     # Flow run and parent MLflow run are named after the recipe and the data version.
-    dvc_md5 = (project / "data.dvc").read_text().split("md5: ")[1].split(".dir")[0]
+    dvc_md5 = (project / f"{DATA}.dvc").read_text().split("md5: ")[1].split(".dir")[0]
     assert report["flow_run_name"].startswith(f"tiny-{dvc_md5[:8]}-")
-    assert parent.info.run_name == f"tiny-{dvc_md5[:8]}"
+    assert parent.info.run_name == report["flow_run_name"]  # one name in the Prefect and MLflow UIs
     assert parent.data.params["cold_start.lr"] == "0.001"
     assert parent.data.tags["r1flow.data_md5"] == dvc_md5
     assert parent.data.metrics["cold_start.accuracy"] == report["metrics"]["cold_start"]["accuracy"]
@@ -100,7 +101,7 @@ def test_first_run_trains_evaluates_and_tracks_everything(project, trained):
     kids = children(parent)
     assert set(kids) == set(ALL)
     base = kids["base"]
-    assert base.data.params["base.steps"] == "6"
+    assert base.data.params["steps"] == "6"  # unprefixed: stage runs line up in the compare view
     assert base.data.tags["r1flow.data_md5"] == dvc_md5
     history = MlflowClient().get_metric_history(base.info.run_id, "loss")
     assert [m.step for m in history] == [2, 4, 6]
@@ -206,11 +207,11 @@ def test_deleted_outputs_are_rebuilt_not_served_stale(trained, project):
 
 
 def test_uncommitted_data_change_is_refused(trained, project):
-    path = project / "data" / "eval.jsonl"
+    path = project / DATA / "eval.jsonl"
     original = path.read_text()
     path.write_text(original + original.splitlines(keepends=True)[0])
     try:
-        with pytest.raises(Exception, match="dvc add data"):
+        with pytest.raises(Exception, match=f"dvc add {DATA}"):
             run_pipeline(project)
     finally:
         path.write_text(original)
@@ -237,7 +238,7 @@ def test_sft_stage_on_user_data_from_a_local_model(trained, project):
     from flows.single_stage import r1_stage
 
     model_dir = next((project / "runs" / "stages").glob("cold_start-*/model"))
-    recipe = load_recipe(project / "configs/tiny.yaml", ["sft.source=data/cold_start.jsonl"])
+    recipe = load_recipe(project / "configs/tiny.yaml", [f"sft.source={DATA}/cold_start.jsonl"])
     report = r1_stage("sft", recipe, {"policy": str(model_dir)}, str(project))
     assert set(report["metrics"]) == {"sft"}
     run = MlflowClient().get_run(report["stages"][0]["run_id"])
@@ -263,5 +264,45 @@ def test_sft_without_a_dataset_or_source_fails_clearly_and_leaves_no_result(trai
     done = [d for d in (project / "runs" / "stages").glob("sft-*") if (d / "result.json").exists()]
     assert all(json.loads((d / "result.json").read_text())["key"] for d in done)
     failed = MlflowClient().search_runs([mlflow.get_experiment_by_name("r1flow-tiny").experiment_id],
-                                        filter_string="tags.`r1flow.stage` = 'sft' and params.`sft.lr` = '0.0033'")
+                                        filter_string="tags.`r1flow.stage` = 'sft' and params.`lr` = '0.0033'")
     assert failed and failed[0].info.status == "FAILED"
+
+
+def test_runs_line_up_for_comparison_and_the_final_model_is_offered_to_the_champion_gate(trained):
+    report, _, parent = trained
+    client = MlflowClient()
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == \
+        "custom_model_development"
+    for run in [parent, *children(parent).values()]:
+        tags = run.data.tags
+        assert tags["r1flow.recipe"] == "tiny" and tags["r1flow.pid"] == str(os.getpid())
+        assert tags["r1flow.kind"] == ("pipeline" if run is parent else
+                                       "evaluation" if run.info.run_name.startswith("evaluate/") else "stage")
+    # the parent holds one accuracy key per evaluated stage: the columns to compare pipeline runs on
+    assert {f"{s}.accuracy" for s in EVALUATED} <= set(parent.data.metrics)
+    final = next(r["output"] for r in report["stages"] if r["label"] == "reasoning_rl")  # models:/tiny/N
+    assert report["champion"]["candidate"] == final.removeprefix("models:/")
+    assert parent.data.tags["r1flow.champion.decision"] == report["champion"]["decision"] == "promoted"
+    version = client.get_model_version("tiny", final.rsplit("/", 1)[1])
+    assert float(version.tags["r1flow.heldout.accuracy"]) == report["metrics"]["reasoning_rl"]["accuracy"]
+
+
+def test_the_evaluation_flow_fans_out_on_the_recipes_task_runner(trained, project):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.evaluate import r1_evaluate
+
+    # (evaluate.table_rows=5: a setting no other test uses, else the pipeline's own evaluations are cache hits)
+    recipe = load_recipe(project / "configs/tiny.yaml", ["runner.task_runner=threads", "runner.max_workers=2",
+                                                         "evaluate.table_rows=5"])
+    state = r1_evaluate(["models:/tiny@cold_start", "models:/tiny@sft"], recipe, str(project), return_state=True)
+    report = state.result()
+    assert set(report["metrics"]) == {"tiny-cold_start", "tiny-sft"}
+    assert all(m["n"] == 24 for m in report["metrics"].values())
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))) if r.name.startswith("evaluate/")]
+    assert len(runs) == 2 and all(r.state.name == "Completed" for r in runs)
+    first, second = sorted(runs, key=lambda r: r.start_time)
+    assert second.start_time < first.end_time, "the two evaluations ran side by side"

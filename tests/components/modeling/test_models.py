@@ -62,3 +62,28 @@ def test_missing_model_paths_fail_clearly(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="cannot load a tokenizer"):
         load_tokenizer(str(tmp_path / "empty"))
+
+
+def test_lora_init_is_a_function_of_the_seed_alone(tiny_model, single_thread):
+    """A resumed run in a new process must start from the adapters an uninterrupted run had."""
+    import copy
+
+    import torch
+
+    from components.modeling.models import add_lora
+
+    def adapters(seed: int, noise: int) -> dict:
+        torch.manual_seed(noise)  # whatever ran before in this process
+        torch.rand(noise + 1)
+        model = add_lora(copy.deepcopy(tiny_model), LORA, seed=seed)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+
+    state = torch.get_rng_state()
+    a, b, c = adapters(0, noise=1), adapters(0, noise=7), adapters(1, noise=1)
+    assert a and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    torch.set_rng_state(state)
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    add_lora(copy.deepcopy(tiny_model), LORA, seed=5)
+    assert torch.equal(torch.get_rng_state(), before), "the caller's RNG stream is left as it was"

@@ -1,0 +1,73 @@
+"""The `champion` alias of a recipe's registered model, moved only by a quality gate.
+
+Every evaluated model version carries its held-out metrics as version tags, with the identity
+of the held-out set they were measured on (`r1flow.heldout.set`: the eval data's md5 and the
+evaluation settings). At the end of a pipeline run its final model is the candidate: it takes
+the alias `champion` when no version holds it yet, or when its held-out accuracy is not below
+the champion's on the same held-out set. Accuracies measured on different sets are not
+compared: the champion stays and the decision says why. The decision is logged on the
+pipeline's MLflow run as the tags `r1flow.champion.*`. Two pipelines finishing at once take
+turns (a file lock), so the alias never moves on a stale read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+ALIAS = "champion"
+HELDOUT = "r1flow.heldout"
+
+
+def heldout_set(eval_file_md5: str, eval_section: dict) -> str:
+    """Identity of a held-out measurement: which rows, scored how."""
+    payload = json.dumps({"data": eval_file_md5, "evaluate": eval_section}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def parse(registered: str) -> tuple[str, str]:
+    """`models:/NAME/VERSION` -> (NAME, VERSION)."""
+    name, _, version = registered.removeprefix("models:/").rpartition("/")
+    if not name or not version.isdigit():
+        raise ValueError(f"{registered!r} is not a models:/NAME/VERSION URI")
+    return name, version
+
+
+def record_heldout(registered: str, metrics: dict, held_out: str) -> None:
+    """Tag a model version with its held-out accuracy (± s.e., n) and the set it was measured on."""
+    name, version = parse(registered)
+    client = MlflowClient()
+    for key in ("accuracy", "accuracy_se", "n"):
+        if key in metrics:
+            client.set_model_version_tag(name, version, f"{HELDOUT}.{key}", repr(float(metrics[key])))
+    client.set_model_version_tag(name, version, f"{HELDOUT}.set", held_out)
+
+
+def gate(registered: str) -> dict[str, str]:
+    """Move `champion` to the candidate version if it passes the gate; returns the decision."""
+    name, version = parse(registered)
+    client = MlflowClient()
+    candidate = client.get_model_version(name, version).tags
+    try:
+        champion = client.get_model_version_by_alias(name, ALIAS)
+    except MlflowException:
+        champion = None
+    decision = {"candidate": f"{name}/{version}", "champion": f"{name}/{champion.version}" if champion else ""}
+    if f"{HELDOUT}.accuracy" not in candidate:
+        return decision | {"decision": "kept", "reason": "the candidate has no held-out accuracy"}
+    accuracy = float(candidate[f"{HELDOUT}.accuracy"])
+    if champion is None:
+        promote, reason = True, f"no champion yet; held-out accuracy {accuracy:.4f}"
+    elif str(champion.version) == version:
+        promote, reason = False, "the candidate already is the champion"
+    elif champion.tags.get(f"{HELDOUT}.set") != candidate.get(f"{HELDOUT}.set"):
+        promote, reason = False, "not comparable: the champion was measured on a different held-out set"
+    else:
+        best = float(champion.tags[f"{HELDOUT}.accuracy"])
+        promote = accuracy >= best
+        reason = f"held-out accuracy {accuracy:.4f} {'>=' if promote else '<'} champion's {best:.4f}"
+    if promote:
+        client.set_registered_model_alias(name, ALIAS, version)
+    return decision | {"decision": "promoted" if promote else "kept", "reason": reason}
