@@ -84,7 +84,8 @@ def plot_accuracy_vs_tokens(rows: list[dict], path: str | Path, title: str = "Ac
         ax.set_xscale("log")
     ax.set(xlabel="generated tokens per problem (mean)", ylabel="accuracy", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if rows:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     with atomic_file(path, "wb") as fh:

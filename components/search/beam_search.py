@@ -26,6 +26,7 @@ def beam_search(queries: list[Query], tools: Toolkit, budget: int, *, width: int
     check_budget("beam_search", budget)
     if width < 1 or lookahead < 0:
         raise ValueError(f"beam_search: width must be >= 1 and lookahead >= 0, got {width}, {lookahead}")
+    tools.need("score_steps", "beam_search")
     width = min(width, budget)
     value = get_aggregation(agg)
     ledger = [Compute()] * len(queries)

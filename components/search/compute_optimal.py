@@ -97,11 +97,14 @@ def grade(results: list[SearchResult], golds: list[str], correctness: str = "exa
 
 
 def bin_edges(values: list[float], n_bins: int) -> tuple[float, ...]:
-    """Distinct nearest-rank quantiles at k / n_bins, k = 1..n_bins-1."""
+    """Distinct nearest-rank quantiles q_k = sorted(values)[ceil(k n / n_bins) - 1], k = 1..n_bins-1.
+
+    Bin b holds (edges[b-1], edges[b]]: a value equal to an edge falls in the lower bin.
+    """
     if not values or n_bins < 1:
         raise ValueError(f"bin_edges: need values and n_bins >= 1, got {len(values)} values, {n_bins} bins")
-    ranked = sorted(values)
-    return tuple(sorted({ranked[min(len(ranked) - 1, (k * len(ranked)) // n_bins)] for k in range(1, n_bins)}))
+    ranked, n = sorted(values), len(values)
+    return tuple(sorted({ranked[-(-k * n // n_bins) - 1] for k in range(1, n_bins)}))
 
 
 def fit_plan(difficulty: list[float], outcomes: dict[Arm, list[bool]], costs: dict[Arm, list[Compute]],

@@ -30,7 +30,8 @@ def graph_of_thoughts(queries: list[Query], tools: Toolkit, budget: int, *, prop
     if proposals < 1 or merge < 2 or refine_rounds < 0:
         raise ValueError("graph_of_thoughts: need proposals >= 1, merge >= 2, refine_rounds >= 0, got "
                          f"{proposals}, {merge}, {refine_rounds}")
-    tools.need("merge", "graph_of_thoughts")
+    for need in ("score_steps", "merge", *(("critique", "revise") if refine_rounds else ())):
+        tools.need(need, "graph_of_thoughts")
     value = get_aggregation(agg)
     ledger = [Compute()] * len(queries)
     states: list[list[Node]] = [[r] for r in roots(queries)]

@@ -74,6 +74,7 @@ def mcts(queries: list[Query], tools: Toolkit, budget: int, *, expand_k: int = 3
         raise ValueError(f"mcts: expand_k must be >= 1 and c_uct >= 0, got {expand_k}, {c_uct}")
     if evaluation not in EVALUATIONS:
         raise ValueError(f"mcts: unknown evaluation {evaluation!r}; choose one of {sorted(EVALUATIONS)}")
+    tools.need("score_steps" if evaluation == "prm" else "score", "mcts")
     value = get_aggregation(agg)
     ledger = [Compute()] * len(queries)
     trees = roots(queries)

@@ -81,10 +81,11 @@ def evaluate(nodes: list[Node], queries: list[Query], tools: Toolkit, agg, ledge
 
 
 def complete(nodes: list[Node], queries: list[Query], tools: Toolkit, ledger: list[Compute], tag: tuple) -> list[Node]:
-    """Each node, finished by one greedy completion if it is not done yet."""
+    """Each node, finished by one greedy completion if it is not done yet (the tree is left as it was)."""
     open_ = [n for n in nodes if not n.done]
-    finished = dict(zip(map(id, open_), (c[0] for c in expand(open_, queries, tools, 1, ledger, tag, temperature=0.0,
-                                                             final=True))))
+    copies = [Node(owner=n.owner, text=n.text, tokens=n.tokens, depth=n.depth) for n in open_]
+    ends = [group[0] for group in expand(copies, queries, tools, 1, ledger, tag, temperature=0.0, final=True)]
+    finished = dict(zip(map(id, open_), ends))
     return [finished.get(id(n), n) for n in nodes]
 
 

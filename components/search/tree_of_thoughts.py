@@ -24,15 +24,16 @@ from .base import Compute, Query, SearchResult, Toolkit, check_budget
 from .tree import Node, best, complete, evaluate, expand, keep_best, result, roots
 
 
-def _check(name: str, budget: int, proposals: int) -> None:
+def _check(name: str, tools: Toolkit, budget: int, proposals: int) -> None:
     check_budget(name, budget)
     if proposals < 1:
         raise ValueError(f"{name}: proposals must be >= 1, got {proposals}")
+    tools.need("score_steps", name)
 
 
 def tot_bfs(queries: list[Query], tools: Toolkit, budget: int, *, proposals: int = 2,
             agg: str = "last") -> list[SearchResult]:
-    _check("tot_bfs", budget, proposals)
+    _check("tot_bfs", tools, budget, proposals)
     value = get_aggregation(agg)
     ledger = [Compute()] * len(queries)
     states: list[list[Node]] = [[r] for r in roots(queries)]
@@ -50,7 +51,7 @@ def tot_bfs(queries: list[Query], tools: Toolkit, budget: int, *, proposals: int
 
 def tot_dfs(queries: list[Query], tools: Toolkit, budget: int, *, proposals: int = 2, threshold: float = 0.5,
             agg: str = "last") -> list[SearchResult]:
-    _check("tot_dfs", budget, proposals)
+    _check("tot_dfs", tools, budget, proposals)
     value = get_aggregation(agg)
     ledger = [Compute()] * len(queries)
     stacks = [[r] for r in roots(queries)]

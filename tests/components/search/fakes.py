@@ -1,8 +1,8 @@
 """Deterministic fake models for the search strategies: every number a test checks is countable by hand.
 
 FakeSteps is a step policy over prompts "p0", "p1", ...: a solution is `depth` steps and then
-the answer. Step k of sample j from a prefix is ``f"s{k}{c} "`` where the choice c in 0..2
-is a pure function of (seed, prefix, j); the answer step is ``f"</think><answer>{A}</answer>"``
+the answer. Step k of sample j from a prefix is ``f"s{k}{c} "`` where the choice c
+(0..choices-1) is a pure function of (seed, prefix, j); the answer step is ``f"</think><answer>{A}</answer>"``
 with A the sum of the choices on the path (so the path of all-0 choices answers 0). A
 token is one character; a cap shorter than the text truncates it with reason "length".
 
@@ -35,15 +35,15 @@ class Ledger:
 
 
 class FakeSteps:
-    def __init__(self, depth: int = 3, ledger: Ledger | None = None):
-        self.depth, self.ledger = depth, ledger or Ledger()
+    def __init__(self, depth: int = 3, ledger: Ledger | None = None, choices: int = 3):
+        self.depth, self.ledger, self.choices = depth, ledger or Ledger(), choices
 
     def continuation(self, prefix: str, j: int, seed: int, stop) -> str:
         partial = prefix.split("]", 1)[1]
         text, k = "", partial.count(" ")
         while True:
             if k < self.depth:
-                step = f"s{k}{pick(seed, prefix, j, k)} "
+                step = f"s{k}{pick(seed, prefix, j, k, k=self.choices)} "
             else:
                 choices = [int(t[2]) for t in (partial + text).replace("<think>", "").split(" ") if t.startswith("s")]
                 return text + f"</think><answer>{sum(choices)}</answer>"
@@ -124,3 +124,40 @@ def tools(generate, **kw) -> Toolkit:
 
 def answer(value) -> str:
     return f"<think>x </think><answer>{value}</answer>"
+
+
+class ScriptedSteps:
+    """Next steps looked up by the partial completion: table[partial][j % len] (a step ending in a
+    space stops; anything else ends the solution). Without a stop string, steps chain to the end."""
+
+    def __init__(self, table: dict[str, list[str]], ledger: Ledger | None = None):
+        self.table, self.ledger = table, ledger or Ledger()
+
+    def __call__(self, prefixes, n, *, max_new_tokens, temperature, stop=(), seed=0):
+        self.ledger.calls.append({"prefixes": list(prefixes), "n": n, "stop": tuple(stop), "temperature": temperature})
+        out = []
+        for p in prefixes:
+            partial, row = p.split("]", 1)[1], []
+            for j in range(n):
+                text = ""
+                while True:
+                    options = self.table[partial + text]
+                    text += options[j % len(options)]
+                    if stop or not text.endswith(" "):
+                        break
+                row.append(Candidate(text, len(text), "stop" if text.endswith(" ") else "eos"))
+                self.ledger.tokens += len(text)
+                self.ledger.sequences += 1
+            out.append(row)
+        return out
+
+
+class TablePRM:
+    """Each step's score looked up in a table by its text."""
+
+    def __init__(self, table: dict[str, float], ledger: Ledger):
+        self.table, self.ledger = table, ledger
+
+    def __call__(self, prompts, partials):
+        self.ledger.scored += len(partials)
+        return [[self.table[s] for s in steps] for steps in partials]
