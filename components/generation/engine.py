@@ -15,7 +15,7 @@
 * with a `PrefixCache` (see `prefix_cache.py`) the prefill computes each prompt only past its
   longest cached prefix: the cached keys/values are left padded into the batch's cache, the
   new tokens follow them, and positions come from the attention mask, so every token keeps
-  the position it was computed at. Prompts and stop-ended rows are stored back.
+  the position it was computed at. Prompts and rows that did not end on EOS are stored back.
 """
 from __future__ import annotations
 
@@ -453,10 +453,11 @@ def _store(prefix_cache: PrefixCache, cache, slots, seqs, cols) -> None:
 def _store_rows(prefix_cache, cache, slots, rows, prompt_of, attn, width, tokens_out, length_out, reason_out):
     """Store batch rows `rows` (at cache slots `slots`): prompt + generated tokens but the last.
 
-    The last token was sampled but never fed to the model, so it has no keys/values yet.
+    The last token was sampled but never fed to the model, so it has no keys/values yet. Rows
+    that ended on EOS are stored only if the cache keeps finished rows.
     """
     lengths, reasons = length_out[rows].tolist(), reason_out[rows].tolist()
-    keep = [k for k, r in enumerate(reasons) if r == _STOP or prefix_cache.keep_finished]
+    keep = [k for k, r in enumerate(reasons) if r != _EOS or prefix_cache.keep_finished]
     seqs, cols = [], []
     for k in keep:
         b, used = rows[k], lengths[k] - 1

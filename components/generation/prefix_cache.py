@@ -15,8 +15,8 @@ SGLang's RadixAttention; Kwon et al. 2023, Zheng et al. 2024).
 * At most `limit` tokens of a prompt are reused (the engine asks for len - 1): the last
   prompt token is always recomputed because its logits start the decode.
 * What is stored: every prompt, and each generated row up to (excluding) its last token,
-  which was never fed to the model. Rows that ended on EOS or length are kept only with
-  `keep_finished` (no search extends a finished solution).
+  which was never fed to the model. Rows that ended on EOS are kept only with
+  `keep_finished` (no search extends a finished solution; a step cut by the token cap is).
 * Capacity is in bytes; when over it the least recently used leaves are evicted (down to
   90 % of capacity), which may turn their parents into leaves that go next.
 

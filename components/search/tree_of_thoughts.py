@@ -63,13 +63,14 @@ def tot_dfs(queries: list[Query], tools: Toolkit, budget: int, *, proposals: int
     while True:
         picked = []
         for i, stack in enumerate(stacks):
-            while solution[i] is None and stack and spent[i] < budget:
-                node = stack.pop()
-                if node.done:
-                    solution[i] = node
-                else:
-                    picked.append(node)
+            while solution[i] is None and stack:
+                if stack[-1].done:  # a finished state on top is the answer (costs no expansion)
+                    solution[i] = stack.pop()
+                elif spent[i] < budget:
+                    picked.append(stack.pop())
                     spent[i] += 1
+                    break
+                else:
                     break
         if not picked:
             break

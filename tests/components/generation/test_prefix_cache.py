@@ -123,13 +123,20 @@ def _lcp(a: list[int], b: list[int]) -> int:
     return n
 
 
-def test_finished_rows_are_kept_only_on_request(model, tok):
+def test_rows_ended_on_eos_are_kept_only_on_request(model, tok):
     engine = TransformersEngine(model, tok)
     prompts = [chat(tok, "1+2")]
-    params = SamplingParams(n=4, temperature=3.0, max_new_tokens=6, seed=1)
+    params = SamplingParams(n=8, temperature=3.0, max_new_tokens=12, seed=1)
     lean, keep = PrefixCache(), PrefixCache(keep_finished=True)
     engine.generate(prompts, params, prefix_cache=lean)
     r = engine.generate(prompts, params, prefix_cache=keep)
-    assert lean.num_tokens == len(prompts[0])  # no row ended on a stop string: only the prompt
-    assert keep.num_tokens > len(prompts[0])
-    assert keep.num_tokens <= len(prompts[0]) + sum(len(c) - 1 for c in r.completion_ids)
+    seqs = {reason: [] for reason in ("eos", "length")}
+    for p, c, reason in zip(r.prompt_ids, r.completion_ids, r.finish_reasons):
+        if len(c) > 1:
+            seqs[reason].append(p + c[:-1])
+    assert seqs["eos"] and seqs["length"]
+    for s in seqs["length"]:  # a row cut by the token cap can be continued: both keep it
+        assert lean.match(s, len(s))[0] == keep.match(s, len(s))[0] == len(s)
+    for s in seqs["eos"]:
+        assert keep.match(s, len(s))[0] == len(s)
+        assert lean.match(s, len(s))[0] < len(s)
