@@ -36,11 +36,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.evaluation.tts import Cell, frontier, run_grid, split_dev_test, summarise, write_outputs  # noqa: E402
-from components.generation import PrefixCache, make_engine  # noqa: E402
+from components.evaluation.tts_eval import CellSpec, ComputeOptimalConfig, TTSConfig, evaluate_tts  # noqa: E402
+from components.generation import make_engine  # noqa: E402
 from components.modeling.models import default_device, load_model, load_tokenizer  # noqa: E402
-from components.search import Arm, SearchConfig, Toolkit, fit_compute_optimal  # noqa: E402
-from components.search.policy import PolicyFeedback, PolicyGenerator, make_queries  # noqa: E402
+from components.search import SearchConfig  # noqa: E402
+from components.search.policy import make_toolkit  # noqa: E402
 from components.search.verifiers import load_outcome_verifier, load_process_verifier  # noqa: E402
 
 
@@ -63,58 +63,43 @@ def args():
     return p.parse_args()
 
 
-def toolkit(a) -> tuple[Toolkit, object]:
-    tok = load_tokenizer(a.policy)
-    policy = load_model(a.policy).eval()
-    gen = PolicyGenerator(make_engine("transformers", policy, tok, batch_size=a.batch_size), prefix_cache=PrefixCache())
-    fb = PolicyFeedback(gen, tok, max_new_tokens=a.max_new_tokens)
-    orm = load_outcome_verifier(a.orm, tok)
-    orm.model.to(default_device())
-    prm = None
+def config(a) -> TTSConfig:
+    budgets = [int(x) for x in a.budgets.split(",")]
+    cells = [CellSpec(strategy="best_of_n", budgets=budgets)]
     if a.prm:
-        prm = load_process_verifier(a.prm, tok)
-        prm.model.to(default_device())
-    cfg = SearchConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed)
-    return Toolkit(generate=gen, score=orm, score_steps=prm, critique=fb.critique, revise=fb.revise, cfg=cfg), tok
+        cells.append(CellSpec(strategy="beam_search", budgets=[n for n in budgets if n >= 4], options={"width": 4}))
+    arms = [CellSpec(strategy=s, budgets=budgets) for s in ("self_consistency", "weighted_best_of_n", "best_of_n")]
+    arms.append(CellSpec(strategy="self_refine", budgets=[1, 2]))
+    co = ComputeOptimalConfig(probes=a.probes, bins=a.bins, levels=[int(x) for x in a.levels.split(",")], arms=arms)
+    search = SearchConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed)
+    return TTSConfig(search=search, cells=cells, compute_optimal=co, limit=a.limit)
 
 
 def main() -> None:
     a = args()
-    budgets = [int(x) for x in a.budgets.split(",")]
-    levels = [int(x) for x in a.levels.split(",")]
+    cfg = config(a)
+    tok = load_tokenizer(a.policy)
+    engine = make_engine("transformers", load_model(a.policy).eval(), tok, batch_size=a.batch_size)
+    orm = load_outcome_verifier(a.orm, tok)
+    orm.model.to(default_device())
+    prm = load_process_verifier(a.prm, tok) if a.prm else None
+    if prm is not None:
+        prm.model.to(default_device())
+    tools = make_toolkit(engine, tok, cfg.search, score=orm, score_steps=prm)
     rows = [json.loads(line) for line in Path(a.eval).read_text().splitlines() if line.strip()]
-    rows = rows[: a.limit] if a.limit else rows
-    dev, test = split_dev_test(rows, 0.5, seed=a.seed)
-    tools, tok = toolkit(a)
-    queries = lambda rs: make_queries(tok, [r["prompt"] for r in rs])  # noqa: E731
-    golds = lambda rs: [str(r["answer"]) for r in rs]  # noqa: E731
 
     start = time.perf_counter()
-    arms = [Arm(s, n) for s in ("self_consistency", "weighted_best_of_n", "best_of_n") for n in budgets]
-    arms += [Arm("self_refine", r) for r in (1, 2)]
-    plan = fit_compute_optimal(queries(dev), golds(dev), tools, arms, levels, probes=a.probes, n_bins=a.bins)
-    fit_s = time.perf_counter() - start
-
-    cells = [Cell("best_of_n", n) for n in budgets]
-    cells += [Cell("compute_optimal", lv, {"plan": plan}) for lv in sorted(plan.choices)]
-    if a.prm:
-        cells += [Cell("beam_search", n, {"width": 4}) for n in budgets if n >= 4]
-    results = run_grid(queries(test), golds(test), tools, cells)
-    summary = summarise(results)
-    front = frontier(summary)
-    write_outputs(a.out, results, queries(test), golds(test), extra={"frontier": front, "plan": plan.table,
-                  "dev": len(dev), "test": len(test), "fit_seconds": fit_s})
-
-    print(f"dev {len(dev)} / test {len(test)} problems; plan fitted in {fit_s:.0f} s")
-    for r in summary:
+    out = evaluate_tts(rows, tools, tok, cfg, a.out)
+    for r in out["rows"]:
         print(f"{r['strategy']:>18} @{r['budget']:<3} acc {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
               f"  tokens {r['tokens']:8.1f}  policy calls {r['forward_passes']:5.1f}  verifier {r['verifier_calls']:5.1f}")
-    reached = (f"compute-optimal reaches it with {front['target_tokens']:.1f} (level {front['target_budget']}): "
-               f"{front['ratio']:.2f}x fewer" if front["ratio"] else
-               f"compute-optimal never reaches it (best {front['target_best_accuracy']:.3f})")
-    print(f"best-of-N: best accuracy {front['accuracy']:.3f} at N={front['baseline_budget']} with "
-          f"{front['baseline_tokens']:.1f} tokens per problem; {reached}")
-    print(f"outputs in {a.out}")
+    f = out["frontier"]
+    reached = (f"compute-optimal reaches it with {f['target_tokens']:.1f} (level {f['target_budget']}): "
+               f"ratio {f['ratio']:.2f} (best-of-N tokens / compute-optimal tokens)" if f["ratio"] else
+               f"compute-optimal never reaches it (its best: {f['target_best_accuracy']:.3f})")
+    print(f"best-of-N: best test accuracy {f['accuracy']:.3f} at N={f['baseline_budget']} with "
+          f"{f['baseline_tokens']:.1f} tokens per problem; {reached}")
+    print(f"{time.perf_counter() - start:.0f} s; outputs in {a.out}")
 
 
 if __name__ == "__main__":

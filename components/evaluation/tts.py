@@ -74,14 +74,21 @@ def plot_accuracy_vs_tokens(rows: list[dict], path: str | Path, title: str = "Ac
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in dict.fromkeys(r["strategy"] for r in rows):
         pts = sorted((r for r in rows if r["strategy"] == name), key=lambda r: r["tokens"])
         ax.errorbar([r["tokens"] for r in pts], [r["accuracy"] for r in pts], capsize=3, marker="o", label=name,
-                    yerr=[[r["accuracy"] - r["ci_low"] for r in pts], [r["ci_high"] - r["accuracy"] for r in pts]])
+                    yerr=[[max(0.0, r["accuracy"] - r["ci_low"]) for r in pts],  # Wilson bounds
+                          [max(0.0, r["ci_high"] - r["accuracy"]) for r in pts]])  # round off at 0 and 1
     if rows and min(r["tokens"] for r in rows) > 0:
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 20, 50, 100 rather than 2x10^1
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(0.0, low), min(1.0, high))
     ax.set(xlabel="generated tokens per problem (mean)", ylabel="accuracy", title=title)
     ax.grid(alpha=0.3)
     if rows:

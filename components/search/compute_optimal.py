@@ -11,8 +11,8 @@ The probes are paid once and reused: they are the first samples of every paralle
 the starting solution of self-refine (ordered majority answer first).
 
 Fitting (`fit_compute_optimal`, on a development split with gold answers): run the probes
-and every arm (a strategy with a budget) on the dev problems, cut the difficulty into
-`n_bins` quantile bins, and for each budget level L and bin choose the arm with the best dev
+and every arm (a strategy with a budget) on the dev problems, cut the difficulty into at most
+`n_bins` bins (`bin_edges`), and for each budget level L and bin choose the arm with the best dev
 accuracy among arms whose mean policy calls in that bin, probes included, are at most L
 (ties, or accuracy within `slack` of the best: fewer dev tokens, then the order of `arms`).
 The `compute_optimal` strategy then runs on OTHER problems (it refuses dev prompts): probe,
@@ -97,14 +97,20 @@ def grade(results: list[SearchResult], golds: list[str], correctness: str = "exa
 
 
 def bin_edges(values: list[float], n_bins: int) -> tuple[float, ...]:
-    """Distinct nearest-rank quantiles q_k = sorted(values)[ceil(k n / n_bins) - 1], k = 1..n_bins-1.
+    """Upper edges of the difficulty bins; bin b holds (edges[b-1], edges[b]], the last bin the rest.
 
-    Bin b holds (edges[b-1], edges[b]]: a value equal to an edge falls in the lower bin.
+    With at most `n_bins` distinct values (a signal from a few probes is discrete) every value
+    gets its own bin; otherwise the edges are the distinct nearest-rank quantiles
+    q_k = sorted(values)[ceil(k n / n_bins) - 1], k = 1..n_bins-1, except the largest value
+    (an edge there would leave the top bin empty).
     """
     if not values or n_bins < 1:
         raise ValueError(f"bin_edges: need values and n_bins >= 1, got {len(values)} values, {n_bins} bins")
+    distinct = sorted(set(values))
+    if len(distinct) <= n_bins:
+        return tuple(distinct[:-1])
     ranked, n = sorted(values), len(values)
-    return tuple(sorted({ranked[-(-k * n // n_bins) - 1] for k in range(1, n_bins)}))
+    return tuple(sorted({ranked[-(-k * n // n_bins) - 1] for k in range(1, n_bins)} - {distinct[-1]}))
 
 
 def fit_plan(difficulty: list[float], outcomes: dict[Arm, list[bool]], costs: dict[Arm, list[Compute]],

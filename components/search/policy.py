@@ -104,3 +104,17 @@ class PolicyFeedback:
         t = self.templates.merge
         lists = ["\n".join(f"{k + 1}. {s}" for k, s in enumerate(g)) for g in groups]
         return self._ask([t.format(problem=p, solutions=s) for p, s in zip(prompts, lists)], seed)
+
+
+def make_toolkit(engine, tokenizer, cfg, *, score=None, score_steps=None, system_prompt: str | None = None,
+                 reuse_prefixes: bool = True, feedback: FeedbackTemplates | None = None):
+    """A `Toolkit` over a rollout engine: generation (prefix reuse on the in-process engine), the
+    given verifiers, and prompted critique / revise / merge by the same policy."""
+    from .base import Toolkit
+
+    cache = PrefixCache() if reuse_prefixes and isinstance(engine, TransformersEngine) else None
+    gen = PolicyGenerator(engine, prefix_cache=cache)
+    fb = PolicyFeedback(gen, tokenizer, templates=feedback, system_prompt=system_prompt,
+                        max_new_tokens=cfg.max_new_tokens)
+    return Toolkit(generate=gen, score=score, score_steps=score_steps, critique=fb.critique, revise=fb.revise,
+                   merge=fb.merge, cfg=cfg)

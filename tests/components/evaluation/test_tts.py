@@ -78,3 +78,36 @@ def test_split_is_disjoint_deterministic_and_checked():
         split_dev_test(rows, 1.0)
     with pytest.raises(ValueError, match="empty split"):
         split_dev_test(rows[:1], 0.5)
+
+
+class ChatTok:
+    """Renders a prompt as the fakes' head "H[prompt]"."""
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return f"H[{messages[-1]['content']}]"
+
+
+def test_evaluate_tts_fits_on_dev_and_evaluates_the_grid_on_test(tmp_path):
+    from components.evaluation.tts_eval import CellSpec, ComputeOptimalConfig, TTSConfig, evaluate_tts
+
+    n = 40
+    script = {f"p{i}": [answer(i)] if i % 2 == 0 else [answer(i + 100), answer(i)] for i in range(n)}
+    led = Ledger()
+    t = tools(FakeChains(script, led), score=FakeORM({answer(i): 2.0 for i in range(n)}, led))
+    rows = [{"prompt": f"p{i}", "answer": str(i)} for i in range(n)]
+    co = ComputeOptimalConfig(probes=2, bins=2, levels=[2, 4],
+                              arms=[CellSpec(strategy="self_consistency", budgets=[1]),
+                                    CellSpec(strategy="best_of_n", budgets=[4])])
+    cfg = TTSConfig(cells=[CellSpec(strategy="best_of_n", budgets=[1, 4])], compute_optimal=co)
+    out = evaluate_tts(rows, t, ChatTok(), cfg, tmp_path)
+    names = [(r["strategy"], r["budget"]) for r in out["rows"]]
+    assert names == [("best_of_n", 1), ("best_of_n", 4), ("compute_optimal", 2), ("compute_optimal", 4)]
+    test_n = out["rows"][0]["n"]
+    assert 0 < test_n < n and json.loads(out["paths"]["summary"].read_text())["test"] == test_n
+    co4 = out["rows"][-1]
+    assert co4["accuracy"] == 1.0 and out["frontier"]["accuracy"] == 1.0  # best-of-4 with the ORM is always right
+    assert out["frontier"]["target_budget"] == 4 and out["frontier"]["ratio"] > 1.0  # easy halves cost 2 samples
+    with pytest.raises(ValueError, match="own section"):
+        CellSpec(strategy="compute_optimal", budgets=[4])
+    with pytest.raises(ValueError, match="budgets"):
+        CellSpec(strategy="greedy", budgets=[0])

@@ -19,10 +19,14 @@ def test_difficulty_signals_by_hand():
     assert verifier_difficulty(samples[:2], [0.0, 0.0]) == 0.5
 
 
-def test_bin_edges_are_nearest_rank_quantiles():
-    assert bin_edges([0.0, 0.0, 1.0, 1.0], 2) == (0.0,)
+def test_bin_edges_by_hand():
+    assert bin_edges([0.0, 0.0, 0.5, 0.5, 0.5], 2) == (0.0,)  # few distinct values: one bin each
+    assert bin_edges([0.0, 0.5, 0.5, 0.5, 1.0], 3) == (0.0, 0.5)
+    # more distinct values than bins: nearest-rank quantiles at 1/3, 2/3 of [0 0 0 .25 .5 .75]
     assert bin_edges([0.5, 0.0, 0.25, 0.0, 0.75, 0.0], 3) == (0.0, 0.25)
-    assert bin_edges([0.3] * 5, 4) == (0.3,)
+    # a quantile at the largest value is dropped: [0 .1 .2 .9 .9 .9] -> q = .1 and .9 (dropped)
+    assert bin_edges([0.0, 0.1, 0.2, 0.9, 0.9, 0.9], 3) == (0.1,)
+    assert bin_edges([0.3] * 5, 4) == ()
     with pytest.raises(ValueError):
         bin_edges([], 2)
 
