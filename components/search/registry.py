@@ -10,6 +10,10 @@ What `budget` means for each:
   tot_dfs                          node expansions per problem
   self_refine                      most critique + revision rounds
   compute_optimal                  a budget level of its fitted `plan` (policy calls per problem)
+
+A query's `given` samples (already paid for) are reused by self_consistency, best_of_n and
+weighted_best_of_n (as their first samples) and by self_refine (its first one is y0); the
+other strategies ignore them.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from components.data.prompts import render_prompt
 from components.data.steps import split_steps
 from components.generation import PrefixCache, SamplingParams, TransformersEngine
 from components.search import SearchConfig, Toolkit, get_strategy
-from components.search.policy import FeedbackTemplates, PolicyFeedback, PolicyGenerator, make_queries
+from components.search.policy import FeedbackTemplates, PolicyFeedback, PolicyGenerator, make_queries, make_toolkit
 from components.search.verifiers import OutcomeVerifier, ProcessVerifier, step_token_positions, vote_share
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -108,3 +108,13 @@ def test_policy_feedback_renders_its_templates(tiny_tokenizer):
     assert "1. <think>1+2=3 \n2. <think>1+2=4 " in asked[2]
     with pytest.raises(ValueError, match="feedback"):
         FeedbackTemplates(revise="Problem: {problem} {solution}")
+
+
+def test_make_toolkit_wires_the_policy_and_verifiers(tiny_model, tiny_tokenizer, tiny_orm):
+    engine = TransformersEngine(tiny_model, tiny_tokenizer)
+    orm = OutcomeVerifier(tiny_orm, tiny_tokenizer)
+    t = make_toolkit(engine, tiny_tokenizer, SearchConfig(max_new_tokens=8), score=orm)
+    assert isinstance(t.generate, PolicyGenerator) and isinstance(t.generate.prefix_cache, PrefixCache)
+    assert t.score is orm and t.score_steps is None and t.cfg.max_new_tokens == 8
+    assert t.critique.__self__.generate is t.generate  # feedback is the same policy, counted alike
+    assert make_toolkit(engine, tiny_tokenizer, SearchConfig(), reuse_prefixes=False).generate.prefix_cache is None

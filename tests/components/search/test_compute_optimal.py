@@ -1,6 +1,8 @@
 """Compute-optimal scaling: predicted difficulty, the per-bin fit on dev, and its use on a disjoint test split."""
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from components.search import Arm, Candidate, Compute, Query, fit_compute_optimal, fit_plan, get_strategy
@@ -71,6 +73,16 @@ def test_probes_are_reused_majority_first():
     probed, difficulty = probe(qs, tools(FakeChains(script, led)), "agreement", 4, [Compute()] * 2)
     assert difficulty == [0.0, 0.75] and led.sequences == 8
     assert all(len(q.given) == 4 for q in probed)
+    # the verifier's view: p0's chains all score 2.0 (its table), p1's one right chain scores 2.0, three 0.0
+    script, _, table, qs = world(2)
+    led, ledger = Ledger(), [Compute()] * 2
+    t = tools(FakeChains(script, led), score=FakeORM(table, led))
+    _, difficulty = probe(qs, t, "verifier", 4, ledger)
+    s2 = 1 / (1 + math.exp(-2.0))
+    assert difficulty == pytest.approx([1 - s2, 1 - (s2 + 3 * 0.5) / 4])
+    assert [c.verifier_calls for c in ledger] == [4, 4] and led.scored == 8
+    with pytest.raises(ValueError, match="agreement.*verifier"):
+        probe(qs, t, "entropy", 4, ledger)
 
 
 def test_fit_on_dev_then_evaluate_on_a_disjoint_test_split():
