@@ -269,7 +269,7 @@ class TransformersEngine:
             prefill[0] += counts[0]
             prefill[1] += counts[1]
         if prefix_cache is not None:
-            _store(prefix_cache, cache, range(len(uniq_prompts)), uniq_prompts, [m.nonzero().squeeze(-1) for m in attn])
+            prefix_cache.store(cache, range(len(uniq_prompts)), uniq_prompts, [m.nonzero().squeeze(-1) for m in attn])
         expand = [uniq[r // n] for r in rows]
         if expand != list(range(len(uniq_prompts))):
             idx = torch.tensor(expand, dtype=torch.long, device=device)
@@ -388,9 +388,9 @@ class TransformersEngine:
         inplace = self.inplace_cache if self.inplace_cache is not None else device.type == "cuda"
         cache = _growing_cache(model, past + width + max_new) if inplace else DynamicCache(config=model.config)
         if prefix_cache is not None:
-            _check_cacheable(cache)
+            prefix_cache.check(cache)
         if past:
-            _preload(cache, hits, past)
+            prefix_cache.preload(cache, hits, past)
         kwargs = dict(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True)
         try:
             out = model(**kwargs, logits_to_keep=1)  # only the last position's logits
@@ -418,38 +418,6 @@ class TransformersEngine:
 # prefix-cache plumbing
 
 
-def _check_cacheable(cache) -> None:
-    if not cache.layers or any(type(layer) not in (DynamicLayer, _GrowingLayer) for layer in cache.layers):
-        raise ValueError("prefix_cache: only models whose layers all use full attention can reuse prefixes")
-
-
-def _preload(cache, hits, past: int) -> None:
-    """Write each prompt's cached keys/values right-aligned into `past` columns (zeros before)."""
-    ref = next(h for h in hits if h[0])
-    layers, heads, _, dk = ref[1].shape
-    if layers != len(cache.layers):
-        raise ValueError(f"prefix_cache: holds {layers} layers, the model has {len(cache.layers)}")
-    keys = ref[1].new_zeros((len(hits), layers, heads, past, dk))
-    values = ref[2].new_zeros((len(hits), layers, heads, past, ref[2].shape[-1]))
-    for u, (c, k, v) in enumerate(hits):
-        if c:
-            keys[u, :, :, past - c:] = k
-            values[u, :, :, past - c:] = v
-    for i, layer in enumerate(cache.layers):
-        layer.update(keys[:, i], values[:, i])
-
-
-def _store(prefix_cache: PrefixCache, cache, slots, seqs, cols) -> None:
-    """Insert sequence `seqs[k]`, whose keys/values sit at cache row `slots[k]`, columns `cols[k]`."""
-    layers = cache.layers
-    for slot, seq, col in zip(slots, seqs, cols):
-        def fetch(a, b, slot=slot, col=col):
-            idx = col[a:b]
-            return (torch.stack([layer.keys[slot].index_select(-2, idx) for layer in layers]),
-                    torch.stack([layer.values[slot].index_select(-2, idx) for layer in layers]))
-        prefix_cache.insert(seq, fetch)
-
-
 def _store_rows(prefix_cache, cache, slots, rows, prompt_of, attn, width, tokens_out, length_out, reason_out):
     """Store batch rows `rows` (at cache slots `slots`): prompt + generated tokens but the last.
 
@@ -464,7 +432,7 @@ def _store_rows(prefix_cache, cache, slots, rows, prompt_of, attn, width, tokens
         seqs.append(list(prompt_of[b]) + tokens_out[b, :used].tolist())
         gen_cols = torch.arange(width, width + used, device=attn.device)
         cols.append(torch.cat([attn[b].nonzero().squeeze(-1), gen_cols]))
-    _store(prefix_cache, cache, [slots[k] for k in keep], seqs, cols)
+    prefix_cache.store(cache, [slots[k] for k in keep], seqs, cols)
 
 
 def _truncate_after_stop(text: str, stops) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 Fetch = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -111,6 +112,44 @@ class PrefixCache:
             self.num_tokens += len(leaf.tokens)
         if self.num_bytes > self.max_bytes:
             self._evict(int(0.9 * self.max_bytes))
+
+    # -- the engine's side: a Hugging Face cache of a batch -----------------------------------
+
+    @staticmethod
+    def check(kv_cache) -> None:
+        """Only full-attention layers (no sliding windows) can take a reused prefix."""
+        layers = kv_cache.layers
+        if not layers or any(not isinstance(x, DynamicLayer) or getattr(x, "is_sliding", False) for x in layers):
+            raise ValueError("prefix_cache: only models whose layers all use full attention can reuse prefixes")
+
+    @staticmethod
+    def preload(kv_cache, hits, past: int) -> None:
+        """Write each prompt's matched keys/values (`hits` from `match`) right-aligned into `past`
+        columns of an empty batch cache, zeros (masked out) before them."""
+        ref = next(h for h in hits if h[0])
+        layers, heads, _, dk = ref[1].shape
+        if layers != len(kv_cache.layers):
+            raise ValueError(f"prefix_cache: holds {layers} layers, the model has {len(kv_cache.layers)}")
+        keys = ref[1].new_zeros((len(hits), layers, heads, past, dk))
+        values = ref[2].new_zeros((len(hits), layers, heads, past, ref[2].shape[-1]))
+        for u, (c, k, v) in enumerate(hits):
+            if c:
+                keys[u, :, :, past - c:] = k
+                values[u, :, :, past - c:] = v
+        for i, layer in enumerate(kv_cache.layers):
+            layer.update(keys[:, i], values[:, i])
+
+    def store(self, kv_cache, slots, seqs, cols) -> None:
+        """Insert sequence `seqs[k]`, whose keys/values sit at batch row `slots[k]`, columns `cols[k]`."""
+        layers = kv_cache.layers
+        for slot, seq, col in zip(slots, seqs, cols):
+            def fetch(a, b, slot=slot, col=col):
+                idx = col[a:b]
+                return (torch.stack([layer.keys[slot].index_select(-2, idx) for layer in layers]),
+                        torch.stack([layer.values[slot].index_select(-2, idx) for layer in layers]))
+            self.insert(seq, fetch)
+
+    # -- tree internals -------------------------------------------------------------------
 
     def _split(self, child: _Node, m: int) -> _Node:
         """Cut `child`'s edge after m tokens; returns the new upper node."""
