@@ -11,7 +11,11 @@
   rows finish without paying a full cache copy for every single finished row;
 * sampling is vectorized (see `sampling.py`): one host sync per step (the "all done?"
   check, which also tells which rows to drop), plus the new tokens when stop strings are
-  in use (stop strings are checked on the decoded tail of each live row only, once a step).
+  in use (stop strings are checked on the decoded tail of each live row only, once a step);
+* with a `PrefixCache` (see `prefix_cache.py`) the prefill computes each prompt only past its
+  longest cached prefix: the cached keys/values are left padded into the batch's cache, the
+  new tokens follow them, and positions come from the attention mask, so every token keeps
+  the position it was computed at. Prompts and rows that did not end on EOS are stored back.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from .prefix_cache import PrefixCache
 from .sampling import Rollout, SamplingParams, row_keys, sample_next
 
 _EOS, _STOP, _LENGTH = 1, 2, 0
@@ -147,10 +152,12 @@ class TransformersEngine:
             self.model = model
 
     def generate(
-        self, prompts: list[str] | list[list[int]], params: SamplingParams, progress=False
+        self, prompts: list[str] | list[list[int]], params: SamplingParams, progress=False,
+        prefix_cache: PrefixCache | None = None,
     ) -> Rollout:
-        """Sample `params.n` completions per prompt. `progress`: False, True (a tqdm bar), or a
-        callable `progress(rows_done, rows_total, {"tok/s": …}, phase="sampling")`."""
+        """Sample `params.n` completions per prompt; with `prefix_cache`, reuse and extend its KV.
+        `progress`: False, True (a tqdm bar), or a callable
+        `progress(rows_done, rows_total, {"tok/s": …}, phase="sampling")`."""
         start = time.perf_counter()
         prompt_ids = self._encode(prompts)
         n, num_prompts = params.n, len(prompt_ids)
@@ -163,6 +170,7 @@ class TransformersEngine:
         logprobs: list[list[float]] = [[] for _ in range(total_rows)]
         reasons = ["length"] * total_rows
         texts = [""] * total_rows
+        prefill = [0, 0]  # prompt tokens computed, prompt tokens reused from the prefix cache
 
         # Longest prompts first: similar lengths share a batch (little padding) and the
         # largest prefill happens while memory is emptiest.
@@ -180,7 +188,7 @@ class TransformersEngine:
         try:
             with torch.inference_mode():
                 for rows in batches:
-                    out = self._generate_batch(rows, prompt_ids, params, seed)
+                    out = self._generate_batch(rows, prompt_ids, params, seed, prefix_cache, prefill)
                     for r, (toks, lps, reason, text) in zip(rows, out):
                         completions[r], logprobs[r], reasons[r], texts[r] = toks, lps, reason, text
                     tok_s = sum(map(len, completions)) / (time.perf_counter() - start)
@@ -204,6 +212,8 @@ class TransformersEngine:
             prompt_index=[r // n for r in range(total_rows)],
             num_generated_tokens=sum(len(c) for c in completions),
             wall_time_s=time.perf_counter() - start,
+            num_prefill_tokens=prefill[0],
+            num_cached_tokens=prefill[1],
         )
 
     # -- internals ---------------------------------------------------------------------
@@ -248,41 +258,31 @@ class TransformersEngine:
                 return int(cand)
         return 0
 
-    def _generate_batch(self, rows: list[int], prompt_ids: list[list[int]], params: SamplingParams, seed):
+    def _generate_batch(self, rows, prompt_ids, params: SamplingParams, seed, prefix_cache=None, prefill=None):
         """Generate for the given global rows; returns [(tokens, logprobs, reason, text)] in row order."""
         model, device, n = self.model, self._device, params.n
         batch = len(rows)
         max_new = params.max_new_tokens
+        pad = self._pad_id()
 
         # -- prefill: each distinct prompt once, left padded --------------------------------
         uniq: dict[int, int] = {}
         for r in rows:
             uniq.setdefault(r // n, len(uniq))
         uniq_prompts = [prompt_ids[i] for i in uniq]
-        width = max(len(p) for p in uniq_prompts)
-        pad = self._pad_id()
-        ids = torch.full((len(uniq_prompts), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(uniq_prompts), width), dtype=torch.long)
-        for u, p in enumerate(uniq_prompts):
-            ids[u, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            attn[u, width - len(p):] = 1
-        ids, attn = ids.to(device), attn.to(device)
-        positions = (attn.cumsum(-1) - 1).clamp_min_(0)
-
-        inplace = self.inplace_cache if self.inplace_cache is not None else device.type == "cuda"
-        cache = _growing_cache(model, width + max_new) if inplace else DynamicCache(config=model.config)
-        kwargs = dict(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True)
-        try:
-            out = model(**kwargs, logits_to_keep=1)  # only the last position's logits
-        except TypeError:  # a model without `logits_to_keep`
-            out = model(**kwargs)
-        logits = out.logits[:, -1, :]
-        cache = out.past_key_values
+        logits, cache, attn, counts = self._prefill(uniq_prompts, max_new, prefix_cache)
+        width = attn.shape[1]
+        if prefill is not None:
+            prefill[0] += counts[0]
+            prefill[1] += counts[1]
+        if prefix_cache is not None:
+            prefix_cache.store(cache, range(len(uniq_prompts)), uniq_prompts, [m.nonzero().squeeze(-1) for m in attn])
         expand = [uniq[r // n] for r in rows]
         if expand != list(range(len(uniq_prompts))):
             idx = torch.tensor(expand, dtype=torch.long, device=device)
             cache.batch_select_indices(idx)
             logits, attn = logits.index_select(0, idx), attn.index_select(0, idx)
+        prompt_of = [uniq_prompts[u] for u in expand]
         next_pos = attn.sum(-1)  # [B] position of the first generated token
         # the attention mask for every position the batch can reach, sliced per step
         attn_full = torch.cat([attn, attn.new_ones((batch, max_new))], dim=-1)
@@ -330,6 +330,10 @@ class TransformersEngine:
             # Dropping rows copies the whole cache once (~1-2 decode steps of work); it pays
             # off when the dead share of the batch times the steps left is large enough.
             if num_dead and num_dead * (max_new - step - 1) >= self.compact_after * dead.numel():
+                if prefix_cache is not None:  # dropped rows leave the cache: store them first
+                    gone = dead.nonzero().squeeze(-1)
+                    _store_rows(prefix_cache, cache, gone.tolist(), live[gone].tolist(), prompt_of, attn, width,
+                                tokens_out, length_out, reason_out)
                 keep = (~dead).nonzero().squeeze(-1)
                 cache.batch_select_indices(keep)
                 live, tok, next_pos = live[keep], tok[keep], next_pos[keep]
@@ -347,6 +351,10 @@ class TransformersEngine:
             )
             logits = out.logits[:, -1, :]
 
+        if prefix_cache is not None:
+            _store_rows(prefix_cache, cache, list(range(len(live))), live.tolist(), prompt_of, attn, width,
+                        tokens_out, length_out, reason_out)
+
         # -- collect -----------------------------------------------------------------------
         lengths = length_out.tolist()
         reasons = reason_out.tolist()
@@ -362,6 +370,42 @@ class TransformersEngine:
             results.append((completions[b], lps_all[b][: lengths[b]], _REASONS[reasons[b]], text))
         return results
 
+    def _prefill(self, prompts: list[list[int]], max_new: int, prefix_cache: PrefixCache | None):
+        """One forward over the distinct prompts, left padded, past their cached prefixes.
+
+        Row layout: [pad][cached prefix] [pad][new tokens]; the cached part is written into the
+        cache before the forward. Returns (last-position logits [U, V], cache, attention mask
+        [U, W] over every column, (tokens computed, tokens reused)).
+        """
+        model, device, pad = self.model, self._device, self._pad_id()
+        none = (0, None, None)
+        hits = [prefix_cache.match(p, len(p) - 1) if prefix_cache is not None else none for p in prompts]
+        past = max(h[0] for h in hits)
+        new = [p[c:] for p, (c, _, _) in zip(prompts, hits)]
+        width = max(map(len, new))
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(prompts), past + width), dtype=torch.long)
+        for u, (p, (c, _, _)) in enumerate(zip(new, hits)):
+            ids[u, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            attn[u, past - c: past] = 1
+            attn[u, past + width - len(p):] = 1
+        ids, attn = ids.to(device), attn.to(device)
+        positions = (attn.cumsum(-1) - 1).clamp_min_(0)[:, past:]
+
+        inplace = self.inplace_cache if self.inplace_cache is not None else device.type == "cuda"
+        cache = _growing_cache(model, past + width + max_new) if inplace else DynamicCache(config=model.config)
+        if prefix_cache is not None:
+            prefix_cache.check(cache)
+        if past:
+            prefix_cache.preload(cache, hits, past)
+        kwargs = dict(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True)
+        try:
+            out = model(**kwargs, logits_to_keep=1)  # only the last position's logits
+        except TypeError:  # a model without `logits_to_keep`
+            out = model(**kwargs)
+        counts = (sum(map(len, new)), sum(h[0] for h in hits))
+        return out.logits[:, -1, :], out.past_key_values, attn, counts
+
     def _stop_hits(self, new_tokens, live_host, dead, host_tokens, stops, tail) -> list[int]:
         """Slots (in the current live batch) whose decoded tail now contains a stop string."""
         dead_host = dead.tolist() if bool(dead.any()) else None
@@ -375,6 +419,27 @@ class TransformersEngine:
             if any(s in text for s in stops):
                 hits.append(slot)
         return hits
+
+
+# ---------------------------------------------------------------------------------------
+# prefix-cache plumbing
+
+
+def _store_rows(prefix_cache, cache, slots, rows, prompt_of, attn, width, tokens_out, length_out, reason_out):
+    """Store batch rows `rows` (at cache slots `slots`): prompt + generated tokens but the last.
+
+    The last token was sampled but never fed to the model, so it has no keys/values yet. Rows
+    that ended on EOS are stored only if the cache keeps finished rows.
+    """
+    lengths, reasons = length_out[rows].tolist(), reason_out[rows].tolist()
+    keep = [k for k, r in enumerate(reasons) if r != _EOS or prefix_cache.keep_finished]
+    seqs, cols = [], []
+    for k in keep:
+        b, used = rows[k], lengths[k] - 1
+        seqs.append(list(prompt_of[b]) + tokens_out[b, :used].tolist())
+        gen_cols = torch.arange(width, width + used, device=attn.device)
+        cols.append(torch.cat([attn[b].nonzero().squeeze(-1), gen_cols]))
+    prefix_cache.store(cache, [slots[k] for k in keep], seqs, cols)
 
 
 def _truncate_after_stop(text: str, stops) -> str:

@@ -61,6 +61,8 @@ class Rollout:
     prompt_index: list[int]          # i for each row
     num_generated_tokens: int
     wall_time_s: float
+    num_prefill_tokens: int = 0      # prompt tokens the prefill computed
+    num_cached_tokens: int = 0       # prompt tokens reused from a prefix cache instead
 
     def __len__(self) -> int:
         return len(self.completion_ids)
