@@ -84,14 +84,18 @@ def _nf4_config(dtype: str):
                               bnb_4bit_compute_dtype=DTYPES[dtype])
 
 
-def add_lora(model, lora, quantized: bool = False):
-    """Wrap `model` with LoRA adapters (peft); for QLoRA also make the 4-bit layers train-safe."""
+def add_lora(model, lora, quantized: bool = False, task_type: str = "CAUSAL_LM"):
+    """Wrap `model` with LoRA adapters (peft); for QLoRA also make the 4-bit layers train-safe.
+
+    `task_type` is peft's: CAUSAL_LM for a policy, SEQ_CLS / TOKEN_CLS for a reward model
+    (peft then also trains and saves the new ``score`` head in full).
+    """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+                        target_modules=list(lora.target_modules), task_type=task_type)
     model = get_peft_model(model, config)
     if quantized:
         disable_bnb_cpu_repack(model)
