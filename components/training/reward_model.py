@@ -32,10 +32,11 @@ from torch import Tensor
 from components.algorithms import (
     bradley_terry_ranking_loss, kendall_tau, pairwise_accuracy, plackett_luce_loss, ranking_accuracy)
 from components.config import LoraConfig, Section
-from components.modeling.reward_models import encode_outcome, outcome_logits, outcome_scores
+from components.modeling.reward_models import outcome_scores
 from components.training.grpo import pick_prompts
 from components.training.heldout import GateResult, prefixed, quality_gate, split_heldout
 from components.training.loop import Log, LoopResult, Progress, Trainer, no_log, no_progress
+from components.training.preference_lists import EncodedList, encode_lists, list_scores, parse_rows, to_lists
 
 ListLoss = Callable[[Tensor, Tensor, Tensor], Tensor]  # (scores [B, K], mask [B, K], margin [B]) -> [B]
 
@@ -105,74 +106,7 @@ class RewardModelConfig(Section):
         return self
 
 
-# --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class EncodedList:
-    seqs: list[list[int]]  # token ids of prompt + response, best response first
-    margin: float
-
-
-def as_ranking(row, i: int, default_margin: float = 0.0) -> tuple[str, list[str], float]:
-    """(prompt, responses best first, margin) of a pair or ranking row; errors name the row and column."""
-    if not isinstance(row, dict):
-        raise ValueError(f"rows[{i}]: expected a dict, got {type(row).__name__}")
-    pair = "chosen" in row or "rejected" in row
-    columns = ("prompt", "chosen", "rejected") if pair else ("prompt", "responses")
-    missing = [c for c in columns if c not in row]
-    if missing:
-        raise ValueError(f"rows[{i}]: missing column(s) {missing}; a pair has prompt/chosen/rejected, "
-                         f"a ranking prompt/responses (got {sorted(row)})")
-    if pair:
-        values = [("prompt", row["prompt"]), ("chosen", row["chosen"]), ("rejected", row["rejected"])]
-    else:
-        if not isinstance(row["responses"], list) or len(row["responses"]) < 2:
-            raise ValueError(f"rows[{i}]: column 'responses' needs a list of at least 2 responses, "
-                             f"got {row['responses']!r}")
-        values = [("prompt", row["prompt"]), *(("responses", r) for r in row["responses"])]
-    for col, value in values:
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"rows[{i}]: column '{col}' must be a non-empty string, got {value!r}")
-    responses = [v for _, v in values[1:]]
-    if len(set(responses)) < len(responses):
-        what = "'chosen' equals 'rejected'" if pair else "'responses' has duplicates"
-        raise ValueError(f"rows[{i}]: {what}; there is no preference to learn")
-    margin = row.get("margin", default_margin)
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
-        raise ValueError(f"rows[{i}]: column 'margin' must be a finite number, got {margin!r}")
-    return row["prompt"], responses, float(margin)
-
-
-def encode_lists(tokenizer, rows: list[dict], cfg, what: str) -> tuple[list[EncodedList], int]:
-    """Encoded lists of `rows` and the number dropped for exceeding `cfg.max_length`."""
-    if not rows:
-        raise ValueError(f"{what}: no rows")
-    out, dropped = [], 0
-    for i, row in enumerate(rows):
-        prompt, responses, margin = as_ranking(row, i, cfg.margin)
-        seqs = [encode_outcome(tokenizer, prompt, r, cfg.system_prompt) for r in responses]
-        if max(map(len, seqs)) > cfg.max_length:
-            dropped += 1
-            continue
-        out.append(EncodedList(seqs, margin))
-    if not out:
-        raise ValueError(f"{what}: all {len(rows)} rows are longer than max_length={cfg.max_length} tokens")
-    return out, dropped
-
-
-def list_scores(model, lists: list[EncodedList], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Scores of every response of `lists` in one forward: ([B, K] float, [B, K] bool mask)."""
-    flat = outcome_logits(model, [s for lst in lists for s in lst.seqs], pad_id)
-    return _to_lists(flat, [len(lst.seqs) for lst in lists])
-
-
-def _to_lists(flat: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor]:
-    k = max(sizes)
-    mask = torch.arange(k).unsqueeze(0) < torch.tensor(sizes).unsqueeze(1)
-    mask = mask.to(flat.device)
-    scores = flat.new_zeros(mask.shape).masked_scatter(mask, flat)
-    return scores, mask
+# --------------------------------------------------------------------------- loss and metrics
 
 
 def list_loss(model, lists: list[EncodedList], objective: ListLoss, pad_id: int) -> tuple[Tensor, dict]:
@@ -188,7 +122,7 @@ def evaluate_lists(model, lists: list[EncodedList], objective: str, batch_size: 
     """Held-out metrics: accuracy (pairwise on pairs, pooled over all pairs of rankings), Kendall τ, loss."""
     flat = outcome_scores(model, [s for lst in lists for s in lst.seqs], batch_size)
     sizes = [len(lst.seqs) for lst in lists]
-    scores, mask = _to_lists(torch.tensor(flat, dtype=torch.float64), sizes)
+    scores, mask = to_lists(torch.tensor(flat, dtype=torch.float64), sizes)
     margin = torch.tensor([lst.margin for lst in lists], dtype=torch.float64)
     accuracy = (pairwise_accuracy(scores[:, 0], scores[:, 1]) if max(sizes) == 2 else ranking_accuracy(scores, mask))
     return {"accuracy": float(accuracy), "kendall_tau": float(kendall_tau(scores, mask)),
@@ -216,12 +150,11 @@ def run_reward_model(model, tokenizer, rows: list[dict], cfg: RewardModelConfig,
     Without `heldout_rows`, `cfg.heldout_fraction` of the prompts is held out. Logs batch
     metrics per step and ``heldout/*`` metrics every `eval_every` steps and at the end.
     """
-    if not rows:
-        raise ValueError("reward model: no training rows")
-    train_rows, held = (rows, heldout_rows) if heldout_rows is not None else split_heldout(
-        rows, cfg.heldout_fraction, seed)
-    train, dropped = encode_lists(tokenizer, train_rows, cfg, "reward model training rows")
-    heldout, dropped_held = encode_lists(tokenizer, held, cfg, "reward model held-out rows")
+    parsed = parse_rows(rows, cfg.margin, "rows")
+    train_rows, held = ((parsed, parse_rows(heldout_rows, cfg.margin, "heldout_rows")) if heldout_rows is not None
+                        else split_heldout(parsed, cfg.heldout_fraction, seed))
+    train, dropped = encode_lists(tokenizer, train_rows, cfg.max_length, cfg.system_prompt, "reward model training")
+    heldout, dropped_held = encode_lists(tokenizer, held, cfg.max_length, cfg.system_prompt, "reward model held-out")
     log({"data/train_lists": len(train), "data/heldout_lists": len(heldout),
          "data/dropped_overlong": dropped + dropped_held}, 0)
     objective, pad = get_objective(cfg.objective), model.config.pad_token_id
