@@ -88,35 +88,41 @@ class EncodedSolution:
     correct: bool
 
 
-def encode_solutions(tokenizer, rows: list[dict], cfg: PRMConfig, what: str) -> tuple[list[EncodedSolution], int]:
-    """Encoded labelled solutions and the number dropped for exceeding `cfg.max_length`."""
+def parse_solutions(rows: list, sep: str, name: str = "rows") -> list[dict]:
+    """Checked labelled solutions ``{"prompt", "completion", "labels", "correct"}``; errors name the row."""
     if not rows:
-        raise ValueError(f"{what}: no labelled solutions")
-    out, dropped = [], 0
+        raise ValueError(f"{name}: no labelled solutions")
+    out = []
     for i, row in enumerate(rows):
-        labels = _check_labelled(row, i, cfg.sep)
-        ids, positions = encode_steps(tokenizer, row["prompt"], row["completion"], cfg.sep, cfg.system_prompt)
+        where = f"{name}[{i}]"
+        missing = [c for c in ("prompt", "completion", "labels") if not isinstance(row, dict) or c not in row]
+        if missing:
+            raise ValueError(f"{where}: missing column(s) {missing}")
+        n_steps = len(split_steps(row["completion"], sep))
+        labels = row["labels"]
+        if not isinstance(labels, list) or len(labels) != n_steps or n_steps == 0:
+            raise ValueError(f"{where}: column 'labels' needs one label per step ({n_steps} steps with "
+                             f"sep={sep!r}), got {labels!r}")
+        if any(isinstance(y, bool) or not isinstance(y, (int, float)) or not 0 <= y <= 1 for y in labels):
+            raise ValueError(f"{where}: column 'labels' must hold numbers in [0, 1], got {labels!r}")
+        out.append({"prompt": row["prompt"], "completion": row["completion"], "labels": [float(y) for y in labels],
+                    "correct": bool(row.get("correct", labels[-1] >= 0.5))})
+    return out
+
+
+def encode_solutions(tokenizer, solutions: list[dict], cfg: PRMConfig, what: str
+                     ) -> tuple[list[EncodedSolution], int]:
+    """Encoded `parse_solutions` output and the number dropped for exceeding `cfg.max_length` tokens."""
+    out, dropped = [], 0
+    for sol in solutions:
+        ids, positions = encode_steps(tokenizer, sol["prompt"], sol["completion"], cfg.sep, cfg.system_prompt)
         if len(ids) > cfg.max_length:
             dropped += 1
             continue
-        out.append(EncodedSolution(ids, positions, labels, bool(row.get("correct", labels[-1] >= 0.5))))
+        out.append(EncodedSolution(ids, positions, sol["labels"], sol["correct"]))
     if not out:
-        raise ValueError(f"{what}: all {len(rows)} solutions are longer than max_length={cfg.max_length} tokens")
+        raise ValueError(f"{what}: all {len(solutions)} solutions are longer than max_length={cfg.max_length} tokens")
     return out, dropped
-
-
-def _check_labelled(row, i: int, sep: str) -> list[float]:
-    missing = [c for c in ("prompt", "completion", "labels") if not isinstance(row, dict) or c not in row]
-    if missing:
-        raise ValueError(f"rows[{i}]: missing column(s) {missing}")
-    n_steps = len(split_steps(row["completion"], sep))
-    labels = row["labels"]
-    if not isinstance(labels, list) or len(labels) != n_steps or n_steps == 0:
-        raise ValueError(f"rows[{i}]: column 'labels' needs one label per step ({n_steps} steps with "
-                         f"sep={sep!r}), got {labels!r}")
-    if any(isinstance(y, bool) or not isinstance(y, (int, float)) or not 0 <= y <= 1 for y in labels):
-        raise ValueError(f"rows[{i}]: column 'labels' must hold numbers in [0, 1], got {labels!r}")
-    return [float(y) for y in labels]
 
 
 def step_loss(model, batch: list[EncodedSolution], pad_id: int, loss_agg: str) -> tuple[torch.Tensor, dict]:
@@ -154,12 +160,11 @@ def run_prm(model, tokenizer, labelled: list[dict], cfg: PRMConfig, ckpt_dir, se
             heldout_rows: list[dict] | None = None, log: Log = no_log, progress: Progress = no_progress,
             stop_after: int | None = None) -> PRMResult:
     """Train `model` (from `load_reward_model(..., "process")`) on labelled solutions; resumable."""
-    if not labelled:
-        raise ValueError("process reward model: no labelled solutions")
-    train_rows, held = ((labelled, heldout_rows) if heldout_rows is not None
-                        else split_heldout(labelled, cfg.heldout_fraction, seed))
-    train, dropped = encode_solutions(tokenizer, train_rows, cfg, "PRM training solutions")
-    heldout, dropped_held = encode_solutions(tokenizer, held, cfg, "PRM held-out solutions")
+    parsed = parse_solutions(labelled, cfg.sep, "rows")
+    train_rows, held = ((parsed, parse_solutions(heldout_rows, cfg.sep, "heldout_rows")) if heldout_rows is not None
+                        else split_heldout(parsed, cfg.heldout_fraction, seed))
+    train, dropped = encode_solutions(tokenizer, train_rows, cfg, "PRM training")
+    heldout, dropped_held = encode_solutions(tokenizer, held, cfg, "PRM held-out")
     log({"data/train_solutions": len(train), "data/heldout_solutions": len(heldout),
          "data/dropped_overlong": dropped + dropped_held}, 0)
     pad, per_step = model.config.pad_token_id, cfg.batch_size * cfg.grad_accum
