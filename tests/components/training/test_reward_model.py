@@ -115,9 +115,12 @@ def test_margin_enters_the_loss(base_dir, tiny_tokenizer):
 
 
 def test_killed_run_resumes_to_the_same_weights(base_dir, tiny_tokenizer, tmp_path):
-    cfg = config(steps=6, batch_size=8, grad_accum=2, warmup_steps=2, ckpt_every=2)
-    straight = orm(base_dir, tiny_tokenizer)
-    run_reward_model(straight, tiny_tokenizer, pairs(48), cfg, tmp_path / "a", seed=5)
+    # evaluating in between (eval_every) must not disturb the training state either
+    cfg = config(steps=6, batch_size=8, grad_accum=2, warmup_steps=2, ckpt_every=2, eval_every=2)
+    straight, logged = orm(base_dir, tiny_tokenizer), {}
+    run_reward_model(straight, tiny_tokenizer, pairs(48), cfg, tmp_path / "a", seed=5,
+                     log=lambda m, s: logged.setdefault(s, {}).update(m))
+    assert all("heldout/accuracy" in logged[s] for s in (2, 4, 6)) and "heldout/accuracy" not in logged[3]
     first = run_reward_model(orm(base_dir, tiny_tokenizer), tiny_tokenizer, pairs(48), cfg, tmp_path / "b", seed=5,
                              stop_after=3)
     assert first.resumed_from == 0 and first.heldout == {}
