@@ -30,6 +30,7 @@ from components.data.prompts import render_prompt
 from components.data.steps import step_ends
 from components.modeling.models import DTYPES, ModelLoadError, _check_exists, add_lora, default_device
 
+
 @dataclass(frozen=True)
 class RewardModelKind:
     auto_class: str                # the transformers auto class that builds and loads it
@@ -100,6 +101,8 @@ def encode_outcome(tokenizer, prompt: str, completion: str, system_prompt: str |
 def encode_steps(tokenizer, prompt: str, completion: str, sep: str = " ",
                  system_prompt: str | None = None) -> tuple[list[int], list[int]]:
     """Token ids of the rendered text and the token position of each step's last character."""
+    if not getattr(tokenizer, "is_fast", True):
+        raise ValueError("tokenizer: step positions need a fast tokenizer (character offsets); load it with use_fast")
     head = render_prompt(tokenizer, prompt, system_prompt)
     enc = tokenizer(head + completion, add_special_tokens=False, return_offsets_mapping=True)
     starts = [start for start, _ in enc["offset_mapping"]]
