@@ -6,6 +6,7 @@ valid names). Token tensors are ``[B, T]`` with a bool/0-1 ``mask``.
 """
 
 from components.algorithms.aggregate import AGGREGATIONS, aggregate_loss, get_aggregation
+from components.algorithms.calibration import binary_accuracy, brier_score, expected_calibration_error
 from components.algorithms.distill import DISTILL_LOSSES, distill_loss, get_distill_loss
 from components.algorithms.dpo import DPO_LOSSES, dpo_loss, get_dpo_loss
 from components.algorithms.grpo import (
@@ -47,6 +48,7 @@ from components.algorithms.policy_loss import POLICY_LOSSES, get_policy_loss
 from components.algorithms.ppo import gae_advantages, kl_penalty_rewards, ppo_policy_loss, value_loss
 from components.algorithms.reward_model import (
     bradley_terry_loss,
+    bradley_terry_ranking_loss,
     kendall_tau,
     outcome_only_labels,
     pairwise_accuracy,
@@ -80,12 +82,16 @@ __all__ = [
     "accuracy_ci",
     "accuracy_with_ci",
     "aggregate_loss",
+    "binary_accuracy",
     "bradley_terry_loss",
+    "bradley_terry_ranking_loss",
+    "brier_score",
     "conjugate_gradient",
     "distill_loss",
     "dpo_loss",
     "drgrpo_advantages",
     "entropy_from_logits",
+    "expected_calibration_error",
     "fill_padding",
     "fisher_vector_product",
     "gae_advantages",

@@ -3,6 +3,8 @@
 - Bradley-Terry pairwise loss: Bradley & Terry (1952); as used for RLHF reward
   models by Ouyang et al. 2022 (InstructGPT, Eq. 1); the optional margin follows
   Touvron et al. 2023 (Llama 2, Sec. 3.2.2, Eq. 2).
+- Bradley-Terry on a K-way ranking: the mean BT loss over its K(K-1)/2 ordered pairs,
+  one list per batch element (Ouyang et al. 2022, InstructGPT, Sec. 3.5, Eq. 1).
 - Plackett-Luce listwise loss: Plackett (1975), Luce (1959); the K-way ranking
   likelihood of Zhu et al. 2023 ("Principled RLHF from pairwise or K-wise
   comparisons", Sec. 4). For K = 2 it is exactly Bradley-Terry.
@@ -49,6 +51,28 @@ def bradley_terry_loss(
         check_same_shape("chosen_rewards", chosen_rewards, "margin", margin)
         diff = diff - margin
     return -F.logsigmoid(diff)
+
+
+def bradley_terry_ranking_loss(scores: Tensor, mask: Tensor | None = None, margin: Tensor | None = None) -> Tensor:
+    """Per-list mean Bradley-Terry loss over every ordered pair of a ranking (InstructGPT).
+
+    Shapes: scores [B, K] ordered best -> worst, mask [B, K] (False for missing items of
+    ragged lists), margin [B] or None (applied to every pair of its list) -> [B]. Lists with
+    < 2 valid items have loss 0. For K = 2 it is exactly ``bradley_terry_loss``.
+    Formula: l_b = 1 / C(K_b, 2) * sum_{i < j valid} -log sigmoid(s_i - s_j - margin_b).
+    """
+    mask = _listwise_mask(scores, mask)
+    if margin is not None:
+        check_tensor("margin", margin, 1, "[B]")
+        if margin.shape[0] != scores.shape[0]:
+            raise ValueError(f"margin: expected {scores.shape[0]} values like scores, got {margin.shape[0]}")
+    k = scores.shape[-1]
+    upper = torch.ones(k, k, dtype=torch.bool, device=scores.device).triu(diagonal=1)
+    b, i, j = (mask.unsqueeze(2) & mask.unsqueeze(1) & upper).nonzero(as_tuple=True)
+    pair_loss = bradley_terry_loss(scores[b, i], scores[b, j], None if margin is None else margin[b])
+    total = scores.new_zeros(scores.shape[0]).index_add(0, b, pair_loss)
+    count = scores.new_zeros(scores.shape[0]).index_add(0, b, torch.ones_like(pair_loss))
+    return total / count.clamp_min(1.0)
 
 
 def plackett_luce_loss(scores: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -85,13 +85,15 @@ def _nf4_config(dtype: str):
                               bnb_4bit_compute_dtype=DTYPES[dtype])
 
 
-def add_lora(model, lora, quantized: bool = False, seed: int = 0):
+def add_lora(model, lora, quantized: bool = False, seed: int = 0, task_type: str = "CAUSAL_LM"):
     """Wrap `model` with LoRA adapters (peft); for QLoRA also make the 4-bit layers train-safe.
 
     The adapters' random init (lora_A) is drawn from `seed` on a forked RNG: a function of the
     seed alone, not of whatever ran before in this process. Without it, a run resumed in a new
     process from a checkpoint of another (killed) one trains from different adapters than an
     uninterrupted run, and two identical runs differ.
+    `task_type` is peft's: CAUSAL_LM for a policy, SEQ_CLS / TOKEN_CLS for a reward model
+    (peft then also trains and saves the new ``score`` head in full).
     """
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -99,7 +101,7 @@ def add_lora(model, lora, quantized: bool = False, seed: int = 0):
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+                        target_modules=list(lora.target_modules), task_type=task_type)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = get_peft_model(model, config)

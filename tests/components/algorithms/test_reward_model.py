@@ -145,3 +145,24 @@ def test_errors():
         process_reward_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 4))
     with pytest.raises(ValueError, match="mask"):
         kendall_tau(torch.zeros(2, 3), torch.tensor([[1, 0, 0], [0, 0, 1]]))
+
+
+def test_bradley_terry_ranking_by_hand_and_k2_equals_pairs():
+    """[2, 1, 0] with margin 1: pairs (2,1) (2,0) (1,0) have diffs 1, 2, 1 -> minus the margin 0, 1, 0:
+    l = [log 2 + log(1 + e^-1) + log 2] / 3; a padded third item leaves one pair: log(1 + e^-1)."""
+    from components.algorithms.reward_model import bradley_terry_ranking_loss
+
+    s = torch.tensor([[2.0, 1.0, 0.0], [2.0, 1.0, 99.0]], dtype=D)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    got = bradley_terry_ranking_loss(s, mask, margin=torch.tensor([1.0, 0.0], dtype=D))
+    expected = torch.tensor([(2 * math.log(2.0) + math.log1p(math.exp(-1))) / 3, math.log1p(math.exp(-1))],
+                            dtype=D)
+    torch.testing.assert_close(got, expected)
+    torch.manual_seed(5)
+    pairs, m = 3 * torch.randn(8, 2, dtype=D), torch.randn(8, dtype=D)
+    torch.testing.assert_close(bradley_terry_ranking_loss(pairs, margin=m), bradley_terry_loss(pairs[:, 0], pairs[:, 1], m))
+    torch.testing.assert_close(bradley_terry_ranking_loss(pairs), plackett_luce_loss(pairs))
+    single = bradley_terry_ranking_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[1, 0]]))
+    assert single.tolist() == [0.0], "a list with one valid item has nothing to compare"
+    with pytest.raises(ValueError, match="margin: expected 2 values"):
+        bradley_terry_ranking_loss(s, mask, margin=torch.zeros(3, dtype=D))
