@@ -150,7 +150,8 @@ def grpo_iteration(it, trainer, policy, reference, engine, combiner, rows, promp
             batch.old_logp = batch_logprobs(policy, batch, cfg.temperature, chunk)
         if cfg.beta > 0:
             batch.ref_logp = reference_logprobs(policy, reference, batch, cfg.temperature, chunk)
-        metrics.update(optimise(trainer, policy, batch, plan, cfg))
+        policy.train()
+        metrics.update(optimise(trainer, batch, plan, lambda mb: minibatch_loss(policy, mb, cfg)))
         engine.update_weights(policy)
     t_optimise = time.perf_counter() - t1
 
@@ -288,13 +289,14 @@ def minibatch_plan(n: int, cfg, seed: int, it: int) -> list[list[torch.Tensor]]:
     return plan
 
 
-def optimise(trainer, policy, batch: RolloutBatch, plan, cfg) -> dict:
-    """Run the planned optimizer steps; returns step-averaged loss statistics (detached tensors)."""
-    policy.train()
+def optimise(trainer, batch: RolloutBatch, plan, loss_fn: Callable[[RolloutBatch], tuple]) -> dict:
+    """Run the planned optimizer steps (each a list of micro-batches of row indices, weighted by
+    their share of the step's rows) with `loss_fn(minibatch) -> (loss, metrics)`; returns
+    step-averaged loss statistics (detached tensors)."""
     sums: dict = {}
     for step in plan:
         rows = sum(len(micro) for micro in step)
-        stats = trainer.step([lambda micro=micro: minibatch_loss(policy, batch.select(micro), cfg) for micro in step],
+        stats = trainer.step([lambda micro=micro: loss_fn(batch.select(micro)) for micro in step],
                              weights=[len(micro) / rows for micro in step])
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + v / len(plan)
