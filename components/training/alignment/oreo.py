@@ -8,6 +8,10 @@ minimises, with one forward of the policy, the reference and the value model eac
 
     L = L_pi + alpha * KL(pi || pi_ref) + L_V
 
+(logged as ``bellman_loss``: at the current parameters L_pi and L_V are the same number, the
+mean squared soft-Bellman residual; their stop-gradients send one to the policy and the
+other to the value model; plus ``kl``)
+
 * L_V and L_pi are the soft-Bellman-consistency losses of `components.algorithms.oreo`
   (``oreo_value_loss`` / ``oreo_policy_loss``; their stop-gradients make each one train only
   its own model), over tokens (`mode="token"`) or reasoning steps (`mode="step"`: steps as
@@ -134,9 +138,10 @@ def oreo_loss(policy, critic, reference, mb: RolloutBatch, rewards: torch.Tensor
     v_loss = oreo_value_loss(values, logp, ref_logp, rewards, mask, cfg.beta, **common)
     p_loss = oreo_policy_loss(logp, ref_logp, values, rewards, mask, cfg.beta, **common)
     kl = distill_loss(logits, ref_logits, mask, "reverse-kl", loss_agg=cfg.loss_agg)
+    # L_pi and L_V have the same VALUE (one residual); they differ in which model they train
     return p_loss + cfg.alpha * kl + v_loss, {
-        "policy_loss": p_loss.detach(), "value_loss": v_loss.detach(), "kl": kl.detach(),
-        "values/mean": masked_mean(values.detach(), mask), "log_ratio/mean": masked_mean((logp - ref_logp).detach(), mask)}
+        "bellman_loss": v_loss.detach(), "kl": kl.detach(), "values/mean": masked_mean(values.detach(), mask),
+        "log_ratio/mean": masked_mean((logp - ref_logp).detach(), mask)}
 
 
 def reference_logits(policy, reference, mb: RolloutBatch) -> torch.Tensor:

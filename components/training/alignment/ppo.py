@@ -38,6 +38,7 @@ from components.algorithms import (
     gae_advantages,
     kl_penalty_rewards,
     masked_mean,
+    masked_var,
     ppo_policy_loss,
     value_loss,
     whiten,
@@ -125,7 +126,15 @@ def prepare(batch: RolloutBatch, scores: torch.Tensor, policy, critic, reference
                           "values": values}
     log_ratio = torch.where(mask, old - ref, 0.0)
     return {"kl": masked_mean(log_ratio, mask), "kl_seq": log_ratio.sum(-1).mean(),
-            "values/mean": masked_mean(values[:, s:], mask), "returns/mean": masked_mean(returns, mask)}
+            "values/mean": masked_mean(values[:, s:], mask), "returns/mean": masked_mean(returns, mask),
+            "values/explained_variance": explained_variance(values[:, s:], returns, mask)}
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(R - V) / Var(R) over the masked tokens of fresh rollouts, before the critic
+    trains on them: 1 is a perfect critic, 0 no better than a constant. Shapes: [B, T] -> scalar."""
+    var = masked_var(returns, mask)
+    return 1.0 - masked_var(returns - values, mask) / var.clamp(min=1e-8)
 
 
 def ppo_loss(policy, critic, mb: RolloutBatch, cfg: PPOConfig) -> tuple[torch.Tensor, dict]:
