@@ -99,6 +99,7 @@ def trpo_step(
     backtrack_ratio: float = 0.8,
     max_backtracks: int = 10,
     damping: float = 0.1,
+    fisher_kl_fn: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, TRPOStepInfo]:
     """One TRPO update of a flat parameter vector (surrogate is MAXIMISED).
 
@@ -106,6 +107,9 @@ def trpo_step(
     Steps: g = grad L(theta); x = CG(F, g); step = sqrt(2 delta / x^T F x) * x;
     try theta + backtrack_ratio^k * step for k = 0..max_backtracks-1, accept the
     first with L(new) - L(old) > 0 and KL(new) <= delta.
+    ``fisher_kl_fn`` (default ``kl_fn``) is the KL whose Hessian gives F, e.g. the KL on a
+    subsample of the batch (Schulman et al. 2015, App. C.1: Fisher-vector products on 10 %
+    of the data); the line search always checks ``kl_fn``.
     """
     check_tensor("params", params, 1, "[N]")
     check_float("params", params)
@@ -117,7 +121,7 @@ def trpo_step(
     with torch.enable_grad():
         surrogate_old = surrogate_fn(theta)
         (g,) = torch.autograd.grad(surrogate_old, theta)
-    fvp = fisher_vector_product(kl_fn, params, damping)
+    fvp = fisher_vector_product(kl_fn if fisher_kl_fn is None else fisher_kl_fn, params, damping)
     x = conjugate_gradient(fvp, g, cg_iters)
     shs = x @ fvp(x)
     rejected = TRPOStepInfo(False, 0.0, 0.0, max_backtracks)

@@ -6,12 +6,13 @@ One iteration, top to bottom in `trpo_iteration`:
      the injected reward model plus rule rewards (as in PPO);
   2. group-relative advantages (`advantage`, default GRPO's standardised reward); groups whose
      rewards are all equal carry no signal and are dropped (if all are, no update);
-  3. one no-grad forward keeps pi_old's full next-token distributions on the completion tokens;
+  3. no-grad forwards keep pi_old's full next-token distributions on the completion tokens;
   4. `trpo_step` on theta = the trainable parameters, flattened:
         surrogate L(theta) = token-mean( exp(logp_theta - logp_old) * A )
         KL(theta)          = token-mean( sum_v p_old(v) (log p_old(v) - log p_theta(v)) )
      (the exact KL over the vocabulary, whose Hessian at theta_old is the Fisher matrix);
-     conjugate gradient with Fisher-vector products (double backward), step to the trust
+     conjugate gradient with Fisher-vector products (double backward) of the KL on a seeded
+     `fisher_fraction` of the rows (the paper's App. C.1 subsampling), step to the trust
      region's edge, backtracking line search; the accepted vector is written into the model
      through `Trainer.update`, so checkpoints, resume and logging stay the Trainer's.
 
@@ -48,7 +49,7 @@ from components.algorithms import (
 )
 from components.training.alignment.base import AlignmentResult, LoopConfig, TokenCount, check_registered, result
 from components.training.alignment.online import OnlineRun, SamplingFields, reward_metrics, sample_and_score
-from components.training.grpo import frozen_reference, reference_logprobs
+from components.training.grpo import derive_seed, frozen_reference, reference_logprobs
 from components.training.loop import Log, Progress, Trainer, no_log, no_progress
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logits
 
@@ -64,6 +65,8 @@ class TRPOConfig(LoopConfig, SamplingFields):
     backtrack_ratio: float = Field(0.8, gt=0, lt=1, description="Line-search shrink factor.")
     max_backtracks: int = Field(10, ge=1, description="Line-search tries before the step is rejected.")
     advantage: str = Field("grpo", description="components.algorithms ADVANTAGE_ESTIMATORS name.")
+    fisher_fraction: float = Field(0.25, gt=0, le=1, description="Share of the batch's rows (seeded) whose KL "
+                                   "gives the Fisher-vector products; the paper uses 10 %. 1 = the whole batch.")
 
     @field_validator("advantage")
     @classmethod
@@ -105,7 +108,8 @@ def trpo_iteration(it: int, run: OnlineRun, trainer: Trainer, reference) -> dict
         return metrics
     batch = RolloutBatch.from_rollout(sampled.rollout, keep, advantages[keep], run.pad_id, run.device)
     metrics.update(kl_to_reference(policy, reference, batch, cfg))
-    metrics.update(trainer.update(lambda: trpo_update(policy, batch, cfg)))
+    fisher_rows = fisher_subsample(len(batch), cfg.fisher_fraction, derive_seed(run.seed, "fisher", it))
+    metrics.update(trainer.update(lambda: trpo_update(policy, batch, fisher_rows, cfg)))
     run.engine.update_weights(policy)
     return metrics
 
@@ -118,35 +122,49 @@ def kl_to_reference(policy, reference, batch: RolloutBatch, cfg) -> dict:
     return {"kl": masked_mean(log_ratio, batch.completion_mask), "kl_seq": log_ratio.sum(-1).mean()}
 
 
-def trpo_update(policy, batch: RolloutBatch, cfg: TRPOConfig) -> tuple[bool, dict]:
+def fisher_subsample(n: int, fraction: float, seed: int) -> torch.Tensor:
+    """ceil(fraction * n) row indices, a seeded random choice (all rows when fraction == 1)."""
+    k = max(1, math.ceil(fraction * n))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+
+
+def trpo_update(policy, batch: RolloutBatch, fisher_rows: torch.Tensor, cfg: TRPOConfig) -> tuple[bool, dict]:
     """One `trpo_step` over the trainable parameters; writes the accepted vector into `policy`."""
     named = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    mask = batch.completion_mask[:, batch.start:]
-    adv = batch.advantages[:, None]
     with sdpa_kernel([SDPBackend.MATH]):
-        old_logq = torch.log_softmax(completion_logits(policy, batch, cfg.temperature).float(), -1)
-        tokens = batch.input_ids[:, batch.start:, None]
-        old_logp = old_logq.gather(-1, tokens).squeeze(-1)
-        logq_at = _memo(lambda theta: torch.log_softmax(
-            completion_logits(_AtParams(policy, named, theta), batch, cfg.temperature).float(), -1))
-
-        def surrogate(theta):
-            # L = token-mean( pi_theta(a|s) / pi_old(a|s) * A )
-            ratio = torch.exp(logq_at(theta).gather(-1, tokens).squeeze(-1) - old_logp)
-            return masked_mean(ratio * adv, mask)
-
-        def kl(theta):
-            # KL(pi_old || pi_theta) per token, exact over the vocabulary, token mean
-            return masked_mean((old_logq.exp() * (old_logq - logq_at(theta))).sum(-1), mask)
-
+        surrogate, kl = batch_objectives(policy, named, batch, cfg.temperature)
+        fisher_kl = kl if len(fisher_rows) == len(batch) else batch_objectives(
+            policy, named, batch.select(fisher_rows), cfg.temperature)[1]
         flat = parameters_to_vector(params).detach()
         new, info = trpo_step(flat, surrogate, kl, cfg.max_kl, cfg.cg_iters, cfg.backtrack_ratio,
-                              cfg.max_backtracks, cfg.damping)
+                              cfg.max_backtracks, cfg.damping, fisher_kl_fn=fisher_kl)
     if info.accepted:
         vector_to_parameters(new, params)
     return info.accepted, {"trpo/accepted": float(info.accepted), "trpo/kl": info.kl,
                            "trpo/improvement": info.improvement, "trpo/backtracks": info.n_backtracks}
+
+
+def batch_objectives(policy, named, batch: RolloutBatch, temperature: float):
+    """(surrogate(theta), kl(theta)) on `batch`, with pi_old = the policy now (one no-grad forward)."""
+    mask = batch.completion_mask[:, batch.start:]
+    adv = batch.advantages[:, None]
+    tokens = batch.input_ids[:, batch.start:, None]
+    old_logq = torch.log_softmax(completion_logits(policy, batch, temperature).float(), -1)
+    old_logp = old_logq.gather(-1, tokens).squeeze(-1)
+    logq_at = _memo(lambda theta: torch.log_softmax(
+        completion_logits(_AtParams(policy, named, theta), batch, temperature).float(), -1))
+
+    def surrogate(theta):
+        # L = token-mean( pi_theta(a|s) / pi_old(a|s) * A )
+        ratio = torch.exp(logq_at(theta).gather(-1, tokens).squeeze(-1) - old_logp)
+        return masked_mean(ratio * adv, mask)
+
+    def kl(theta):
+        # KL(pi_old || pi_theta) per token, exact over the vocabulary, token mean
+        return masked_mean((old_logq.exp() * (old_logq - logq_at(theta))).sum(-1), mask)
+
+    return surrogate, kl
 
 
 class _AtParams:

@@ -108,3 +108,15 @@ def test_step_is_invariant_to_scaling_the_surrogate(seed):
         torch.testing.assert_close(new_c, new_1)
         torch.testing.assert_close(info_c.kl, info_1.kl)
         torch.testing.assert_close(info_c.improvement, c * info_1.improvement)
+
+
+def test_fisher_from_another_kl_only_changes_the_direction_not_the_line_search():
+    """With a Fisher KL that is a positive multiple c of the KL, F scales by c: the direction is
+    the same, the full step shrinks by sqrt(c), and acceptance is still judged on the real KL."""
+    theta, _, surrogate, kl = softmax_problem(0)
+    new_1, info_1 = trpo_step(theta, surrogate, kl, max_kl=0.01, damping=0.0)
+    new_4, info_4 = trpo_step(theta, surrogate, kl, max_kl=0.01, damping=0.0, fisher_kl_fn=lambda t: 4.0 * kl(t))
+    assert info_1.accepted and info_4.accepted and info_4.kl <= 0.01
+    step_1, step_4 = new_1 - theta, new_4 - theta
+    scale_1, scale_4 = 0.8**info_1.n_backtracks, 0.8**info_4.n_backtracks
+    torch.testing.assert_close(step_4 / scale_4, 0.5 * step_1 / scale_1)
