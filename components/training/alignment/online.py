@@ -19,6 +19,7 @@ from pydantic import Field
 from components.config import RewardItem, RolloutConfig, Section
 from components.generation import Rollout, SamplingParams
 from components.rewards import RewardCombiner, RewardFn, RewardResult, RewardSpec
+from components.training.alignment.base import check_rows
 from components.training.grpo import derive_seed, encode_prompts, make_rollout_engine, pick_prompts, score
 
 REWARD_MODEL = "reward_model"
@@ -78,12 +79,7 @@ class OnlineRun:
 
     @classmethod
     def build(cls, policy, tokenizer, rows, cfg, seed, reward_fn, what: str) -> "OnlineRun":
-        if not rows:
-            raise ValueError(f"{what}: no prompt rows")
-        bad = next((i for i, r in enumerate(rows) if not (isinstance(r.get("prompt"), str) and r["prompt"].strip())),
-                   None)
-        if bad is not None:
-            raise ValueError(f"{what}: row {bad}: column 'prompt' must be a non-empty string")
+        check_rows(rows, {"prompt": str}, what)
         combiner = make_combiner(cfg.rewards, cfg.reward_timeout_s, reward_fn, what)
         engine = make_rollout_engine(cfg.rollout, policy, tokenizer, cfg.prompts_per_step * cfg.samples_per_prompt)
         return cls(policy, engine, combiner, rows, encode_prompts(tokenizer, rows, cfg.system_prompt), cfg, seed,
@@ -117,7 +113,7 @@ def reward_metrics(sampled: Sampled) -> dict:
     scores, n = sampled.scores, len(sampled.scores.total)
     metrics = {"reward/mean": sum(scores.total) / n, "tokens": sampled.rollout.num_generated_tokens,
                "completion_length": sampled.rollout.num_generated_tokens / n,
-               "tokens_per_s": sampled.rollout.tokens_per_s(), "time/generate_s": sampled.seconds}
+               "tokens_per_s": sampled.rollout.tokens_per_s(), "time/sample_and_score_s": sampled.seconds}
     for name, values in scores.components.items():
         metrics[f"reward/{name}"] = sum(values) / n
         metrics[f"reward/failures/{name}"] = scores.failures[name]

@@ -86,7 +86,7 @@ def test_a_raising_reward_model_is_scored_zero_and_counted(tiny_model, tiny_toke
 
 
 def test_online_methods_check_their_inputs(tiny_model, tiny_tokenizer, tmp_path):
-    with pytest.raises(ValueError, match="PPO: no prompt rows"):
+    with pytest.raises(ValueError, match="PPO: no training rows"):
         run_ppo(tiny_model, tiny_tokenizer, [], ppo_config(), tmp_path, seed=0, reward_fn=digit_share)
     with pytest.raises(ValueError, match="PPO: row 1: column 'prompt'"):
         run_ppo(tiny_model, tiny_tokenizer, [PROMPTS[0], {"prompt": " "}], ppo_config(), tmp_path, seed=0,
