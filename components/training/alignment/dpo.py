@@ -24,11 +24,10 @@ from components.algorithms import DPO_LOSSES, dpo_loss
 from components.training.alignment.base import AlignmentResult, OfflineConfig, check_registered, check_rows, result
 from components.training.alignment.sequences import (
     encode_pairs,
-    initial_token_logps,
+    initial_sequence_logps,
     micro_batches,
     pair_rows,
     sequence_logps,
-    summed,
 )
 from components.training.loop import Log, Progress, Trainer, no_log, no_progress
 
@@ -55,23 +54,23 @@ def run_dpo(policy, tokenizer, data: list[dict], cfg: DPOConfig, ckpt_dir: str |
     """Train `policy` with DPO on preference rows; resumable from `ckpt_dir` (reward_fn, critic: unused)."""
     check_rows(data, PAIR_COLUMNS, "DPO")
     device = next(policy.parameters()).device
-    pairs = encode_pairs(tokenizer, data, cfg.max_length, cfg.system_prompt, "DPO", device)
-    ref = summed(initial_token_logps(policy, reference, pairs, 2 * cfg.batch_size), pairs)  # [2N], once
+    pairs = encode_pairs(tokenizer, data, cfg.max_length, cfg.system_prompt, "DPO")
+    ref = initial_sequence_logps(policy, reference, pairs, 2 * cfg.batch_size, device)  # [2N], once
     n = len(data)
     trainer = Trainer({"policy": policy}, cfg, ckpt_dir, log=log, progress=progress, require_update=True, what="DPO")
 
     def iteration(it: int) -> dict:
         micro = micro_batches(n, cfg.batch_size, cfg.grad_accum, seed, it)
-        return trainer.step([lambda idx=idx: dpo_micro_loss(policy, pairs, ref, pair_rows(idx, n), cfg)
-                             for idx in micro])
+        return trainer.step([lambda idx=idx: dpo_micro_loss(policy, pairs.batch(pair_rows(idx, n), device),
+                                                            ref[pair_rows(idx, n).to(device)], cfg) for idx in micro])
 
     return result(trainer.run(iteration, stop_after=stop_after))
 
 
-def dpo_micro_loss(policy, pairs, ref, rows, cfg: DPOConfig):
-    """Mean DPO loss of the pairs in `rows` (their chosen rows, then their rejected rows)."""
-    chosen, rejected = sequence_logps(policy, pairs.select(rows)).chunk(2)
-    ref_chosen, ref_rejected = ref[rows.to(ref.device)].chunk(2)
+def dpo_micro_loss(policy, batch, ref, cfg: DPOConfig):
+    """Mean DPO loss of a batch of pairs (chosen rows, then rejected rows; `ref`: their reference log-probs)."""
+    chosen, rejected = sequence_logps(policy, batch).chunk(2)
+    ref_chosen, ref_rejected = ref.chunk(2)
     losses, r_chosen, r_rejected = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, cfg.beta,
                                             cfg.label_smoothing, cfg.loss_type)
     return losses.mean(), {"reward/chosen": r_chosen.mean(), "reward/rejected": r_rejected.mean(),

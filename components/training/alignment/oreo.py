@@ -43,7 +43,7 @@ from components.algorithms import AGGREGATIONS, distill_loss, masked_mean, oreo_
 from components.algorithms import token_logprobs
 from components.data.steps import step_ends
 from components.training.alignment.base import AlignmentResult, OfflineConfig, check_registered, check_rows, result
-from components.training.alignment.sequences import encode_rows, micro_batches
+from components.training.alignment.sequences import EncodedRows, encode_rows, micro_batches
 from components.training.alignment.value_model import completion_values, value_model_from
 from components.training.grpo import frozen_reference
 from components.training.loop import Log, Progress, Trainer, no_log, no_progress
@@ -75,8 +75,9 @@ def run_oreo(policy, tokenizer, data: list[dict], cfg: OREOConfig, ckpt_dir: str
     """Train `policy` and its value model with OREO; resumable (reward_fn: unused).
     The result's `critic` is the trained value model."""
     check_rows(data, TRAJECTORY_COLUMNS, "OREO")
-    batch = encode_trajectories(tokenizer, data, cfg, next(policy.parameters()).device)
-    rewards = torch.tensor([float(r["reward"]) for r in data], device=batch.input_ids.device)
+    device = next(policy.parameters()).device
+    rows = encode_trajectories(tokenizer, data, cfg)
+    rewards = torch.tensor([float(r["reward"]) for r in data], device=device)
     reference = frozen_reference(policy, reference, 1.0)  # before resuming: the initial policy
     critic = critic if critic is not None else value_model_from(policy)
     trainer = Trainer({"policy": policy, "critic": critic}, cfg, ckpt_dir, log=log, progress=progress,
@@ -84,23 +85,19 @@ def run_oreo(policy, tokenizer, data: list[dict], cfg: OREOConfig, ckpt_dir: str
 
     def iteration(it: int) -> dict:
         micro = micro_batches(len(data), cfg.batch_size, cfg.grad_accum, seed, it)
-        return trainer.step([lambda idx=idx: oreo_loss(policy, critic, reference, batch.select(idx), rewards[idx], cfg)
-                             for idx in micro])
+        return trainer.step([lambda idx=idx: oreo_loss(policy, critic, reference, rows.batch(idx, device),
+                                                       rewards[idx.to(device)], cfg) for idx in micro])
 
     return result(trainer.run(iteration, stop_after=stop_after), critic=critic)
 
 
-def encode_trajectories(tokenizer, rows: list[dict], cfg: OREOConfig, device) -> RolloutBatch:
-    """Trajectories as one batch; in step mode `token_fields["step_end"]` marks each step's last token."""
-    prompts, completions = encode_rows(tokenizer, rows, "completion", cfg.max_length, cfg.system_prompt, "OREO")
-    batch = RolloutBatch.from_sequences(prompts, completions, torch.zeros(len(rows)), tokenizer.pad_token_id, device)
+def encode_trajectories(tokenizer, rows: list[dict], cfg: OREOConfig) -> EncodedRows:
+    """Encoded trajectories; in step mode the mark ``step_end`` holds each step's last token."""
+    encoded = encode_rows(tokenizer, rows, "completion", cfg.max_length, cfg.system_prompt, "OREO")
     if cfg.mode == "step":
-        step_end = torch.zeros_like(batch.completion_mask)
-        for i, row in enumerate(rows):
-            for pos in step_end_tokens(tokenizer, row, len(completions[i]), cfg):
-                step_end[i, len(prompts[i]) + pos] = True
-        batch.token_fields = {"step_end": step_end}
-    return batch
+        encoded.marks["step_end"] = [step_end_tokens(tokenizer, row, len(encoded.responses[i]), cfg)
+                                     for i, row in enumerate(rows)]
+    return encoded
 
 
 def step_end_tokens(tokenizer, row: dict, n_tokens: int, cfg: OREOConfig) -> list[int]:

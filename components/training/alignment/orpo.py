@@ -33,20 +33,22 @@ def run_orpo(policy, tokenizer, data: list[dict], cfg: ORPOConfig, ckpt_dir: str
              stop_after: int | None = None) -> AlignmentResult:
     """Train `policy` with ORPO on preference rows; resumable (reference, reward_fn, critic: unused)."""
     check_rows(data, PAIR_COLUMNS, "ORPO")
-    pairs = encode_pairs(tokenizer, data, cfg.max_length, cfg.system_prompt, "ORPO", next(policy.parameters()).device)
+    device = next(policy.parameters()).device
+    pairs = encode_pairs(tokenizer, data, cfg.max_length, cfg.system_prompt, "ORPO")
     n = len(data)
     trainer = Trainer({"policy": policy}, cfg, ckpt_dir, log=log, progress=progress, require_update=True, what="ORPO")
 
     def iteration(it: int) -> dict:
         micro = micro_batches(n, cfg.batch_size, cfg.grad_accum, seed, it)
-        return trainer.step([lambda idx=idx: orpo_micro_loss(policy, pairs, pair_rows(idx, n), cfg) for idx in micro])
+        return trainer.step([lambda idx=idx: orpo_micro_loss(policy, pairs.batch(pair_rows(idx, n), device), cfg)
+                             for idx in micro])
 
     return result(trainer.run(iteration, stop_after=stop_after))
 
 
-def orpo_micro_loss(policy, pairs, rows, cfg: ORPOConfig):
-    """Mean ORPO loss of the pairs in `rows` (their chosen rows, then their rejected rows)."""
-    chosen, rejected = sequence_logps(policy, pairs.select(rows), reduce="mean").chunk(2)
+def orpo_micro_loss(policy, batch, cfg: ORPOConfig):
+    """Mean ORPO loss of a batch of pairs (chosen rows, then rejected rows)."""
+    chosen, rejected = sequence_logps(policy, batch, reduce="mean").chunk(2)
     losses, ratio = orpo_loss(chosen, rejected, cfg.lam)
     return losses.mean(), {"log_odds_ratio": ratio.mean(), "nll/chosen": -chosen.detach().mean(),
                            "nll/rejected": -rejected.detach().mean(),

@@ -1,13 +1,17 @@
-"""Offline rows as token sequences: chat-template encoding, preference-pair batches, seeded
+"""Offline rows as token sequences: chat-template encoding, preference pairs, seeded
 micro-batches, and the per-sequence log-probs of responses (DPO, ORPO, OREO).
 
 A response is encoded exactly as SFT encodes an assistant turn (`encode_chat`): the prompt
 is the chat-templated conversation up to the generation prompt, the response is the rest of
 the template (its text plus the end-of-turn token), so the log-prob of a response is that of
-the tokens the policy would generate and stop with. A preference batch holds N pairs as 2N
-rows of one `RolloutBatch`: chosen responses in rows 0..N-1, rejected ones in rows N..2N-1.
+the tokens the policy would generate and stop with. Encoded rows stay token lists on the
+host (`EncodedRows`); a padded `RolloutBatch` is built on the device per micro-batch only,
+so a large dataset never sits on the accelerator as one padded tensor. N preference pairs
+are 2N rows: chosen responses in rows 0..N-1, rejected ones in rows N..2N-1.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -16,6 +20,31 @@ from components.algorithms import sequence_logprob
 from components.training.grpo import pick_prompts
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs
 from components.training.sft import encode_chat
+
+
+@dataclass
+class EncodedRows:
+    """Token rows (prompt ids, response ids) and optional marked response positions per row."""
+
+    prompts: list[list[int]]
+    responses: list[list[int]]
+    pad_id: int
+    marks: dict[str, list[list[int]]] = field(default_factory=dict)  # e.g. "step_end": positions in the response
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def batch(self, rows: Tensor, device) -> RolloutBatch:
+        """Rows `rows` as a right-padded batch; each mark becomes a bool token field."""
+        idx = rows.tolist()
+        batch = RolloutBatch.from_sequences([self.prompts[i] for i in idx], [self.responses[i] for i in idx],
+                                            torch.zeros(len(idx)), self.pad_id, device)
+        for name, positions in self.marks.items():
+            marked = torch.zeros_like(batch.completion_mask)
+            for b, i in enumerate(idx):
+                marked[b, [len(self.prompts[i]) + p for p in positions[i]]] = True
+            batch.token_fields[name] = marked
+        return batch
 
 
 def encode_response(tokenizer, prompt: str, response: str, max_length: int,
@@ -29,8 +58,8 @@ def encode_response(tokenizer, prompt: str, response: str, max_length: int,
 
 
 def encode_rows(tokenizer, rows: list[dict], column: str, max_length: int, system_prompt: str | None,
-                what: str) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompt and response ids of ``row["prompt"]`` / ``row[column]`` for every row."""
+                what: str) -> EncodedRows:
+    """``row["prompt"]`` and ``row[column]`` of every row, encoded."""
     prompts, responses = [], []
     for i, row in enumerate(rows):
         p, r = encode_response(tokenizer, row["prompt"], row[column], max_length, system_prompt)
@@ -39,29 +68,26 @@ def encode_rows(tokenizer, rows: list[dict], column: str, max_length: int, syste
                              f"no '{column}' token is left to train on")
         prompts.append(p)
         responses.append(r)
-    return prompts, responses
+    return EncodedRows(prompts, responses, tokenizer.pad_token_id)
 
 
-def encode_pairs(tokenizer, rows: list[dict], max_length: int, system_prompt: str | None, what: str, device
-                 ) -> RolloutBatch:
-    """Preference rows ``{"prompt", "chosen", "rejected"}`` as one 2N-row batch (chosen first).
-    A pair whose two responses are the same (as text, or as tokens after cutting) is an error."""
+def encode_pairs(tokenizer, rows: list[dict], max_length: int, system_prompt: str | None, what: str) -> EncodedRows:
+    """Preference rows ``{"prompt", "chosen", "rejected"}`` as 2N rows (chosen first). A pair
+    whose two responses are the same (as text, or as tokens after cutting) is an error."""
     for i, row in enumerate(rows):
         if row["chosen"].strip() == row["rejected"].strip():
             raise ValueError(f"{what}: row {i}: 'chosen' and 'rejected' are the same response")
-    prompts, chosen = encode_rows(tokenizer, rows, "chosen", max_length, system_prompt, what)
-    _, rejected = encode_rows(tokenizer, rows, "rejected", max_length, system_prompt, what)
-    for i, (c, r) in enumerate(zip(chosen, rejected)):
+    chosen = encode_rows(tokenizer, rows, "chosen", max_length, system_prompt, what)
+    rejected = encode_rows(tokenizer, rows, "rejected", max_length, system_prompt, what)
+    for i, (c, r) in enumerate(zip(chosen.responses, rejected.responses)):
         if c == r:
             raise ValueError(f"{what}: row {i}: 'chosen' and 'rejected' are identical once cut to "
                              f"max_length={max_length} tokens")
-    n = len(rows)
-    return RolloutBatch.from_sequences(prompts + prompts, chosen + rejected, torch.zeros(2 * n),
-                                       tokenizer.pad_token_id, device)
+    return EncodedRows(chosen.prompts + rejected.prompts, chosen.responses + rejected.responses, chosen.pad_id)
 
 
 def pair_rows(pairs: Tensor, n: int) -> Tensor:
-    """Batch rows of pairs `pairs` in a 2n-row pair batch: their chosen rows, then their rejected rows."""
+    """Rows of pairs `pairs` among 2n pair rows: their chosen rows, then their rejected rows."""
     return torch.cat([pairs, pairs + n])
 
 
@@ -78,27 +104,32 @@ def sequence_logps(model, batch: RolloutBatch, reduce: str = "sum") -> Tensor:
     return sequence_logprob(logp, batch.completion_mask[:, batch.start:], reduce)
 
 
-def initial_token_logps(policy, reference, batch: RolloutBatch, chunk: int) -> Tensor:
-    """No-grad reference log-probs [N, L] (aligned with input_ids), computed ONCE before training:
-    from `reference` if given, else from a peft policy with its adapters off, else from the
-    policy itself, which before its first update (and before resuming) IS the reference."""
+def initial_sequence_logps(policy, reference, rows: EncodedRows, chunk: int, device) -> Tensor:
+    """No-grad reference log-probs of every row's response (sums) -> [len(rows)], computed ONCE
+    before training, in length-sorted chunks: from `reference` if given, else from a peft
+    policy with its adapters off, else from the policy itself, which before its first update
+    (and before resuming) IS the reference."""
+    out = torch.zeros(len(rows), device=device)
+    order = torch.argsort(torch.tensor([len(p) + len(r) for p, r in zip(rows.prompts, rows.responses)]), stable=True)
+    for part in order.split(chunk):
+        batch = rows.batch(part, device)
+        out[part.to(device)] = sequence_logprob(_frozen_logprobs(policy, reference, batch), batch.completion_mask)
+    return out
+
+
+def _frozen_logprobs(policy, reference, batch: RolloutBatch) -> Tensor:
     if reference is not None:
-        return _eval_logprobs(reference, batch, chunk)
+        return _eval_logprobs(reference, batch)
     if hasattr(policy, "disable_adapter"):
         with policy.disable_adapter():
-            return _eval_logprobs(policy, batch, chunk)
-    return _eval_logprobs(policy, batch, chunk)
+            return _eval_logprobs(policy, batch)
+    return _eval_logprobs(policy, batch)
 
 
-def _eval_logprobs(model, batch: RolloutBatch, chunk: int) -> Tensor:
+def _eval_logprobs(model, batch: RolloutBatch) -> Tensor:
     was_training = model.training
     model.eval()
     try:
-        return batch_logprobs(model, batch, 1.0, chunk)
+        return batch_logprobs(model, batch, 1.0, len(batch))
     finally:
         model.train(was_training)
-
-
-def summed(token_logps: Tensor, batch: RolloutBatch, reduce: str = "sum") -> Tensor:
-    """Per-row sum (or mean) of aligned token log-probs [N, L] over the response. -> [N]"""
-    return sequence_logprob(token_logps, batch.completion_mask, reduce)

@@ -11,7 +11,7 @@ from components.config import LoraConfig
 from components.modeling.models import add_lora
 from components.training.alignment.dpo import DPOConfig, run_dpo
 from components.training.alignment.orpo import ORPOConfig, run_orpo
-from components.training.alignment.sequences import encode_pairs, pair_rows, sequence_logps
+from components.training.alignment.sequences import encode_pairs, initial_sequence_logps, pair_rows, sequence_logps
 from tests.components.training.alignment.conftest import collect, pair_rows as make_pairs, same_weights, weights
 
 ROWS = make_pairs(8)
@@ -19,7 +19,7 @@ ROWS = make_pairs(8)
 
 def pair_logps(model, tokenizer, reduce="sum"):
     """(chosen, rejected) response log-probs of every training pair under `model`."""
-    batch = encode_pairs(tokenizer, ROWS, 256, None, "test", "cpu")
+    batch = encode_pairs(tokenizer, ROWS, 256, None, "test").batch(torch.arange(2 * len(ROWS)), "cpu")
     model.eval()
     with torch.no_grad():
         logps = sequence_logps(model, batch, reduce)
@@ -28,12 +28,22 @@ def pair_logps(model, tokenizer, reduce="sum"):
 
 
 def test_pairs_are_encoded_as_the_chat_template_renders_them(tiny_tokenizer):
-    batch = encode_pairs(tiny_tokenizer, ROWS[:2], 256, None, "test", "cpu")
-    assert len(batch) == 4 and torch.equal(pair_rows(torch.tensor([1]), 2), torch.tensor([1, 3]))
+    pairs = encode_pairs(tiny_tokenizer, ROWS[:2], 256, None, "test")
+    assert len(pairs) == 4 and torch.equal(pair_rows(torch.tensor([1]), 2), torch.tensor([1, 3]))
+    batch = pairs.batch(torch.arange(4), "cpu")
     text = tiny_tokenizer.decode(batch.input_ids[0][batch.attention_mask[0].bool()])
     assert text == "<|user|>1+2<|end|><|assistant|><think>1+2=3</think><answer>3</answer><|end|>"
     response = batch.input_ids[2][batch.completion_mask[2]]
     assert tiny_tokenizer.decode(response) == "<answer>3</answer><|end|>", "rejected rows follow the chosen ones"
+
+
+def test_reference_logprobs_are_computed_once_in_chunks_and_match_one_forward(tiny_model, tiny_tokenizer):
+    pairs = encode_pairs(tiny_tokenizer, ROWS, 256, None, "test")
+    one, two = initial_sequence_logps(tiny_model, None, pairs, 16, "cpu"), initial_sequence_logps(
+        tiny_model, None, pairs, 3, "cpu")
+    chosen, rejected = pair_logps(tiny_model, tiny_tokenizer)
+    assert torch.allclose(one, two, atol=1e-5) and torch.allclose(one, torch.cat([chosen, rejected]), atol=1e-4)
+    assert tiny_model.training, "the policy is back in training mode"
 
 
 def test_dpo_raises_the_implicit_reward_margin(tiny_model, tiny_tokenizer, tmp_path):

@@ -29,7 +29,7 @@ def config(**overrides) -> OREOConfig:
 
 
 def test_steps_end_where_split_steps_cuts_and_the_last_one_takes_the_end_of_turn(tiny_tokenizer):
-    batch = encode_trajectories(tiny_tokenizer, ROWS[:1], config(mode="step"), "cpu")
+    batch = encode_trajectories(tiny_tokenizer, ROWS[:1], config(mode="step")).batch(torch.tensor([0]), "cpu")
     ids, ends = batch.input_ids[0], batch.token_fields["step_end"][0]
     cuts = ends.nonzero().flatten().tolist()
     texts = [tiny_tokenizer.decode(ids[start + 1 : end + 1]) for start, end in zip([batch.start - 1] + cuts, cuts)]

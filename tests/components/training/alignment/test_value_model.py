@@ -48,7 +48,7 @@ def test_a_peft_policy_gives_its_base_backbone(tiny_model):
 def test_one_convention_in_training_tensors_in_search_and_on_disk(tiny_model, tiny_tokenizer, tmp_path):
     value_model = value_model_from(tiny_model)
     trained_like(value_model)
-    batch = encode_trajectories(tiny_tokenizer, [ROW], OREOConfig(), "cpu")
+    batch = encode_trajectories(tiny_tokenizer, [ROW], OREOConfig()).batch(torch.tensor([0]), "cpu")
     aligned = batch_values(value_model, batch, chunk=4)  # column p: V of the state generating token p
     with torch.no_grad():
         assert torch.allclose(aligned[:, batch.start:], completion_values(value_model, batch), atol=1e-6)
