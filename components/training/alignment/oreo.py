@@ -39,8 +39,14 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
-from components.algorithms import AGGREGATIONS, distill_loss, masked_mean, oreo_policy_loss, oreo_value_loss
-from components.algorithms import token_logprobs
+from components.algorithms import (
+    AGGREGATIONS,
+    distill_loss,
+    masked_mean,
+    oreo_policy_loss,
+    oreo_value_loss,
+    token_logprobs,
+)
 from components.data.steps import step_ends
 from components.training.alignment.base import AlignmentResult, OfflineConfig, check_registered, check_rows, result
 from components.training.alignment.sequences import EncodedRows, encode_rows, micro_batches
@@ -92,12 +98,24 @@ def run_oreo(policy, tokenizer, data: list[dict], cfg: OREOConfig, ckpt_dir: str
 
 
 def encode_trajectories(tokenizer, rows: list[dict], cfg: OREOConfig) -> EncodedRows:
-    """Encoded trajectories; in step mode the mark ``step_end`` holds each step's last token."""
+    """Encoded trajectories with the marks their actions need (`ACTION_MARKS[cfg.mode]`)."""
     encoded = encode_rows(tokenizer, rows, "completion", cfg.max_length, cfg.system_prompt, "OREO")
-    if cfg.mode == "step":
-        encoded.marks["step_end"] = [step_end_tokens(tokenizer, row, len(encoded.responses[i]), cfg)
-                                     for i, row in enumerate(rows)]
+    encoded.marks.update(ACTION_MARKS[cfg.mode](tokenizer, rows, encoded, cfg))
     return encoded
+
+
+def token_marks(tokenizer, rows: list[dict], encoded: EncodedRows, cfg: OREOConfig) -> dict:
+    """Every token is an action: nothing to mark."""
+    return {}
+
+
+def step_marks(tokenizer, rows: list[dict], encoded: EncodedRows, cfg: OREOConfig) -> dict:
+    """``step_end``: the last response token of each reasoning step."""
+    return {"step_end": [step_end_tokens(tokenizer, row, len(encoded.responses[i]), cfg)
+                         for i, row in enumerate(rows)]}
+
+
+ACTION_MARKS = {"token": token_marks, "step": step_marks}
 
 
 def step_end_tokens(tokenizer, row: dict, n_tokens: int, cfg: OREOConfig) -> list[int]:
@@ -130,7 +148,7 @@ def oreo_loss(policy, critic, reference, mb: RolloutBatch, rewards: torch.Tensor
     ref_logits = reference_logits(policy, reference, mb)
     ref_logp = token_logprobs(ref_logits, tokens)
     values = completion_values(critic, mb)
-    step_end = mb.token_fields["step_end"][:, s:] if cfg.mode == "step" else None
+    step_end = mb.token_fields["step_end"][:, s:] if "step_end" in mb.token_fields else None
     common = dict(mode=cfg.mode, step_end_mask=step_end, loss_agg=cfg.loss_agg)
     v_loss = oreo_value_loss(values, logp, ref_logp, rewards, mask, cfg.beta, **common)
     p_loss = oreo_policy_loss(logp, ref_logp, values, rewards, mask, cfg.beta, **common)
