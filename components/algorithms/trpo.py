@@ -6,6 +6,11 @@ approximately as in Appendix C: conjugate gradient on F x = g with
 Fisher-vector products from the Hessian of the KL (C.1), step scaled to
 sqrt(2 delta / x^T F x), then a backtracking line search that accepts only if
 the surrogate improves and the KL constraint holds.
+
+The step is invariant to multiplying the surrogate by a positive constant c (g -> c g,
+x -> c x, and the scaling sqrt(2 delta / x^T F x) undoes c): conjugate gradient therefore
+stops on a residual RELATIVE to |g|^2, never on an absolute one, which would stop a solve
+for a small gradient before its first iteration and reject the step.
 """
 
 from __future__ import annotations
@@ -29,24 +34,27 @@ class TRPOStepInfo:
 
 
 def conjugate_gradient(
-    fvp: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10, tol: float = 1e-10
+    fvp: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10, rtol: float = 1e-10
 ) -> Tensor:
     """Approximately solve A x = b for symmetric positive-definite A given only v -> A v.
 
     Shapes: b [N] -> x [N]. Stops after ``iters`` iterations, when the squared
-    residual drops below ``tol``, or when a direction has non-positive curvature.
+    residual drops to ``rtol`` times the squared norm of b (|r|^2 <= rtol |b|^2: a
+    relative test, so CG(A, c b) = c CG(A, b) for every c > 0), or when a direction
+    has non-positive curvature. b = 0 gives x = 0.
     Formula (Hestenes & Stiefel 1952): alpha = r.r / p.Ap; x += alpha p;
     r -= alpha Ap; p = r + (r_new.r_new / r.r) p.
     """
     check_tensor("b", b, 1, "[N]")
     iters = check_int("iters", iters, low=0)
-    tol = check_scalar("tol", tol, low=0.0)
+    rtol = check_scalar("rtol", rtol, low=0.0, high=1.0, high_open=True)
     x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
     rr = r @ r
+    stop = rtol * rr
     for _ in range(iters):
-        if rr <= tol:
+        if rr <= stop or rr == 0:
             break
         ap = fvp(p)
         curvature = p @ ap
@@ -91,6 +99,7 @@ def trpo_step(
     backtrack_ratio: float = 0.8,
     max_backtracks: int = 10,
     damping: float = 0.1,
+    fisher_kl_fn: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, TRPOStepInfo]:
     """One TRPO update of a flat parameter vector (surrogate is MAXIMISED).
 
@@ -98,6 +107,9 @@ def trpo_step(
     Steps: g = grad L(theta); x = CG(F, g); step = sqrt(2 delta / x^T F x) * x;
     try theta + backtrack_ratio^k * step for k = 0..max_backtracks-1, accept the
     first with L(new) - L(old) > 0 and KL(new) <= delta.
+    ``fisher_kl_fn`` (default ``kl_fn``) is the KL whose Hessian gives F, e.g. the KL on a
+    subsample of the batch (Schulman et al. 2015, App. C.1: Fisher-vector products on 10 %
+    of the data); the line search always checks ``kl_fn``.
     """
     check_tensor("params", params, 1, "[N]")
     check_float("params", params)
@@ -109,7 +121,7 @@ def trpo_step(
     with torch.enable_grad():
         surrogate_old = surrogate_fn(theta)
         (g,) = torch.autograd.grad(surrogate_old, theta)
-    fvp = fisher_vector_product(kl_fn, params, damping)
+    fvp = fisher_vector_product(kl_fn if fisher_kl_fn is None else fisher_kl_fn, params, damping)
     x = conjugate_gradient(fvp, g, cg_iters)
     shs = x @ fvp(x)
     rejected = TRPOStepInfo(False, 0.0, 0.0, max_backtracks)

@@ -85,7 +85,7 @@ def load_reward_model(name_or_path: str, kind: str = "outcome", *, pad_token_id:
     if model.config.pad_token_id is None:
         raise ModelLoadError(f"{name_or_path!r}: no pad_token_id in the config; pass the tokenizer's pad_token_id")
     if finetune == "lora":
-        model = add_lora(model, lora or LoraConfig(), task_type=spec.task_type)
+        model = add_lora(model, lora or LoraConfig(), seed=seed, task_type=spec.task_type)
     return model
 
 

@@ -13,6 +13,11 @@ result is discarded. Daemon threads are used instead of a ThreadPoolExecutor bec
 executor's workers are joined at interpreter exit (a stuck reward would hang shutdown) and
 a fixed-size pool would queue later calls behind stuck ones. Worst case, one reward holds
 the caller for about 2 x `timeout_s` (batch call, then the per-sample retry).
+
+Besides the registered rewards, a combiner can take injected reward callables by name
+(`extra`, e.g. ``{"reward_model": score_with_rm}``): a stage builds them at run time (a
+trained reward model is not a registry entry) and names them in its recipe like any other
+reward; they get exactly the same weighting, timeouts and failure accounting.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from components.rewards.functions import REWARDS, RewardFn, get_reward
 
@@ -113,7 +118,12 @@ def _sample_columns(columns: dict[str, Any], i: int, n: int) -> dict[str, Any]:
 class RewardCombiner:
     """Score completions with several registered rewards and sum them with weights."""
 
-    def __init__(self, specs: list[RewardSpec], timeout_s: float = 5.0):
+    def __init__(self, specs: list[RewardSpec], timeout_s: float = 5.0,
+                 extra: Mapping[str, RewardFn] | None = None):
+        extra = dict(extra or {})
+        shadowed = sorted(set(extra) & set(REWARDS))
+        if shadowed:
+            raise ValueError(f"injected reward(s) {shadowed} would shadow registered rewards; use other names")
         if not specs:
             raise ValueError("RewardCombiner needs at least one RewardSpec")
         try:
@@ -127,9 +137,9 @@ class RewardCombiner:
         self._fns: list[RewardFn] = []
         seen: set[str] = set()
         for spec in specs:
-            if spec.name not in REWARDS:
+            if spec.name not in REWARDS and spec.name not in extra:
                 raise ValueError(
-                    f"unknown reward {spec.name!r}; choices: {', '.join(sorted(REWARDS))}"
+                    f"unknown reward {spec.name!r}; choices: {', '.join(sorted({*REWARDS, *extra}))}"
                 )
             if spec.name in seen:
                 raise ValueError(f"reward {spec.name!r} is listed twice")
@@ -141,7 +151,7 @@ class RewardCombiner:
             if not math.isfinite(weight):
                 raise ValueError(f"reward {spec.name!r}: weight must be finite, got {spec.weight!r}")
             kwargs = dict(spec.kwargs or {})
-            fn = get_reward(spec.name)
+            fn = extra[spec.name] if spec.name in extra else get_reward(spec.name)
             self._check_kwargs(spec.name, fn, kwargs)
             self.specs.append(RewardSpec(spec.name, weight, kwargs))
             self._fns.append(fn)

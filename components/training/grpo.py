@@ -57,7 +57,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -65,7 +65,7 @@ from components.algorithms import get_advantage_estimator, get_policy_loss, mask
 from components.data.prompts import render_prompt
 from components.generation import SamplingParams, make_engine
 from components.io import write_json
-from components.rewards import RewardCombiner, RewardResult, RewardSpec
+from components.rewards import RewardCombiner, RewardFn, RewardResult, RewardSpec
 from components.training.loop import Log, LoopResult, Progress, Trainer, no_log, no_progress
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs
 
@@ -79,10 +79,12 @@ class GRPOResult(LoopResult):
 
 def run_grpo(policy, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log: Log = no_log,
              reference=None, engine=None, table: Table | None = None, progress: Progress = no_progress,
-             stop_after: int | None = None) -> GRPOResult:
+             stop_after: int | None = None, extra_rewards: Mapping[str, RewardFn] | None = None) -> GRPOResult:
     """Train `policy` with GRPO on canonical rows ``{"prompt", "answer", ...}`` (cfg: RLConfig).
 
-    Extra row columns reach the rewards as per-completion columns. Resumable from `ckpt_dir`;
+    Extra row columns reach the rewards as per-completion columns. `extra_rewards` are reward
+    callables injected by name (e.g. a trained reward model, see `RewardCombiner`); the recipe's
+    `cfg.rewards` names them like registered rewards. Resumable from `ckpt_dir`;
     `stop_after` ends the run after that iteration. Raises `NoUpdateError` (and publishes
     nothing) if the whole run made no optimizer step or left the weights unchanged.
     """
@@ -90,7 +92,7 @@ def run_grpo(policy, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log:
         raise ValueError("GRPO needs at least one prompt row")
     ckpt_dir = Path(ckpt_dir)
     combiner = RewardCombiner([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in cfg.rewards],
-                              cfg.reward_timeout_s)
+                              cfg.reward_timeout_s, extra=extra_rewards)
     prompt_ids = encode_prompts(tokenizer, rows, cfg.system_prompt)
     engine = engine or make_rollout_engine(cfg.rollout, policy, tokenizer, cfg.prompts_per_step * cfg.group_size)
     reference = frozen_reference(policy, reference, cfg.beta)  # before resuming: the initial policy
@@ -148,7 +150,8 @@ def grpo_iteration(it, trainer, policy, reference, engine, combiner, rows, promp
             batch.old_logp = batch_logprobs(policy, batch, cfg.temperature, chunk)
         if cfg.beta > 0:
             batch.ref_logp = reference_logprobs(policy, reference, batch, cfg.temperature, chunk)
-        metrics.update(optimise(trainer, policy, batch, plan, cfg))
+        policy.train()
+        metrics.update(optimise(trainer, batch, plan, lambda mb: minibatch_loss(policy, mb, cfg)))
         engine.update_weights(policy)
     t_optimise = time.perf_counter() - t1
 
@@ -237,6 +240,7 @@ def rollout_metrics(rollout, scores: RewardResult, correctness: str, keep_group:
     metrics = {"reward/mean": sum(scores.total) / n,
                "accuracy": sum(s > 0.5 for s in scores.components[correctness]) / n,
                "completion_length": rollout.num_generated_tokens / n,
+               "tokens": rollout.num_generated_tokens,
                "groups_kept_frac": float(keep_group.float().mean()),
                "groups_dropped": int((~keep_group).sum())}
     for name, values in scores.components.items():
@@ -286,13 +290,14 @@ def minibatch_plan(n: int, cfg, seed: int, it: int) -> list[list[torch.Tensor]]:
     return plan
 
 
-def optimise(trainer, policy, batch: RolloutBatch, plan, cfg) -> dict:
-    """Run the planned optimizer steps; returns step-averaged loss statistics (detached tensors)."""
-    policy.train()
+def optimise(trainer, batch: RolloutBatch, plan, loss_fn: Callable[[RolloutBatch], tuple]) -> dict:
+    """Run the planned optimizer steps (each a list of micro-batches of row indices, weighted by
+    their share of the step's rows) with `loss_fn(minibatch) -> (loss, metrics)`; returns
+    step-averaged loss statistics (detached tensors)."""
     sums: dict = {}
     for step in plan:
         rows = sum(len(micro) for micro in step)
-        stats = trainer.step([lambda micro=micro: minibatch_loss(policy, batch.select(micro), cfg) for micro in step],
+        stats = trainer.step([lambda micro=micro: loss_fn(batch.select(micro)) for micro in step],
                              weights=[len(micro) / rows for micro in step])
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + v / len(plan)

@@ -17,6 +17,12 @@ none when every group was dropped); the LR schedule counts iterations. A run kil
 iteration k and started again with the same arguments resumes from the newest complete
 checkpoint and ends with the same weights as an uninterrupted run.
 
+With several modules (PPO's policy and critic), each parameter group is clipped to
+`max_grad_norm` on its own, so a large critic gradient never shrinks the policy's step.
+A method whose update is not a gradient step (TRPO's natural-gradient step with a line
+search) calls `trainer.update(fn)` instead of `step`: `fn` writes the new parameters itself
+and the trainer still counts, checkpoints, resumes and logs.
+
 An RL method that makes no effective update must not publish an unchanged model: with
 `require_update`, `run` raises `NoUpdateError` when no optimizer step was taken or the
 trainable weights did not move.
@@ -107,6 +113,7 @@ class Trainer:
                 groups.append({"params": params, "lr": (lrs or {}).get(name, cfg.lr), "name": name})
         if not groups:
             raise ValueError(f"{what}: the model has no trainable parameters")
+        self.groups = [(g["name"], g["params"]) for g in groups]
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -136,10 +143,28 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v * w
         if not any(p.grad is not None for p in self.params):
             raise RuntimeError(f"{self.what}: no gradient reached any trainable parameter")
-        sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        sums.update(self._clip())
         self.optimizer.step()
         self.updates += 1
         return sums
+
+    def _clip(self) -> dict:
+        """Clip each parameter group to max_grad_norm; returns the pre-clip norms (the total as
+        ``grad_norm``, and ``grad_norm/<module>`` per group when there are several)."""
+        norms = {name: torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm) for name, params in self.groups}
+        out = {"grad_norm": torch.stack(list(norms.values())).square().sum().sqrt()}
+        if len(norms) > 1:
+            out.update({f"grad_norm/{name}": n for name, n in norms.items()})
+        return out
+
+    def update(self, fn: Callable[[], "tuple[bool, dict]"]) -> dict:
+        """One optimizer-free update: `fn` writes new values into the trainable parameters itself
+        (e.g. TRPO's natural-gradient step) and returns (changed, metrics); it runs under
+        no_grad and counts as an update when it changed the parameters."""
+        with torch.no_grad():
+            changed, metrics = fn()
+        self.updates += int(bool(changed))
+        return dict(metrics)
 
     # -- the loop -------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
-"""The tensors of one GRPO rollout batch and the forwards that score its completions.
+"""The tensors of a batch of (prompt, completion) rows and the forwards that score completions.
 
-A `RolloutBatch` holds the kept rows of a rollout as right-padded ``[N, L]`` sequences
-(prompt + completion) together with what the loss needs per row: the prompt length, the
-advantage, and, once computed, old-policy and reference log-probs. Log-prob tensors are
+A `RolloutBatch` holds rows of a rollout (or of offline data: preference pairs, OREO
+trajectories) as right-padded ``[N, L]`` sequences (prompt + completion) together with what
+a loss needs per row: the prompt length, the advantage, and, once computed, old-policy and
+reference log-probs and any further per-token tensors (`token_fields`). Log-prob tensors are
 aligned with ``input_ids`` (column p holds log pi(token p | tokens < p), 0 on prompt and
 padding), so a minibatch is just a row selection followed by a column trim.
 
@@ -15,7 +16,7 @@ aggregated once over the whole minibatch, exactly as `components.algorithms` def
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -34,16 +35,25 @@ class RolloutBatch:
     advantages: Tensor       # [N] float
     old_logp: Tensor | None = None  # [N, L] aligned with input_ids; None = the current policy
     ref_logp: Tensor | None = None  # [N, L] aligned with input_ids; None = no KL term
+    # more per-token tensors aligned with input_ids (PPO: token advantages, returns, old values)
+    token_fields: dict[str, Tensor] = field(default_factory=dict)
 
     @classmethod
     def from_rollout(cls, rollout, rows: list[int], advantages: Tensor, pad_id: int, device) -> "RolloutBatch":
         """The given rows of a `Rollout` (prompt ids and completion ids as sampled, no re-tokenizing)."""
-        prompts = [rollout.prompt_ids[r] for r in rows]
-        completions = [rollout.completion_ids[r] for r in rows]
+        return cls.from_sequences([rollout.prompt_ids[r] for r in rows], [rollout.completion_ids[r] for r in rows],
+                                  advantages, pad_id, device)
+
+    @classmethod
+    def from_sequences(cls, prompts: list[list[int]], completions: list[list[int]], advantages: Tensor,
+                       pad_id: int, device) -> "RolloutBatch":
+        """Rows of prompt ids + completion ids (sampled, or encoded offline data such as preference pairs)."""
+        if not prompts or any(not p for p in prompts):
+            raise ValueError("RolloutBatch: needs at least one row, and every row a non-empty prompt")
         p_len = torch.tensor([len(p) for p in prompts], dtype=torch.long)
         s_len = p_len + torch.tensor([len(c) for c in completions], dtype=torch.long)
         width = int(s_len.max())
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
         for i, (p, c) in enumerate(zip(prompts, completions)):
             ids[i, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
         cols = torch.arange(width)
@@ -71,7 +81,8 @@ class RolloutBatch:
         return replace(self, input_ids=cut(self.input_ids), attention_mask=cut(self.attention_mask),
                        completion_mask=cut(self.completion_mask), prompt_len=self.prompt_len[idx],
                        seq_len=self.seq_len[idx], advantages=self.advantages[idx],
-                       old_logp=cut(self.old_logp), ref_logp=cut(self.ref_logp))
+                       old_logp=cut(self.old_logp), ref_logp=cut(self.ref_logp),
+                       token_fields={k: cut(v) for k, v in self.token_fields.items()})
 
 
 def _logits_tail(model, input_ids: Tensor, attention_mask: Tensor, keep: int) -> Tensor:
@@ -127,12 +138,21 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float,
     return logp, (torch.cat(entropies)[back] if with_entropy else None)
 
 
-def _bucket_logprobs(model, batch: RolloutBatch, temperature: float, with_entropy: bool):
+def completion_logits(model, batch: RolloutBatch, temperature: float = 1.0) -> Tensor:
+    """Logits / temperature that predict columns ``batch.start:``, in ONE forward (no buckets).
+
+    Shapes: -> [N, L - start, V]; entry j predicts token ``input_ids[:, start + j]``. For the
+    methods that need whole distributions (TRPO's exact KL, OREO's KL regulariser).
+    """
     ids, start = batch.input_ids, batch.start
     # position start + j - 1 predicts token start + j
     logits = _logits_tail(model, ids, batch.attention_mask, ids.shape[1] - start + 1)[:, :-1]
-    if temperature != 1.0:
-        logits = logits / temperature
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def _bucket_logprobs(model, batch: RolloutBatch, temperature: float, with_entropy: bool):
+    ids, start = batch.input_ids, batch.start
+    logits = completion_logits(model, batch, temperature)
     logp = token_logprobs(logits, ids[:, start:])
     entropy = entropy_from_logits(logits.detach()) if with_entropy else None
     return logp, entropy

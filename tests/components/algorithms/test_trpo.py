@@ -76,3 +76,47 @@ def test_errors():
         trpo_step(theta, surrogate, kl, backtrack_ratio=1.0)
     with pytest.raises(ValueError, match="cg_iters"):
         trpo_step(theta, surrogate, kl, cg_iters=0)
+
+
+def test_conjugate_gradient_tolerance_is_relative():
+    """CG(A, c b) = c CG(A, b): a tiny right-hand side is solved as accurately as a large one."""
+    torch.manual_seed(4)
+    m = torch.randn(6, 6, dtype=D)
+    a = m @ m.T + 6 * torch.eye(6, dtype=D)
+    b = torch.randn(6, dtype=D)
+    exact = torch.linalg.solve(a, b)
+    for c in (1.0, 1e-3, 1e-6, 1e-9):
+        torch.testing.assert_close(conjugate_gradient(lambda v: a @ v, c * b, iters=20) / c, exact)
+    assert torch.equal(conjugate_gradient(lambda v: a @ v, torch.zeros(6, dtype=D)), torch.zeros(6, dtype=D))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_step_is_invariant_to_scaling_the_surrogate(seed):
+    """A TRPO step must not depend on multiplying the surrogate by a positive constant: the
+    accepted parameters, their KL and the accept flag are the same for scales 1, 1e-3 and 1e-6
+    (with |g|^2 around 1e-12 at 1e-6, an absolute CG tolerance of 1e-10 rejected the step)."""
+    theta, _, surrogate, kl = softmax_problem(seed)
+    steps = {}
+    for c in (1.0, 1e-3, 1e-6):
+        new, info = trpo_step(theta, lambda t, c=c: c * surrogate(t), kl, max_kl=0.01, damping=1e-3)
+        steps[c] = (new, info)
+    new_1, info_1 = steps[1.0]
+    assert info_1.accepted
+    for c in (1e-3, 1e-6):
+        new_c, info_c = steps[c]
+        assert info_c.accepted == info_1.accepted and info_c.n_backtracks == info_1.n_backtracks
+        torch.testing.assert_close(new_c, new_1)
+        torch.testing.assert_close(info_c.kl, info_1.kl)
+        torch.testing.assert_close(info_c.improvement, c * info_1.improvement)
+
+
+def test_fisher_from_another_kl_only_changes_the_direction_not_the_line_search():
+    """With a Fisher KL that is a positive multiple c of the KL, F scales by c: the direction is
+    the same, the full step shrinks by sqrt(c), and acceptance is still judged on the real KL."""
+    theta, _, surrogate, kl = softmax_problem(0)
+    new_1, info_1 = trpo_step(theta, surrogate, kl, max_kl=0.01, damping=0.0)
+    new_4, info_4 = trpo_step(theta, surrogate, kl, max_kl=0.01, damping=0.0, fisher_kl_fn=lambda t: 4.0 * kl(t))
+    assert info_1.accepted and info_4.accepted and info_4.kl <= 0.01
+    step_1, step_4 = new_1 - theta, new_4 - theta
+    scale_1, scale_4 = 0.8**info_1.n_backtracks, 0.8**info_4.n_backtracks
+    torch.testing.assert_close(step_4 / scale_4, 0.5 * step_1 / scale_1)

@@ -296,6 +296,25 @@ def test_combiner_validates_at_construction(specs, kwargs, match):
         RewardCombiner(specs, **kwargs)
 
 
+def test_injected_rewards_are_named_weighted_and_fail_like_registered_ones():
+    def reward_model(completions, prompts, **_):
+        return [len(c) + 0.5 * len(p) for p, c in zip(prompts, completions)]
+
+    def broken(completions, **_):
+        raise RuntimeError("reward model server down")
+
+    comb = RewardCombiner([RewardSpec("format", 1.0), RewardSpec("reward_model", 2.0), RewardSpec("rm2", 1.0)],
+                          extra={"reward_model": reward_model, "rm2": broken})
+    res = comb(["<think>a</think><answer>1</answer>", "ab"], prompts=["pq", "p"])
+    assert res.components["reward_model"] == [35.0, 2.5]
+    assert res.total == pytest.approx([1.0 + 70.0, 5.0])
+    assert res.components["rm2"] == [0.0, 0.0] and res.failures["rm2"] == 2
+    with pytest.raises(ValueError, match="shadow registered rewards"):
+        RewardCombiner([RewardSpec("format")], extra={"format": reward_model})
+    with pytest.raises(ValueError, match=r"unknown reward 'rm3'.*reward_model"):
+        RewardCombiner([RewardSpec("rm3")], extra={"reward_model": reward_model})
+
+
 # -- misbehaving rewards, registered temporarily
 
 

@@ -1,0 +1,120 @@
+"""What the online methods share (PPO and TRPO; GRPO-RM runs through `run_grpo`): the
+sampling settings, rewards from the injected reward model plus rule rewards, the seeded
+prompt stream and rollouts.
+
+The reward model arrives as ``reward_fn(prompts, completions) -> list[float]`` (prompts are
+the rows' raw prompts, not chat-templated) and is named ``reward_model`` in the recipe's
+`rewards` list, next to any registered rule reward; all of them are scored through
+`RewardCombiner`, so a scorer that raises, times out or returns junk only zeroes its own
+scores and is counted in ``reward/failures/<name>``; training goes on.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from pydantic import Field
+
+from components.config import RewardItem, RolloutConfig, Section
+from components.generation import Rollout, SamplingParams
+from components.rewards import RewardCombiner, RewardFn, RewardResult, RewardSpec
+from components.training.alignment.base import check_rows
+from components.training.grpo import derive_seed, encode_prompts, make_rollout_engine, pick_prompts, score
+
+REWARD_MODEL = "reward_model"
+RewardModelFn = Callable[[list[str], list[str]], list[float]]
+
+
+class SamplingFields(Section):
+    """Rollouts and rewards of an online method."""
+
+    prompts_per_step: int = Field(16, ge=1, description="Prompts sampled per iteration.")
+    samples_per_prompt: int = Field(4, ge=1, description="Completions sampled per prompt.")
+    max_new_tokens: int = Field(64, ge=1, description="Longest completion, in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (log-probs use the same).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling (0 = off).")
+    rewards: list[RewardItem] = Field(
+        default_factory=lambda: [RewardItem(name=REWARD_MODEL)],
+        description=f"Weighted rewards: '{REWARD_MODEL}' (the injected reward_fn) and/or registered rule rewards.")
+    reward_timeout_s: float = Field(60.0, gt=0, description="Per reward call; a reward model needs longer than a rule.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout backend.")
+    system_prompt: str | None = Field(None, description="System message rendered before every prompt.")
+
+
+def reward_model_reward(reward_fn: RewardModelFn) -> RewardFn:
+    """`reward_fn(prompts, completions)` in the reward-registry signature `fn(completions, prompts, **columns)`."""
+    def reward_model(completions, prompts, **_):
+        return reward_fn(list(prompts), list(completions))
+
+    return reward_model
+
+
+def make_combiner(rewards: list[RewardItem], timeout_s: float, reward_fn: RewardModelFn | None,
+                  what: str) -> RewardCombiner:
+    """The weighted rewards of the recipe, with `reward_fn` bound to the name ``reward_model``."""
+    named = {r.name for r in rewards}
+    if REWARD_MODEL in named and reward_fn is None:
+        raise ValueError(f"{what}: rewards name '{REWARD_MODEL}' but no reward_fn was given")
+    if reward_fn is not None and REWARD_MODEL not in named:
+        raise ValueError(f"{what}: a reward_fn was given but rewards do not name '{REWARD_MODEL}' "
+                         f"(rewards: {sorted(named)})")
+    extra = {REWARD_MODEL: reward_model_reward(reward_fn)} if reward_fn is not None else None
+    return RewardCombiner([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in rewards], timeout_s, extra=extra)
+
+
+@dataclass
+class OnlineRun:
+    """Everything an online iteration reads, built once per run."""
+
+    policy: object
+    engine: object
+    combiner: RewardCombiner
+    rows: list[dict]
+    prompt_ids: list[list[int]]
+    cfg: object
+    seed: int
+    pad_id: int
+
+    @classmethod
+    def build(cls, policy, tokenizer, rows, cfg, seed, reward_fn, what: str) -> "OnlineRun":
+        check_rows(rows, {"prompt": str}, what)
+        combiner = make_combiner(cfg.rewards, cfg.reward_timeout_s, reward_fn, what)
+        engine = make_rollout_engine(cfg.rollout, policy, tokenizer, cfg.prompts_per_step * cfg.samples_per_prompt)
+        return cls(policy, engine, combiner, rows, encode_prompts(tokenizer, rows, cfg.system_prompt), cfg, seed,
+                   tokenizer.pad_token_id)
+
+    @property
+    def device(self):
+        return next(self.policy.parameters()).device
+
+
+@dataclass
+class Sampled:
+    rollout: Rollout
+    scores: RewardResult
+    rows: list[dict]  # the prompt row of each picked prompt
+    seconds: float
+
+
+def sample_and_score(run: OnlineRun, it: int) -> Sampled:
+    """Iteration `it`'s prompts (seeded stream), `samples_per_prompt` completions each, scored."""
+    t0, cfg = time.perf_counter(), run.cfg
+    picks = pick_prompts(len(run.rows), cfg.prompts_per_step, run.seed, it)
+    params = SamplingParams(n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                            max_new_tokens=cfg.max_new_tokens, seed=derive_seed(run.seed, "rollout", it))
+    rollout = run.engine.generate([run.prompt_ids[i] for i in picks], params)
+    rows = [run.rows[i] for i in picks]
+    return Sampled(rollout, score(run.combiner, rollout, rows), rows, time.perf_counter() - t0)
+
+
+def reward_metrics(sampled: Sampled) -> dict:
+    scores, n = sampled.scores, len(sampled.scores.total)
+    metrics = {"reward/mean": sum(scores.total) / n, "tokens": sampled.rollout.num_generated_tokens,
+               "completion_length": sampled.rollout.num_generated_tokens / n,
+               "tokens_per_s": sampled.rollout.tokens_per_s(), "time/sample_and_score_s": sampled.seconds}
+    for name, values in scores.components.items():
+        metrics[f"reward/{name}"] = sum(values) / n
+        metrics[f"reward/failures/{name}"] = scores.failures[name]
+    return metrics
