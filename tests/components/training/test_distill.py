@@ -233,3 +233,14 @@ def test_teacher_samples_from_the_real_engine_train_the_student(teacher, student
     before = weights(student)
     run_distill(student, teacher, tiny_tokenizer, kept, c, tmp_path / "ckpt", seed=0)
     assert not all(torch.equal(v, weights(student)[k]) for k, v in before.items())
+
+
+def test_student_from_a_teacher_directory_equals_one_from_its_config(teacher, tiny_tokenizer, tmp_path):
+    save_model(teacher, tiny_tokenizer, tmp_path / "teacher")
+    from_dir = build_student(str(tmp_path / "teacher"), STUDENT, tiny_tokenizer, seed=4)
+    from_config = build_student(teacher.config, STUDENT, tiny_tokenizer, seed=4)
+    assert from_dir.config.to_dict() == from_config.config.to_dict()
+    assert all(torch.equal(v, weights(from_config)[k]) for k, v in weights(from_dir).items())
+    c = from_dir.config
+    assert (c.vocab_size, c.hidden_size, c.num_hidden_layers, c.intermediate_size, c.eos_token_id) == (
+        teacher.config.vocab_size, 16, 1, 32, tiny_tokenizer.eos_token_id)
