@@ -11,9 +11,9 @@ solutions some of which verify; a student of `--student` shape (hidden,layers,in
 built from the teacher's config with the teacher's tokenizer.
 
 Reported: parameter counts and ratio; the teacher's verified-sample funnel and wall time for
-`--prompts` prompts x `--k` samples; generation tokens/s of teacher and student (median of 5
-after a warm-up; same prompts, seed and batch); seconds per distillation step at
-`--batch-size` for SFT only, KD only and the mixed loss (median over the steps after 2).
+`--prompts` prompts x `--k` samples; seconds per distillation step at `--batch-size` for SFT
+only, KD only and the mixed loss (median over the steps after 2); then generation tokens/s of
+teacher and student (median of 5 after a warm-up; same prompts, seed and batch).
 """
 from __future__ import annotations
 
@@ -108,20 +108,20 @@ def main() -> None:
           f"(acceptance {stats.acceptance_rate:.2f}, prompts with any {stats.prompts_with_any}); "
           f"correct {stats.correct}, well formed {stats.well_formed}")
 
+    for set_name, rows in (("teacher's kept samples", kept), ("curated level 1-4 solutions", sft_rows(train[:512]))):
+        lengths = [len(encode(tok, r, 128)[0]) for r in rows]
+        print(f"rows: {set_name}: {len(rows)}, mean length {statistics.mean(lengths):.1f} tokens")
+        for label, kw in (("sft only", dict(kd_weight=0.0)), ("kd only", dict(sft_weight=0.0)),
+                          ("mixed sft+kd", {})):
+            cfg = DistillConfig(steps=args.steps, batch_size=args.batch_size, log_every=1, ckpt_every=10_000, **kw)
+            med, low = step_seconds(student, teacher, tok, rows, cfg)
+            print(f"  distill step ({label}, batch {args.batch_size}): median {med:.3f} s, min {low:.3f} s")
+    # after those steps the student writes teacher-like completions, so the two workloads compare
     bench_prompts = [r["prompt"] for r in prompts[:64]]
     for name, model in (("teacher", teacher), ("student", student)):
         sp = generation_speed(model, tok, bench_prompts, n=8, max_new_tokens=64, seed=3, repeats=5)
         print(f"{name} generation: {sp.tokens_per_s:.0f} tok/s (runs {[round(r) for r in sp.runs]}, "
-              f"{sp.tokens} tokens / {sp.sequences} seqs, {sp.seconds:.2f} s)")
-
-    rows = kept if len(kept) >= args.batch_size else sft_rows(train[:512])
-    lengths = [len(encode(tok, r, 128)[0]) for r in rows[:256]]
-    print(f"training rows: {len(rows)} (mean length {statistics.mean(lengths):.1f} tokens)")
-    for label, kw in (("sft only", dict(kd_weight=0.0)), ("kd only", dict(sft_weight=0.0)),
-                      ("mixed sft+kd", {})):
-        cfg = DistillConfig(steps=args.steps, batch_size=args.batch_size, log_every=1, ckpt_every=10_000, **kw)
-        med, low = step_seconds(student, teacher, tok, rows, cfg)
-        print(f"distill step ({label}, batch {args.batch_size}): median {med:.3f} s, min {low:.3f} s")
+              f"{sp.tokens} tokens / {sp.sequences} seqs = {sp.tokens / sp.sequences:.1f} per seq, {sp.seconds:.2f} s)")
 
 
 if __name__ == "__main__":

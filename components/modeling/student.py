@@ -67,7 +67,8 @@ def student_model(teacher, tokenizer, *, student_dir: str | None = None, arch=No
             raise ValueError("student: give either student_dir (a pretrained student) or arch (build a fresh one)")
         return build_student(teacher, arch, tokenizer, seed)
     student = load_model(student_dir, dtype=dtype)
-    check_vocab_match(_teacher_config(teacher) if isinstance(teacher, (str, Path)) else teacher, student, tokenizer, student_tokenizer)
+    teacher = _teacher_config(teacher) if isinstance(teacher, (str, Path)) else teacher
+    check_vocab_match(teacher, student, tokenizer, student_tokenizer)
     return student
 
 
