@@ -114,8 +114,9 @@ def distill_objective(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
     Shapes: student_logits, teacher_logits [B, T, V] aligned with labels [B, T] (already
     shifted: position t predicts labels[:, t]), mask [B, T] (1 on response tokens) -> scalar.
-    Formula: loss = sft_weight * NLL + kd_weight * D, NLL = aggregate(-log q(y_t)),
-    D = aggregate(div(p_t^(1/T), q_t^(1/T))). `teacher_logits` may be None when kd_weight == 0.
+    Formula: loss = sft_weight * NLL + kd_weight * D with NLL = aggregate_t(-log softmax(z^s_t)[y_t])
+    and D = aggregate_t(div(softmax(z^s_t / T), softmax(z^t_t / T))), both over the masked
+    tokens (`loss_agg`). `teacher_logits` may be None when kd_weight == 0.
     """
     nll = sft_loss(student_logits, labels, mask, loss_agg)
     loss, parts = sft_weight * nll, {"nll": nll.detach()}
