@@ -45,7 +45,7 @@ class DistillConfig(Section):
     """Distillation (seed §2.3 step 5; R1 §2.4): teacher samples, then SFT and/or token-level KD."""
 
     samples: RejectionConfig = Field(
-        default_factory=lambda: RejectionConfig(samples_per_prompt=4, keep_per_prompt=2, limit=1000),
+        default_factory=lambda: RejectionConfig(samples_per_prompt=4, keep_per_prompt=2, limit=2000),
         description="How the teacher's training sequences are drawn and verified (K per prompt, keep k, "
         "verifier, format, lengths, prompt limit, sampling temperature, rollout backend).")
     sft_weight: float = Field(1.0, ge=0, description="Weight of the student's NLL on the teacher's verified "
@@ -57,16 +57,16 @@ class DistillConfig(Section):
     kd_temperature: float = Field(1.0, gt=0, description="Both models' logits are divided by this before the "
                                   "divergence (no T^2 rescaling).")
     loss_agg: str = Field("token-mean", description="components.algorithms AGGREGATIONS name.")
-    steps: int = Field(150, ge=1, description="Optimizer steps.")
+    steps: int = Field(500, ge=1, description="Optimizer steps.")
     batch_size: int = Field(32, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(10, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="LR schedule after warmup.")
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(128, ge=8, description="Training sequences (prompt + response) are cut to this.")
-    ckpt_every: int = Field(50, ge=1, description="Save a resumable checkpoint every N steps.")
+    ckpt_every: int = Field(100, ge=1, description="Save a resumable checkpoint every N steps.")
     log_every: int = Field(10, ge=1)
 
     @field_validator("divergence")
