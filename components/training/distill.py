@@ -1,0 +1,208 @@
+"""Distil a teacher causal LM into a smaller student with the same tokenizer.
+
+Two signals, mixed by the recipe (`DistillConfig`):
+
+* sequence-level (Kim & Rush 2016; DeepSeek-R1 §2.4, which distils by SFT on 800k of the
+  teacher's curated generations): `teacher_samples` draws K completions per prompt from the
+  teacher through the rollout engine and keeps the verified ones exactly as rejection
+  sampling does (`components.training.rejection`: correct, well-formed, complete, unique,
+  at most k per prompt); the student learns them by maximum likelihood (weight `sft_weight`);
+* token-level (Hinton et al. 2015; MiniLLM; GKD): on the same sequences, the frozen teacher's
+  next-token distribution at every response position is matched by the student under a
+  divergence from `components.algorithms.distill` (`forward-kl`, `reverse-kl`, `jsd` with
+  `beta`), both softened by `kd_temperature` (weight `kd_weight`).
+
+    loss = sft_weight * NLL(student; teacher's verified y) + kd_weight * D(teacher || student)
+
+both terms over the response tokens only (the prompt is masked), reduced by `loss_agg`.
+
+Where this departs from the textbook methods:
+- Token-level KD runs on the teacher's verified samples (off-policy), not on the student's
+  own samples as on-policy GKD (Agarwal et al. 2024) or MiniLLM do: one generation pass,
+  before training, serves both terms and is logged as a content-addressed dataset.
+- No T^2 rescaling of the divergence at temperature T (Hinton et al. scale the soft loss by
+  T^2 to keep gradient sizes comparable); `kd_weight` carries the scale instead.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from components.algorithms.aggregate import get_aggregation
+from components.algorithms.distill import distill_loss, get_distill_loss
+from components.algorithms.sft import sft_loss
+from components.config import RejectionConfig, Section
+from components.modeling.student import check_vocab_match
+from components.training.grpo import derive_seed
+from components.training.loop import LoopResult, Log, Progress, Trainer, no_log, no_progress
+from components.training.rejection import RejectionStats, rejection_sample
+from components.training.sft import EncodingError, collate, encode, make_batch_fn
+
+
+class DistillConfig(Section):
+    """Distillation (seed §2.3 step 5; R1 §2.4): teacher samples, then SFT and/or token-level KD."""
+
+    samples: RejectionConfig = Field(
+        default_factory=lambda: RejectionConfig(samples_per_prompt=4, keep_per_prompt=2, limit=2000),
+        description="How the teacher's training sequences are drawn and verified (K per prompt, keep k, "
+        "verifier, format, lengths, prompt limit, sampling temperature, rollout backend).")
+    sft_weight: float = Field(1.0, ge=0, description="Weight of the student's NLL on the teacher's verified "
+                              "generations (sequence-level distillation).")
+    kd_weight: float = Field(1.0, ge=0, description="Weight of the token-level divergence to the teacher's logits.")
+    divergence: str = Field("forward-kl", description="components.algorithms DISTILL_LOSSES name: "
+                            "forward-kl | reverse-kl | jsd.")
+    beta: float = Field(0.5, gt=0, lt=1, description="JSD mixing weight of the teacher (jsd only).")
+    kd_temperature: float = Field(1.0, gt=0, description="Both models' logits are divided by this before the "
+                                  "divergence (no T^2 rescaling).")
+    loss_agg: str = Field("token-mean", description="components.algorithms AGGREGATIONS name.")
+    steps: int = Field(500, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(32, ge=1, description="Sequences per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="LR schedule after warmup.")
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_length: int = Field(128, ge=8, description="Training sequences (prompt + response) are cut to this.")
+    ckpt_every: int = Field(100, ge=1, description="Save a resumable checkpoint every N steps.")
+    log_every: int = Field(10, ge=1)
+
+    @field_validator("divergence")
+    @classmethod
+    def _known_divergence(cls, v: str) -> str:
+        get_distill_loss(v)
+        return v
+
+    @field_validator("loss_agg")
+    @classmethod
+    def _known_aggregation(cls, v: str) -> str:
+        get_aggregation(v)
+        return v
+
+    @model_validator(mode="after")
+    def _some_signal(self) -> "DistillConfig":
+        if self.sft_weight == 0 and self.kd_weight == 0:
+            raise ValueError("sft_weight and kd_weight are both 0: the student would learn nothing")
+        return self
+
+
+def teacher_samples(teacher, tokenizer, rows: list[dict], cfg: DistillConfig, seed: int, engine=None,
+                    progress: bool = False) -> tuple[list[dict], RejectionStats]:
+    """The teacher's verified completions of `rows` ({"prompt", "answer", ...}) as SFT rows.
+
+    Rejection sampling with `cfg.samples` (see `rejection_sample`) from the teacher, seeded by
+    `derive_seed(seed, "distill")` so the draws differ from the rejection stage's under the same
+    run seed. Returns the rows (to train on and to log with `dataset_digest`) and the funnel
+    stats. Raises a ValueError when nothing was kept.
+    """
+    kept, stats = rejection_sample(teacher, tokenizer, rows, cfg.samples, derive_seed(seed, "distill"),
+                                   engine=engine, progress=progress)
+    if not kept:
+        raise ValueError(f"distill: the teacher produced no verified sample for {stats.prompts} prompts "
+                         f"({stats.generated} generated, {stats.correct} correct, {stats.well_formed} well formed, "
+                         f"{stats.in_length} in length); check the teacher, verifier and max_new_tokens")
+    return kept, stats
+
+
+def distill_objective(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
+                      mask: torch.Tensor, *, sft_weight: float, kd_weight: float, divergence: str = "forward-kl",
+                      beta: float = 0.5, temperature: float = 1.0, loss_agg: str = "token-mean",
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The mixed distillation loss and its two parts.
+
+    Shapes: student_logits, teacher_logits [B, T, V] aligned with labels [B, T] (already
+    shifted: position t predicts labels[:, t]), mask [B, T] (1 on response tokens) -> scalar.
+    Formula: loss = sft_weight * NLL + kd_weight * D with NLL = aggregate_t(-log softmax(z^s_t)[y_t])
+    and D = aggregate_t(div(softmax(z^s_t / T), softmax(z^t_t / T))), both over the masked
+    tokens (`loss_agg`). `teacher_logits` may be None when kd_weight == 0.
+    """
+    nll = sft_loss(student_logits, labels, mask, loss_agg)
+    loss, parts = sft_weight * nll, {"nll": nll.detach()}
+    if kd_weight > 0:
+        if teacher_logits is None:
+            raise ValueError("teacher_logits: required when kd_weight > 0")
+        kd = distill_loss(student_logits, teacher_logits, mask, divergence, beta, temperature, loss_agg)
+        loss, parts["kd"] = loss + kd_weight * kd, kd.detach()
+    return loss, parts
+
+
+def teacher_logits(teacher, batch: dict) -> torch.Tensor:
+    """The frozen teacher's logits [B, T, V] on a batch (eval mode, no graph)."""
+    teacher.eval()
+    with torch.no_grad():
+        return teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def distill_batch_loss(student, teacher, batch: dict, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
+    """`distill_objective` of the student on one collated batch (input_ids, attention_mask, loss_mask)."""
+    batch = {k: v.to(student.device) for k, v in batch.items()}
+    logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    t_logits = teacher_logits(teacher, batch)[:, :-1] if cfg.kd_weight > 0 else None
+    loss, parts = distill_objective(
+        logits[:, :-1], t_logits, batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:], sft_weight=cfg.sft_weight,
+        kd_weight=cfg.kd_weight, divergence=cfg.divergence, beta=cfg.beta, temperature=cfg.kd_temperature,
+        loss_agg=cfg.loss_agg)
+    return loss, {**parts, "tokens": float(batch["loss_mask"][:, 1:].sum())}
+
+
+def encode_rows(tokenizer, rows: list[dict], max_length: int) -> list[tuple[list[int], list[int]]]:
+    """Token ids and response masks of chat rows; a bad row is named by its index."""
+    if not rows:
+        raise ValueError("distill: no training rows (the teacher's verified samples are empty)")
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            ids, mask = encode(tokenizer, row, max_length)
+        except (EncodingError, KeyError, TypeError) as e:
+            raise ValueError(f"distill: rows[{i}] cannot be encoded: {e!r}") from e
+        if sum(mask[1:]) == 0:
+            raise ValueError(f"distill: rows[{i}] has no response token within max_length={max_length}")
+        out.append((ids, mask))
+    return out
+
+
+def run_distill(student, teacher, tokenizer, rows: list[dict], cfg: DistillConfig, ckpt_dir, seed: int, *,
+                student_tokenizer=None, log: Log = no_log, progress: Progress = no_progress,
+                stop_after: int | None = None) -> LoopResult:
+    """Train `student` towards `teacher` on `rows` (chat SFT rows, e.g. from `teacher_samples`).
+
+    The teacher is frozen (no gradient, eval mode) and must share the student's vocabulary
+    (`tokenizer` is the teacher's; pass `student_tokenizer` to compare a pretrained student's
+    own). Batches are a pure function of (seed, step), so a run killed after step k and
+    started again with the same arguments resumes from `ckpt_dir` to the same weights.
+    """
+    check_vocab_match(teacher, student, tokenizer, student_tokenizer)
+    teacher.requires_grad_(False)
+    encoded = encode_rows(tokenizer, rows, cfg.max_length)
+    batch_fn = make_batch_fn(encoded, cfg.batch_size, cfg.grad_accum, seed, tokenizer.pad_token_id)
+    trainer = Trainer({"student": student}, cfg, ckpt_dir, log=log, progress=progress, what="distill")
+
+    def iteration(step: int) -> dict:
+        return trainer.step([lambda micro=micro: distill_batch_loss(student, teacher, batch_fn(step, micro), cfg)
+                             for micro in range(cfg.grad_accum)])
+
+    return trainer.run(iteration, stop_after=stop_after)
+
+
+def heldout_divergence(student, teacher, tokenizer, rows: list[dict], cfg: DistillConfig,
+                       batch_size: int = 64) -> float:
+    """Mean (over response tokens) `cfg.divergence` of the student from the teacher on `rows`."""
+    encoded = encode_rows(tokenizer, rows, cfg.max_length)
+    total, tokens = 0.0, 0.0
+    was_training = student.training
+    student.eval()
+    try:
+        for start in range(0, len(encoded), batch_size):
+            batch = collate(encoded[start:start + batch_size], tokenizer.pad_token_id)
+            batch = {k: v.to(student.device) for k, v in batch.items()}
+            mask = batch["loss_mask"][:, 1:]
+            with torch.no_grad():
+                s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+                kd = distill_loss(s, teacher_logits(teacher, batch)[:, :-1], mask, cfg.divergence, cfg.beta,
+                                  cfg.kd_temperature, "token-mean")
+            total, tokens = total + float(kd) * float(mask.sum()), tokens + float(mask.sum())
+    finally:
+        student.train(was_training)
+    return total / tokens
