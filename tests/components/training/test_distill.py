@@ -10,6 +10,7 @@ import torch
 from pydantic import ValidationError
 
 from components.config import ArchConfig, RejectionConfig
+from tests.conftest import temporary_rewards
 from components.data.prompts import render_prompt
 from components.modeling.models import save_model
 from components.modeling.student import (
@@ -225,10 +226,11 @@ def test_teacher_samples_from_the_real_engine_train_the_student(teacher, student
                                                                single_thread):
     rows = [{"prompt": p, "answer": "0"} for p in ("1+2", "3*4", "5-6", "7+8")]
     samples = RejectionConfig(samples_per_prompt=4, keep_per_prompt=2, temperature=4.0, max_new_tokens=24,
-                              min_tokens=0, max_tokens=24, verifier="test_rejection_accept_all", require_format=False)
+                              min_tokens=0, max_tokens=24, verifier="test_distill_accept_all", require_format=False)
     c = cfg(steps=2, samples=samples)
-    kept, stats = teacher_samples(teacher, tiny_tokenizer, rows, c, seed=0)
-    again, _ = teacher_samples(teacher, tiny_tokenizer, rows, c, seed=0)
+    with temporary_rewards(test_distill_accept_all=lambda completions, **_: [1.0] * len(completions)):
+        kept, stats = teacher_samples(teacher, tiny_tokenizer, rows, c, seed=0)
+        again, _ = teacher_samples(teacher, tiny_tokenizer, rows, c, seed=0)
     assert kept == again and 0 < stats.kept == len(kept) <= 8, "seeded, at most k per prompt"
     before = weights(student)
     run_distill(student, teacher, tiny_tokenizer, kept, c, tmp_path / "ckpt", seed=0)
