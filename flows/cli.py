@@ -122,7 +122,8 @@ def stage(name: str = typer.Argument(..., help="Stage to run, e.g. cold_start (s
           reference: Optional[str] = _input_option("reference"),
           reward_model: Optional[str] = _input_option("reward-model"),
           teacher: Optional[str] = _input_option("teacher"), student: Optional[str] = _input_option("student"),
-          dataset: Optional[str] = _input_option("dataset"), as_json: bool = JsonOpt) -> None:
+          dataset: Optional[str] = _input_option("dataset"), verifier: Optional[str] = _input_option("verifier"),
+          process_verifier: Optional[str] = _input_option("process-verifier"), as_json: bool = JsonOpt) -> None:
     """Rerun one stage from given inputs (checked before anything starts), then evaluate its model."""
     root = configure()
     try:
@@ -131,7 +132,8 @@ def stage(name: str = typer.Argument(..., help="Stage to run, e.g. cold_start (s
 
         spec = get_stage(name)
         given = {k: v for k, v in dict(policy=policy, model=model, reference=reference, reward_model=reward_model,
-                                       teacher=teacher, student=student, dataset=dataset).items() if v}
+                                       teacher=teacher, student=student, dataset=dataset, verifier=verifier,
+                                       process_verifier=process_verifier).items() if v}
         if from_:
             if not spec.inputs:
                 raise ValueError(f"{name}: takes no input, so --from has nothing to set")

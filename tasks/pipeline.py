@@ -67,6 +67,7 @@ class PipelineRun:
     metrics: dict[str, dict] = field(default_factory=dict)     # evaluated stage -> held-out metrics
     evaluated: dict[str, EvalRef] = field(default_factory=dict)  # model digest -> its evaluation
     champion: dict | None = None                                 # the quality gate's decision, if offered
+    files: dict[str, str] = field(default_factory=dict)          # report figures logged beside report/report.md
 
     def call(self, spec: Stage, inputs: dict, *, label: str | None = None, section: Section | None = None,
              force: bool = False):
@@ -96,6 +97,22 @@ class PipelineRun:
                 future.wait()
                 self._scored(models[label], label, self._collect(spec, f"evaluate/{label}", future.state, t0))
         return {label: self.evaluated[m.digest] for label, m in models.items()}
+
+    def call_variants(self, spec: Stage, inputs: dict, sections: dict[str, Section]) -> dict[str, ModelRef]:
+        """Run `spec` once per {label: section} on the same inputs, side by side on the recipe's task
+        runner (cached like any stage), then evaluate each model; returns {label: output}."""
+        _check_inputs(spec, inputs, True)
+        with get_task_runner(self.recipe.runner) as runner:
+            futures = {label: (runner.submit(*self._task(spec, inputs, label, section)), time.perf_counter())
+                       for label, section in sections.items()}
+            outputs = {}
+            for label, (future, t0) in futures.items():
+                future.wait()
+                outputs[label] = self._collect(spec, label, future.state, t0)
+        for label, model in outputs.items():
+            if spec.evaluate and isinstance(model, ModelRef):
+                self.evaluate(model, label)
+        return outputs
 
     def _scored(self, model: ModelRef, label: str, scores: EvalRef) -> None:
         evaluation = next(r for r in reversed(self.records) if r.label == f"evaluate/{label}")
@@ -158,6 +175,9 @@ class PipelineRun:
         self.records.append(StageRecord(label, spec.name, "cached" if cached else "ran", seconds, run_id_of(result),
                                         output_label(result)))
         _record_on_parent(label, result)
+        for name, path in getattr(result, "files", {}).items():
+            mlflow.log_artifact(path, "report")
+            self.files[name] = path
         return result
 
     def report(self) -> dict:
@@ -194,7 +214,8 @@ def pipeline(recipe: Section, root: str | Path):
             _CURRENT.reset(token)
             report = run.report()
             mlflow.log_text(json.dumps(report, indent=2), "report/report.json")
-            mlflow.log_text(f"# {recipe.run.name}\n\n```\n{summary_table(report['stages'])}\n```\n",
+            figures = "".join(f"\n![{name}]({name})\n" for name in run.files)
+            mlflow.log_text(f"# {recipe.run.name}\n\n```\n{summary_table(report['stages'])}\n```\n{figures}",
                             "report/report.md")
 
 

@@ -43,6 +43,7 @@ class EvalRef:
     metrics: dict = field(default_factory=dict)
     run_id: str | None = None
     digest: str = ""               # of the metrics (an evaluation is an input of later stages, e.g. reports)
+    files: dict = field(default_factory=dict)  # name -> local path of report files (plots, tables)
 
 
 Ref = ModelRef | DatasetRef | EvalRef

@@ -60,6 +60,7 @@ class Stage:
     code: tuple[str, ...] = ()       # source paths whose change invalidates the stage
     evaluate: bool = False           # its model output is scored on the held-out set
     doc: str = ""
+    keyed: Callable | None = None    # cfg -> the part of the section that enters the key (default: all of it)
 
     def default_config(self) -> Section:
         return self.config(**self.defaults)
@@ -73,19 +74,20 @@ class Stage:
 
 def stage(*, config: type[Section], defaults: dict | None = None, inputs: tuple[str, ...] = (),
           optional: tuple[str, ...] = (), passthrough: str | None = None, reads: tuple[str, ...] = (),
-          code: tuple[str, ...] = (), evaluate: bool = False):
+          code: tuple[str, ...] = (), evaluate: bool = False, keyed: Callable | None = None):
     """Declare the decorated function `fn(ctx, **inputs)` as the stage named after it."""
     def wrap(fn: Callable) -> Stage:
         module = fn.__module__.replace(".", "/") + ".py"
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         return Stage(fn.__name__, fn, config, dict(defaults or {}), tuple(inputs), tuple(optional), passthrough,
-                     tuple(reads), tuple(code) + ("tasks/stage.py", "tasks/common.py", module), evaluate, doc)
+                     tuple(reads), tuple(code) + ("tasks/stage.py", "tasks/common.py", module), evaluate, doc,
+                     keyed)
     return wrap
 
 
 def stage_key(spec: Stage, cfg: Section, model: ModelConfig, seed: int, inputs: dict, data: DataRef) -> str:
     """The cache key of running `spec` with section `cfg` on `inputs` (see the module docstring)."""
-    section = cfg.model_dump(mode="json")
+    section = spec.keyed(cfg) if spec.keyed else cfg.model_dump(mode="json")
     source = section.get("source")
     payload = {
         "stage": spec.name,

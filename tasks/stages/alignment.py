@@ -1,0 +1,143 @@
+"""Alignment RL towards preferences (seed §2.2): one stage, six methods, `method:` picks one.
+
+`dpo` and `orpo` learn offline from the curated preference pairs; `ppo`, `grpo_rm` and `trpo`
+sample the alignment prompts and are rewarded by the trained reward model (plus rule rewards
+where the method's config lists them); `oreo` learns offline from trajectories the policy
+samples once at the start, scored by the reward model. Each method's own section
+(`alignment.dpo`, `alignment.ppo`, …) enters the cache key only when it is the chosen one.
+After training, the KL to the starting policy and the reward model's mean score are measured
+on the held-out preference prompts (`summary.json`), for the side-by-side comparison.
+"""
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from components.config import LoraConfig, RolloutConfig, Section
+from components.data.prompts import render_prompt
+from components.evaluation.policy_kl import sampled_kl
+from components.generation import SamplingParams, make_engine
+from components.io import write_json
+from components.modeling.reward_models import score_outcomes
+from components.training.alignment import ALIGNMENT_METHODS, get_alignment_method
+from components.training.alignment.dpo import DPOConfig
+from components.training.alignment.grpo_rm import GRPORMConfig
+from components.training.alignment.oreo import OREOConfig
+from components.training.alignment.orpo import ORPOConfig
+from components.training.alignment.ppo import PPOConfig
+from components.training.alignment.trpo import TRPOConfig
+from components.training.grpo import derive_seed
+from tasks.common import finish, load_policy, publish_rows, read_rows
+from tasks.refs import ModelRef
+from tasks.stage import StageContext, stage
+
+ALIGN_CODE = ("components/training", "components/algorithms", "components/modeling", "components/generation",
+              "components/rewards", "components/data", "components/evaluation/policy_kl.py")
+DATA = {"preference": ("preferences.jsonl", "preference"), "prompts": ("align_prompts.jsonl", "prompt_answer"),
+        "trajectory": ("align_prompts.jsonl", "prompt_answer")}
+
+
+class AlignmentConfig(Section):
+    method: Literal["dpo", "orpo", "ppo", "grpo_rm", "trpo", "oreo"] = Field(
+        "dpo", description="The alignment method (components.training.alignment); its section below applies.")
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    orpo: ORPOConfig = Field(default_factory=ORPOConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    grpo_rm: GRPORMConfig = Field(default_factory=GRPORMConfig)
+    trpo: TRPOConfig = Field(default_factory=TRPOConfig)
+    oreo: OREOConfig = Field(default_factory=OREOConfig)
+    oreo_samples: int = Field(4, ge=2, description="OREO: trajectories sampled per alignment prompt, scored by the RM.")
+    finetune: Literal["full", "lora", "qlora"] = "full"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    merge_lora: bool = True
+    limit: int | None = Field(None, ge=1, description="Use at most this many training rows (pairs or prompts).")
+    source: str | None = Field(None, description="Training rows instead of the curated file (the method's schema).")
+    measure_limit: int = Field(256, ge=1, description="Held-out preference prompts for the final KL and RM score.")
+    compare: list[Literal["dpo", "orpo", "ppo", "grpo_rm", "trpo", "oreo"]] = Field(
+        default_factory=list, description="Also run these methods from the same policy and reward model, side by "
+        "side, and log one comparison (configs/alignment_compare.yaml).")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+
+    def method_config(self) -> Section:
+        return getattr(self, self.method)
+
+
+def _keyed(cfg: AlignmentConfig) -> dict:
+    """The chosen method's section and the shared fields: editing another method's section reruns nothing."""
+    return cfg.model_dump(mode="json", exclude=(set(ALIGNMENT_METHODS) - {cfg.method}) | {"compare"})
+
+
+@stage(config=AlignmentConfig, inputs=("policy", "reward_model", "reference"), optional=("reward_model", "reference"),
+       passthrough="policy", reads=("preferences.jsonl", "align_prompts.jsonl", "pref_eval.jsonl"), code=ALIGN_CODE,
+       evaluate=True, keyed=_keyed)
+def alignment(ctx: StageContext, policy: ModelRef, reward_model: ModelRef | None, reference: ModelRef | None):
+    """Align the policy to the preference data with the recipe's method (dpo|orpo|ppo|grpo_rm|trpo|oreo)."""
+    cfg = ctx.cfg
+    method = get_alignment_method(cfg.method)
+    file, schema = DATA[method.data]
+    rows = read_rows(ctx, file, schema, cfg.source, cfg.limit)
+    model, tokenizer = load_policy(ctx, policy, cfg.finetune, cfg.lora)
+    needs_rm = "reward_fn" in method.inputs or method.data == "trajectory"
+    if needs_rm and reward_model is None:
+        raise ValueError(f"alignment.method={cfg.method} needs a reward model (run reward_model before it, "
+                         "or --reward-model …)")
+    reward_fn = _reward_fn(ctx, reward_model, tokenizer) if reward_model is not None else None
+    frozen = _frozen(ctx, reference) if reference is not None else None
+    if method.data == "trajectory":
+        rows = _trajectories(ctx, model, tokenizer, rows, reward_fn)
+    t0 = time.perf_counter()
+    out = method.run(model, tokenizer, rows, cfg.method_config(), ctx.ckpt_dir, ctx.seed, reference=frozen,
+                     reward_fn=reward_fn if "reward_fn" in method.inputs else None, log=ctx.log, progress=ctx.progress)
+    summary = {"method": cfg.method, "wall_s": time.perf_counter() - t0, "tokens_generated": out.tokens_generated,
+               **_measure(ctx, model, tokenizer, frozen or _frozen(ctx, policy), reward_fn)}
+    ctx.log({f"final/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}, out.steps)
+    write_json(ctx.out_dir / "summary.json", summary)
+    return finish(ctx, model, tokenizer, base=policy, merge=cfg.merge_lora)
+
+
+def _frozen(ctx: StageContext, ref: ModelRef):
+    model, _ = load_policy(ctx, ref)
+    return model.eval().requires_grad_(False)
+
+
+def _reward_fn(ctx: StageContext, ref: ModelRef, tokenizer):
+    """The reward model's score of (raw prompt, completion) pairs, as the methods call it."""
+    from transformers import AutoModelForSequenceClassification
+
+    rm = AutoModelForSequenceClassification.from_pretrained(ref.uri, use_safetensors=True).eval()
+    rm.to(next(iter(rm.parameters())).device)
+    return lambda prompts, completions: score_outcomes(rm, tokenizer, prompts, completions, batch_size=128)
+
+
+def _trajectories(ctx: StageContext, model, tokenizer, rows: list[dict], reward_fn) -> list[dict]:
+    """OREO's offline data: `oreo_samples` completions per prompt from the starting policy, scored by the RM."""
+    cfg = ctx.cfg
+    engine = make_engine(cfg.rollout.backend, model, tokenizer, **cfg.rollout.engine_kwargs())
+    prompts = [render_prompt(tokenizer, r["prompt"]) for r in rows]
+    rollout = engine.generate(prompts, SamplingParams(n=cfg.oreo_samples, temperature=1.0, max_new_tokens=64,
+                                                      seed=derive_seed(ctx.seed, "oreo-trajectories")),
+                              progress=ctx.progress)
+    raw = [rows[i]["prompt"] for i in rollout.prompt_index]
+    rewards = reward_fn(raw, rollout.texts)
+    trajectories = [{"prompt": p, "completion": c, "reward": float(r)} for p, c, r in zip(raw, rollout.texts, rewards)]
+    publish_rows(ctx, trajectories, "oreo_trajectories", schema="trajectory")
+    return trajectories
+
+
+def _measure(ctx: StageContext, model, tokenizer, reference, reward_fn) -> dict:
+    """KL to the starting policy and the RM's mean score of greedy answers, on held-out preference prompts."""
+    prompts = [r["prompt"] for r in read_rows(ctx, "pref_eval.jsonl", "prompt_answer", limit=ctx.cfg.measure_limit,
+                                              name="pref_eval")]
+    kl = sampled_kl(model, reference, tokenizer, prompts, samples=2, seed=derive_seed(ctx.seed, "kl"))
+    metrics = {"kl": kl["kl"], "kl_se": kl["kl_se"]}
+    if reward_fn is not None:
+        engine = make_engine("transformers", model, tokenizer, batch_size=256)
+        with torch.inference_mode():
+            greedy = engine.generate([render_prompt(tokenizer, p) for p in prompts],
+                                     SamplingParams(n=1, temperature=0.0, max_new_tokens=64))
+        scores = reward_fn(prompts, greedy.texts)
+        metrics["rm_score"] = sum(scores) / len(scores)
+    return metrics
