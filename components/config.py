@@ -47,10 +47,12 @@ class DataConfig(Section):
     n_pretrain: int = Field(60_000, ge=1, description="Pretraining documents for the base model.")
     n_cold_start: int = Field(400, ge=1, description="Curated worked solutions for cold start.")
     n_rl: int = Field(4_000, ge=1, description="RL prompts with gold answers.")
-    n_preferences: int = Field(1_000, ge=1, description="Preference pairs (chosen/rejected).")
-    n_rankings: int = Field(500, ge=1, description="K-way rankings for Plackett–Luce.")
-    rank_k: int = Field(4, ge=2, description="Responses per ranking.")
+    n_general: int = Field(600, ge=1, description="Non-reasoning chat rows mixed into SFT (general.jsonl).")
+    n_preferences: int = Field(2_000, ge=1, description="Preference pairs ordered by the house rules.")
+    n_rankings: int = Field(1_000, ge=1, description="Rankings of K=3 replies, for Plackett–Luce.")
+    n_align: int = Field(2_000, ge=1, description="Prompts for the online alignment methods.")
     n_eval: int = Field(600, ge=1, description="Held-out evaluation problems.")
+    n_pref_eval: int = Field(600, ge=1, description="Held-out prompts for the true preference rate.")
     direct_answer_fraction: float = Field(
         0.3, ge=0, le=1, description="Share of pretraining documents that are chat turns with a direct answer."
     )
@@ -224,6 +226,9 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(64, ge=1)
     rollout: RolloutConfig = Field(default_factory=lambda: RolloutConfig(batch_size=128))
     table_rows: int = Field(32, ge=0, description="Sample completions logged as an MLflow table.")
+    house_rules: bool = Field(True, description="Also report the true preference rate on pref_eval.jsonl (the "
+                              "default task's known-truth house rules); turn off when evaluating on your own data.")
+    preference_limit: int | None = Field(None, ge=1, description="Use at most this many pref_eval.jsonl prompts.")
 
 
 def apply_override(tree: dict, assignment: str) -> None:

@@ -1,19 +1,20 @@
 """A stage: one function with a typed config section, named inputs, and the data files it reads.
 
     @stage(config=TrainConfig, defaults=dict(steps=150, lr=5e-4), inputs=("policy",),
-           reads=("cold_start.jsonl",), code=TRAIN_CODE)
+           reads=("cold_start.jsonl",))
     def cold_start(ctx: StageContext, policy: ModelRef) -> ModelRef: ...
 
 declares everything r1flow needs to know about it: its recipe section (named after the stage,
 typed by `config`, with these defaults), the records it takes (`policy`, `reference`,
-`reward_model`, `teacher`, `student`, `dataset`, …), the curated files it reads, and the source
-paths whose change invalidates it. The recipe's sections are built from the stage modules in
+`reward_model`, `teacher`, `student`, `dataset`, …) and the curated files it reads. The code
+whose change invalidates it is found by following its module's imports
+(`tasks.versioning.module_sources`); `code=` adds other paths. The recipe's sections are built from the stage modules in
 `tasks/stages/` (see `tasks.stages.registry`), so a stage is declared in exactly one place.
 
 Called inside a pipeline (`flows/pipeline.py`), a stage runs through the one cached Prefect
 task in `tasks/pipeline.py`; its cache key is `stage_key` below: the section, the model section
 and seed, the digest of every input it takes (and of nothing else), the DVC md5s of the files it
-reads, the content of a user `source` file, and a hash of its code.
+reads, the content of a user `source` file, and a hash of the code it runs.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from components.config import ModelConfig, Section
 from components.io import digest_path
 from components.training.loop import Log, Progress
 from tasks.refs import ref_digest
-from tasks.versioning import DataRef, code_digest
+from tasks.versioning import DataRef, code_digest, module_sources
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Stage:
     optional: tuple[str, ...] = ()   # of those, the ones that may be None
     passthrough: str | None = None   # the input returned unchanged when the recipe skips the stage
     reads: tuple[str, ...] = ()      # curated data files (relative to the data folder)
-    code: tuple[str, ...] = ()       # source paths whose change invalidates the stage
+    code: tuple[str, ...] = ()       # source files whose change invalidates the stage (found from its imports)
     evaluate: bool = False           # its model output is scored on the held-out set
     doc: str = ""
     keyed: Callable | None = None    # cfg -> the part of the section that enters the key (default: all of it)
@@ -75,13 +76,12 @@ class Stage:
 def stage(*, config: type[Section], defaults: dict | None = None, inputs: tuple[str, ...] = (),
           optional: tuple[str, ...] = (), passthrough: str | None = None, reads: tuple[str, ...] = (),
           code: tuple[str, ...] = (), evaluate: bool = False, keyed: Callable | None = None):
-    """Declare the decorated function `fn(ctx, **inputs)` as the stage named after it."""
+    """Declare the decorated function `fn(ctx, **inputs)` as the stage named after it (`code`: extra
+    source paths beyond those its module imports)."""
     def wrap(fn: Callable) -> Stage:
-        module = fn.__module__.replace(".", "/") + ".py"
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         return Stage(fn.__name__, fn, config, dict(defaults or {}), tuple(inputs), tuple(optional), passthrough,
-                     tuple(reads), tuple(code) + ("tasks/stage.py", "tasks/common.py", module), evaluate, doc,
-                     keyed)
+                     tuple(reads), module_sources(fn.__module__) + tuple(code), evaluate, doc, keyed)
     return wrap
 
 

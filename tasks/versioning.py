@@ -1,5 +1,10 @@
 """Versions of what a stage depends on: the DVC data version, the code, the git commit.
 
+The code a stage depends on is found, not listed: `module_sources` follows the project imports
+of the stage's module (statically, with `ast`, including imports inside functions) to every
+project file it can run, so editing the search strategies reruns the TTS evaluation but not
+pretraining, and a newly imported helper is covered without anyone remembering to add it.
+
 The md5 in `<dir>.dvc` (`data.dvc` for the default `data.dir: data`) is THE data version of
 a recipe. DVC's directory manifest (the `.dir` object in the DVC cache) also gives each file's
 md5, so a stage's cache key can name exactly the files it reads: changing `cold_start.jsonl`
@@ -9,6 +14,7 @@ be checked against the committed version before anything is changed.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import subprocess
@@ -112,17 +118,64 @@ def dvc(root: Path, *args: str) -> str:
     return proc.stdout
 
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
 @lru_cache(maxsize=None)
 def code_digest(*paths: str) -> str:
-    """sha256 over the Python sources under `paths` (relative to the project package root)."""
-    base = Path(__file__).resolve().parent.parent
+    """sha256 over the Python sources under `paths` (files or folders, relative to the project root)."""
     h = hashlib.sha256()
-    for rel in paths:
-        target = base / rel
+    for rel in sorted(set(paths)):
+        target = PROJECT_ROOT / rel
         files = [target] if target.is_file() else sorted(target.rglob("*.py"))
         for f in files:
-            h.update(str(f.relative_to(base)).encode() + b"\0" + f.read_bytes())
+            h.update(str(f.relative_to(PROJECT_ROOT)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
+
+
+# The orchestration that calls stages (and the registry that finds them) is not part of what a stage runs.
+ORCHESTRATION = frozenset({"tasks/pipeline.py", "tasks/stage_task.py", "tasks/stages/__init__.py"})
+
+
+@lru_cache(maxsize=None)
+def module_sources(module: str) -> tuple[str, ...]:
+    """The project files (relative paths) that `module` can run: its own file, the `__init__.py` of
+    its packages, and the same for every project module it imports, transitively (the
+    `ORCHESTRATION` files excepted)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        for rel in _files_of(name):
+            if rel not in seen and rel not in ORCHESTRATION:
+                seen.add(rel)
+                todo.extend(_imports(rel))
+    return tuple(sorted(seen))
+
+
+def _files_of(module: str) -> list[str]:
+    """The file of `module` and the __init__.py of each package on its dotted path (those that exist)."""
+    parts, files = module.split("."), []
+    for i in range(1, len(parts) + 1):
+        for candidate in (Path(*parts[:i]) / "__init__.py", Path(*parts[:i]).with_suffix(".py")):
+            if (PROJECT_ROOT / candidate).is_file() and (i == len(parts) or candidate.name == "__init__.py"):
+                files.append(str(candidate))
+    return files
+
+
+def _imports(rel: str) -> list[str]:
+    """Project modules imported anywhere in file `rel` (`from x import y` also tries the module x.y)."""
+    package = list(Path(rel).parent.parts)
+    names = []
+    for node in ast.walk(ast.parse((PROJECT_ROOT / rel).read_text(), rel)):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            names += [base] + [f"{base}.{alias.name}" for alias in node.names]
+    return [n for n in names if n.split(".")[0] in CODE_ROOTS]
 
 
 def git_commit(root: Path) -> str:

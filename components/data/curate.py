@@ -8,9 +8,15 @@ Files (JSON lines):
   pretrain.jsonl     {"text"}                         base-model pretraining documents
   cold_start.jsonl   {"messages", "prompt", "answer", "level"}  curated worked solutions (reasoning format)
   rl_prompts.jsonl   {"prompt", "answer", "level"}    prompts with gold answers for RL / rejection sampling
-  preferences.jsonl  {"prompt", "chosen", "rejected", "level"}
-  rankings.jsonl     {"prompt", "responses", "level"} K responses, best first
+  general.jsonl      {"messages", "kind", "level"}    non-reasoning chat rows mixed into SFT (R1 §2.3.3)
+  preferences.jsonl  {"prompt", "chosen", "rejected", "kind", "level"}  ordered by the house rules
+  rankings.jsonl     {"prompt", "responses", "kind", "level"}  K=3 replies, best first
+  align_prompts.jsonl {"prompt", "answer", "kind", "level"}  prompts for the online alignment methods
   eval.jsonl         {"prompt", "answer", "level"}    held-out split: no training file contains these
+  pref_eval.jsonl    {"prompt", "answer", "kind", "level"}  held-out prompts for the true preference rate
+
+The preference files follow `components/data/house_rules.py` (what is preferred, and why it is
+not correctness) and are built by `components/data/preference_data.py`.
 """
 from __future__ import annotations
 
@@ -18,10 +24,11 @@ import random
 from pathlib import Path
 
 from components.data import arithmetic as ar
+from components.data import preference_data as pd
 from components.io import atomic_dir, write_jsonl
 
-FILES = ("pretrain.jsonl", "cold_start.jsonl", "rl_prompts.jsonl", "preferences.jsonl",
-         "rankings.jsonl", "eval.jsonl")
+FILES = ("pretrain.jsonl", "cold_start.jsonl", "rl_prompts.jsonl", "general.jsonl", "preferences.jsonl",
+         "rankings.jsonl", "align_prompts.jsonl", "eval.jsonl", "pref_eval.jsonl")
 
 
 def chat_text(prompt: str, reply: str) -> str:
@@ -45,27 +52,6 @@ def pretrain_docs(problems: list[ar.Problem], rng: random.Random, direct_fractio
     return docs
 
 
-def wrong_solution(p: ar.Problem, rng: random.Random) -> str:
-    """The worked solution with its last step's result off by a little (a plausible slip)."""
-    lhs, value = p.steps[-1].split("=")
-    bad = int(value) + rng.choice([-2, -1, 1, 2])
-    steps = [*p.steps[:-1], f"{lhs}={bad}"]
-    return f"<think>{' '.join(steps)}</think><answer>{bad}</answer>"
-
-
-def ranked_responses(p: ar.Problem, rng: random.Random, k: int) -> list[str]:
-    """K responses, best first: worked & correct > direct & correct > worked & wrong > unformatted."""
-    ladder = [
-        p.solution(),
-        f"<answer>{p.answer}</answer>",
-        wrong_solution(p, rng),
-        f"{p.answer + rng.choice([-3, 3])}",
-    ]
-    while len(ladder) < k:
-        ladder.insert(-1, wrong_solution(p, rng))
-    return ladder[:k]
-
-
 def build(cfg, out_dir: str | Path) -> dict[str, int]:
     """Write every curated file for `cfg` (a DataConfig) into `out_dir`; returns row counts."""
     rng = random.Random(cfg.seed)
@@ -73,8 +59,6 @@ def build(cfg, out_dir: str | Path) -> dict[str, int]:
         cfg.seed + offset, n, levels, heldout=False, distinct=distinct)
     cold = train(cfg.n_cold_start, 1)
     rl = train(cfg.n_rl, 2)
-    prefs = train(cfg.n_preferences, 3)
-    ranks = train(cfg.n_rankings, 4)
     pre = train(cfg.n_pretrain, 5, distinct=False)
     evals = ar.generate(cfg.seed + 6, cfg.n_eval, cfg.levels, heldout=True)
     files = {
@@ -86,15 +70,12 @@ def build(cfg, out_dir: str | Path) -> dict[str, int]:
             for p in cold
         ],
         "rl_prompts.jsonl": [{"prompt": p.expression, "answer": str(p.answer), "level": p.level} for p in rl],
-        "preferences.jsonl": [
-            {"prompt": p.expression, "chosen": p.solution(), "rejected": wrong_solution(p, rng), "level": p.level}
-            for p in prefs
-        ],
-        "rankings.jsonl": [
-            {"prompt": p.expression, "responses": ranked_responses(p, rng, cfg.rank_k), "level": p.level}
-            for p in ranks
-        ],
+        "general.jsonl": pd.general_rows(cfg.seed + 7, cfg.n_general, cfg.levels),
+        "preferences.jsonl": pd.preference_rows(cfg.seed + 3, cfg.n_preferences, cfg.levels),
+        "rankings.jsonl": pd.ranking_rows(cfg.seed + 4, cfg.n_rankings, cfg.levels),
+        "align_prompts.jsonl": pd.prompt_rows(cfg.seed + 8, cfg.n_align, cfg.levels, heldout=False),
         "eval.jsonl": [{"prompt": p.expression, "answer": str(p.answer), "level": p.level} for p in evals],
+        "pref_eval.jsonl": pd.prompt_rows(cfg.seed + 9, cfg.n_pref_eval, cfg.levels, heldout=True),
     }
     with atomic_dir(out_dir) as tmp:
         counts = {name: write_jsonl(Path(tmp) / name, rows) for name, rows in files.items()}

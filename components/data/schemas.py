@@ -11,6 +11,7 @@ Canonical forms:
   sft            {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
                  at least one user message, ending with an assistant message.
   prompt_answer  {"prompt": str, "answer": str}      (int/float answers become str)
+  prompt         {"prompt": str}                      (other columns, e.g. a nullable answer, ride along)
   preference     {"prompt": str, "chosen": str, "rejected": str}
   ranking        {"prompt": str, "responses": [str, ...]} best first, >= 2, no duplicates.
 
@@ -170,6 +171,10 @@ def normalise_prompt_answer(row: Row, form: Form) -> dict:
             "answer": answer_text(row["answer"], "answer")}
 
 
+def normalise_prompt(row: Row, form: Form) -> dict:
+    return {"prompt": text(row[form[0]], form[0])}
+
+
 def normalise_preference(row: Row, form: Form) -> dict:
     record = {"prompt": text(row["prompt"], "prompt"),
               "chosen": response(row["chosen"], "chosen"),
@@ -214,6 +219,7 @@ SCHEMAS: dict[str, Schema] = {
     "prompt_answer": Schema("prompt_answer",
                             (("prompt", "answer"), ("question", "answer"), ("problem", "answer")),
                             normalise_prompt_answer),
+    "prompt": Schema("prompt", (("prompt",), ("question",), ("problem",)), normalise_prompt),
     "preference": Schema("preference", (("prompt", "chosen", "rejected"),),
                          normalise_preference),
     "ranking": Schema("ranking", (("prompt", "responses"), ("prompt", "completions", "ranks"),

@@ -123,12 +123,17 @@ def _lengths(completions: list, completion_lengths: Any) -> list[int]:
 def exact_int(completions: list, answer: Any, **_: Any) -> list[float]:
     """1.0 iff the extracted answer is an integer literal equal to the gold `answer`.
 
-    Raises ValueError for a gold answer that is not an integer (a data bug, surfaced by
-    the combiner as a failure rather than silently scored 0).
+    A row without a gold answer (None: a general, non-reasoning prompt) scores 0 for every
+    completion, so within a GRPO group it adds no signal. Raises ValueError for a gold answer
+    that is not an integer (a data bug, surfaced by the combiner as a failure rather than
+    silently scored 0).
     """
     golds = _column({"answer": answer}, "answer", len(completions))
     scores = []
     for completion, gold in zip(completions, golds):
+        if gold is None:  # a prompt without a gold answer (general chat): nothing to be right about
+            scores.append(0.0)
+            continue
         want = _canonical_int(gold)
         if want is None:
             raise ValueError(f"gold answer {gold!r} is not an integer")

@@ -34,10 +34,8 @@ from tasks.common import finish, load_policy, publish_rows, read_rows
 from tasks.refs import ModelRef
 from tasks.stage import StageContext, stage
 
-ALIGN_CODE = ("components/training", "components/algorithms", "components/modeling", "components/generation",
-              "components/rewards", "components/data", "components/evaluation/policy_kl.py")
-DATA = {"preference": ("preferences.jsonl", "preference"), "prompts": ("align_prompts.jsonl", "prompt_answer"),
-        "trajectory": ("align_prompts.jsonl", "prompt_answer")}
+DATA = {"preference": ("preferences.jsonl", "preference"), "prompts": ("align_prompts.jsonl", "prompt"),
+        "trajectory": ("align_prompts.jsonl", "prompt")}
 
 
 class AlignmentConfig(Section):
@@ -71,7 +69,7 @@ def _keyed(cfg: AlignmentConfig) -> dict:
 
 
 @stage(config=AlignmentConfig, inputs=("policy", "reward_model", "reference"), optional=("reward_model", "reference"),
-       passthrough="policy", reads=("preferences.jsonl", "align_prompts.jsonl", "pref_eval.jsonl"), code=ALIGN_CODE,
+       passthrough="policy", reads=("preferences.jsonl", "align_prompts.jsonl", "pref_eval.jsonl"),
        evaluate=True, keyed=_keyed)
 def alignment(ctx: StageContext, policy: ModelRef, reward_model: ModelRef | None, reference: ModelRef | None):
     """Align the policy to the preference data with the recipe's method (dpo|orpo|ppo|grpo_rm|trpo|oreo)."""
@@ -129,7 +127,7 @@ def _trajectories(ctx: StageContext, model, tokenizer, rows: list[dict], reward_
 
 def _measure(ctx: StageContext, model, tokenizer, reference, reward_fn) -> dict:
     """KL to the starting policy and the RM's mean score of greedy answers, on held-out preference prompts."""
-    prompts = [r["prompt"] for r in read_rows(ctx, "pref_eval.jsonl", "prompt_answer", limit=ctx.cfg.measure_limit,
+    prompts = [r["prompt"] for r in read_rows(ctx, "pref_eval.jsonl", "prompt", limit=ctx.cfg.measure_limit,
                                               name="pref_eval")]
     kl = sampled_kl(model, reference, tokenizer, prompts, samples=2, seed=derive_seed(ctx.seed, "kl"))
     metrics = {"kl": kl["kl"], "kl_se": kl["kl_se"]}

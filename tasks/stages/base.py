@@ -8,11 +8,9 @@ from components.training.sft import run_sft
 from tasks.common import finish, read_rows
 from tasks.stage import StageContext, stage
 
-TRAIN_CODE = ("components/modeling", "components/training", "components/algorithms", "components/data")
 
 
-@stage(config=TrainConfig, defaults=dict(steps=1500, batch_size=64, lr=2e-3), reads=("pretrain.jsonl",),
-       code=TRAIN_CODE, evaluate=True)
+@stage(config=TrainConfig, defaults=dict(steps=1500, batch_size=64, lr=2e-3), reads=("pretrain.jsonl",), evaluate=True)
 def base(ctx: StageContext):
     """Train a BPE tokenizer and pretrain a tiny Llama (`model.arch`) on the generated corpus."""
     cfg, arch = ctx.cfg, ctx.model.arch

@@ -6,11 +6,10 @@ from components.training.sft import run_sft
 from tasks.common import finish, load_policy, read_rows
 from tasks.refs import ModelRef
 from tasks.stage import StageContext, stage
-from tasks.stages.base import TRAIN_CODE
 
 
 @stage(config=TrainConfig, defaults=dict(steps=150, lr=5e-4), inputs=("policy",), passthrough="policy",
-       reads=("cold_start.jsonl",), code=TRAIN_CODE, evaluate=True)
+       reads=("cold_start.jsonl",), evaluate=True)
 def cold_start(ctx: StageContext, policy: ModelRef):
     """SFT on the curated worked solutions; prompt tokens are masked from the loss."""
     cfg = ctx.cfg

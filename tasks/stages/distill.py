@@ -20,9 +20,7 @@ from components.training.sft import run_sft
 from tasks.common import finish, load_policy, publish_rows, read_rows
 from tasks.refs import ModelRef
 from tasks.stage import StageContext, stage
-from tasks.stages.base import TRAIN_CODE
 
-DISTILL_CODE = TRAIN_CODE + ("components/generation", "components/rewards", "components/evaluation/speed.py")
 STUDENT_ARCH = dict(hidden_size=96, num_layers=3, num_heads=4, intermediate_size=256)
 
 
@@ -34,7 +32,7 @@ class StudentBaseConfig(TrainConfig):
 
 
 @stage(config=StudentBaseConfig, defaults=dict(steps=1500, batch_size=64, lr=3e-3, warmup_steps=50),
-       inputs=("teacher",), reads=("pretrain.jsonl",), code=TRAIN_CODE, evaluate=True)
+       inputs=("teacher",), reads=("pretrain.jsonl",), evaluate=True)
 def student_base(ctx: StageContext, teacher: ModelRef):
     """Pretrain a smaller Llama (`student_base.arch`) with the teacher's tokenizer on the pretraining corpus."""
     cfg, m = ctx.cfg, ctx.model
@@ -46,8 +44,7 @@ def student_base(ctx: StageContext, teacher: ModelRef):
     return finish(ctx, model, tokenizer)
 
 
-@stage(config=DistillConfig, inputs=("teacher", "student"), passthrough="student", reads=("rl_prompts.jsonl",),
-       code=DISTILL_CODE, evaluate=True)
+@stage(config=DistillConfig, inputs=("teacher", "student"), passthrough="student", reads=("rl_prompts.jsonl",), evaluate=True)
 def distill(ctx: StageContext, teacher: ModelRef, student: ModelRef):
     """Train the student on the teacher's verified generations: SFT and/or KD on the teacher's logits."""
     cfg = ctx.cfg
@@ -70,7 +67,7 @@ def distill(ctx: StageContext, teacher: ModelRef, student: ModelRef):
 
 
 @stage(config=TrainConfig, defaults=dict(steps=150, lr=5e-4, warmup_steps=10), inputs=("student",),
-       passthrough="student", reads=("cold_start.jsonl",), code=TRAIN_CODE, evaluate=True)
+       passthrough="student", reads=("cold_start.jsonl",), evaluate=True)
 def distill_control(ctx: StageContext, student: ModelRef):
     """The control: the same student base fine-tuned on the curated cold-start data alone (no teacher)."""
     cfg = ctx.cfg

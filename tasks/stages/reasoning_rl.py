@@ -7,7 +7,6 @@ from tasks import tracking
 from tasks.common import finish, load_policy, read_rows
 from tasks.refs import ModelRef
 from tasks.stage import StageContext, stage
-from tasks.stages.rejection_sampling import RL_CODE
 
 
 def grpo_stage(ctx: StageContext, policy: ModelRef, data_file: str) -> ModelRef:
@@ -21,14 +20,14 @@ def grpo_stage(ctx: StageContext, policy: ModelRef, data_file: str) -> ModelRef:
     return finish(ctx, model, tokenizer, base=policy, merge=cfg.merge_lora)
 
 
-@stage(config=RLConfig, inputs=("policy",), passthrough="policy", reads=("cold_start.jsonl",), code=RL_CODE,
+@stage(config=RLConfig, inputs=("policy",), passthrough="policy", reads=("cold_start.jsonl",),
        evaluate=True)
 def cold_start_rl(ctx: StageContext, policy: ModelRef):
     """A short GRPO run on the curated cold-start prompts (format + accuracy rewards)."""
     return grpo_stage(ctx, policy, "cold_start.jsonl")
 
 
-@stage(config=RLConfig, inputs=("policy",), passthrough="policy", reads=("rl_prompts.jsonl",), code=RL_CODE,
+@stage(config=RLConfig, inputs=("policy",), passthrough="policy", reads=("rl_prompts.jsonl",),
        evaluate=True)
 def reasoning_rl(ctx: StageContext, policy: ModelRef):
     """GRPO with rule-based rewards (correctness, format) on the RL prompt set."""

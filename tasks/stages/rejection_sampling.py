@@ -7,11 +7,9 @@ from tasks.common import load_policy, publish_rows, read_rows
 from tasks.refs import ModelRef
 from tasks.stage import StageContext, stage
 
-RL_CODE = ("components/training", "components/generation", "components/rewards", "components/algorithms",
-           "components/modeling", "components/data")
 
 
-@stage(config=RejectionConfig, inputs=("policy",), reads=("rl_prompts.jsonl",), code=RL_CODE)
+@stage(config=RejectionConfig, inputs=("policy",), reads=("rl_prompts.jsonl",))
 def rejection_sampling(ctx: StageContext, policy: ModelRef):
     """A content-addressed dataset of the policy's accepted samples (at most k per prompt)."""
     cfg = ctx.cfg

@@ -17,8 +17,6 @@ from tasks.common import finish, publish_rows, read_rows
 from tasks.refs import ModelRef
 from tasks.stage import StageContext, stage
 
-RM_CODE = ("components/modeling", "components/training", "components/algorithms", "components/data",
-           "components/generation", "components/rewards")
 RANKINGS = {"bradley_terry": ("preferences.jsonl", "preference"), "plackett_luce": ("rankings.jsonl", "ranking")}
 
 
@@ -43,7 +41,7 @@ def _gate(ctx: StageContext, gate, step: int) -> None:
 
 
 @stage(config=RewardModelConfig, defaults=dict(steps=60, batch_size=32, lr=1e-3), inputs=("policy",),
-       reads=("preferences.jsonl", "rankings.jsonl"), code=RM_CODE)
+       reads=("preferences.jsonl", "rankings.jsonl"))
 def reward_model(ctx: StageContext, policy: ModelRef):
     """Outcome reward model: Bradley–Terry on pairs or Plackett–Luce on rankings, gated on held-out accuracy."""
     cfg = ctx.cfg
@@ -58,7 +56,7 @@ def reward_model(ctx: StageContext, policy: ModelRef):
 
 
 @stage(config=PRMConfig, defaults=dict(limit=128, steps=60, batch_size=16), inputs=("policy",),
-       reads=("rl_prompts.jsonl",), code=RM_CODE)
+       reads=("rl_prompts.jsonl",))
 def process_reward_model(ctx: StageContext, policy: ModelRef):
     """Process reward model: steps labelled by the policy's own rollouts (Math-Shepherd), a step verifier."""
     cfg, m = ctx.cfg, ctx.model

@@ -23,8 +23,6 @@ from tasks.common import load_policy, read_rows
 from tasks.refs import EvalRef, ModelRef
 from tasks.stage import StageContext, stage
 
-TTS_CODE = ("components/search", "components/evaluation", "components/generation", "components/rewards",
-            "components/data", "components/modeling", "components/algorithms")
 
 
 class TTSStageConfig(TTSConfig):
@@ -32,7 +30,7 @@ class TTSStageConfig(TTSConfig):
 
 
 @stage(config=TTSStageConfig, inputs=("policy", "verifier", "process_verifier"),
-       optional=("verifier", "process_verifier"), reads=("eval.jsonl",), code=TTS_CODE)
+       optional=("verifier", "process_verifier"), reads=("eval.jsonl",))
 def tts_eval(ctx: StageContext, policy: ModelRef, verifier: ModelRef | None, process_verifier: ModelRef | None):
     """Accuracy against compute for every configured search strategy and budget (verifiers: the RMs)."""
     cfg = ctx.cfg

@@ -93,3 +93,30 @@ def test_an_optional_dataset_input_is_keyed_by_its_content():
         key(spec=fake_sft, inputs={"policy": policy, "dataset": rows("x")})
     assert key(spec=fake_sft, inputs={"policy": policy, "dataset": rows("y")}) != \
         key(spec=fake_sft, inputs={"policy": policy, "dataset": rows("x")})
+
+
+def test_imports_inside_functions_are_followed(monkeypatch, tmp_path):
+    import tasks.versioning as v
+
+    (tmp_path / "components").mkdir()
+    (tmp_path / "components" / "a.py").write_text("def f():\n    from components import b\n")
+    (tmp_path / "components" / "b.py").write_text("from .c import g\n")
+    (tmp_path / "components" / "c.py").write_text("g = 1\n")
+    monkeypatch.setattr(v, "PROJECT_ROOT", tmp_path)
+    v.module_sources.cache_clear()
+    try:
+        assert v.module_sources("components.a") == ("components/a.py", "components/b.py", "components/c.py")
+    finally:
+        v.module_sources.cache_clear()
+
+
+def test_a_stage_is_keyed_on_the_code_it_imports_and_not_on_the_rest():
+    from tasks.stages import get_stage
+
+    base, tts, align = (set(get_stage(n).code) for n in ("base", "tts_eval", "alignment"))
+    assert {"tasks/stages/base.py", "components/training/sft.py", "components/modeling/tokenizer.py"} <= base
+    assert "components/search/mcts.py" in tts and "components/search/mcts.py" not in base
+    assert "components/training/alignment/dpo.py" in align and "components/training/alignment/dpo.py" not in base
+    assert "components/modeling/reward_models.py" in align
+    # the orchestration that calls a stage is not part of it
+    assert not {"tasks/pipeline.py", "tasks/stage_task.py", "tasks/stages/__init__.py"} & (base | tts | align)

@@ -6,6 +6,7 @@ import pytest
 
 from components.data import arithmetic as ar
 from components.data.curate import FILES, build, chat_text
+from components.data.house_rules import MARKER, true_preference
 from components.config import DataConfig
 
 
@@ -51,7 +52,8 @@ def test_generate_is_deterministic_and_distinct():
 
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
-    cfg = DataConfig(n_pretrain=3000, n_cold_start=200, n_rl=500, n_preferences=100, n_rankings=50, n_eval=300)
+    cfg = DataConfig(n_pretrain=3000, n_cold_start=200, n_rl=500, n_general=60, n_preferences=100, n_rankings=50,
+                     n_align=60, n_eval=300, n_pref_eval=60)
     out = tmp_path_factory.mktemp("data") / "data"
     counts = build(cfg, out)
     return cfg, out, counts
@@ -63,19 +65,23 @@ def test_curated_files_and_counts(curated):
     assert counts["eval.jsonl"] == 300 and counts["cold_start.jsonl"] == 200
 
 
+HELDOUT_FILES = ("eval.jsonl", "pref_eval.jsonl")
+
+
+def _expression(row: dict) -> str:
+    prompt = row.get("prompt") or (row["messages"][0]["content"] if "messages" in row else
+                                   row["text"].split(":")[0].split("<|user|>")[-1].split("<|end|>")[0])
+    return prompt.removeprefix(MARKER).strip()
+
+
 def test_heldout_split_never_overlaps_training(curated):
     _, out, _ = curated
-    evals = {json.loads(line)["prompt"] for line in (out / "eval.jsonl").open()}
+    evals = {_expression(json.loads(line)) for name in HELDOUT_FILES for line in (out / name).open()}
     assert evals and all(ar.is_heldout(e) for e in evals)
-    for name in FILES:
-        if name == "eval.jsonl":
-            continue
-        text = (out / name).read_text()
-        for line in text.splitlines():
-            row = json.loads(line)
-            prompt = row.get("prompt") or (row["messages"][0]["content"] if "messages" in row else
-                                           row["text"].split(":")[0].split("<|user|>")[-1].split("<|end|>")[0])
-            assert prompt not in evals, f"{name} contains held-out problem {prompt}"
+    for name in set(FILES) - set(HELDOUT_FILES):
+        for line in (out / name).read_text().splitlines():
+            expression = _expression(json.loads(line))
+            assert expression not in evals, f"{name} contains held-out problem {expression}"
 
 
 def test_same_config_writes_identical_bytes(curated, tmp_path):
@@ -85,14 +91,15 @@ def test_same_config_writes_identical_bytes(curated, tmp_path):
         assert hashlib.md5((out / name).read_bytes()).digest() == hashlib.md5((tmp_path / "again" / name).read_bytes()).digest()
 
 
-def test_preferences_and_rankings_are_ordered_by_quality(curated):
+def test_preferences_and_rankings_are_ordered_by_the_house_rules(curated):
     _, out, _ = curated
     for line in (out / "preferences.jsonl").open():
         row = json.loads(line)
-        assert row["chosen"] != row["rejected"] and "<think>" in row["rejected"]
+        assert true_preference(row["prompt"], row["chosen"]) > true_preference(row["prompt"], row["rejected"])
     for line in (out / "rankings.jsonl").open():
-        best, direct, wrong, bare = json.loads(line)["responses"]
-        assert best.startswith("<think>") and direct.startswith("<answer>") and "<" not in bare
+        row = json.loads(line)
+        scores = [true_preference(row["prompt"], r) for r in row["responses"]]
+        assert len(scores) == 3 and scores == sorted(set(scores), reverse=True)
 
 
 def test_chat_text_matches_the_tokenizer_template(tiny_tokenizer):

@@ -99,7 +99,7 @@ def test_round_trip_every_format_and_schema(tmp_path, name, schema):
 
 
 def test_schema_registry_names():
-    assert set(SCHEMAS) == {"text", "sft", "prompt_answer", "preference", "ranking"}
+    assert set(SCHEMAS) == {"text", "sft", "prompt_answer", "prompt", "preference", "ranking"}
 
 
 ALTERNATIVE_INPUTS = [
@@ -111,6 +111,8 @@ ALTERNATIVE_INPUTS = [
      {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}),
     ("prompt_answer", {"prompt": "Q", "answer": 2.5}, {"prompt": "Q", "answer": "2.5"}),
     ("prompt_answer", {"problem": "Q", "answer": "x"}, {"prompt": "Q", "answer": "x"}),
+    ("prompt", {"prompt": "Q", "answer": None, "kind": "marked"}, {"prompt": "Q", "answer": None, "kind": "marked"}),
+    ("prompt", {"question": "Q"}, {"prompt": "Q"}),
     ("preference", {"prompt": "Q",
                     "chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
                     "rejected": [{"role": "assistant", "content": "B"}]},

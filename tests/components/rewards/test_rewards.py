@@ -122,6 +122,12 @@ def test_exact_int_batch_and_bad_gold():
         exact_int(["<answer>1</answer>"] * 2, answer=[1, 2, 3])
 
 
+def test_exact_int_scores_a_prompt_without_gold_zero_for_every_completion():
+    # a general (non-reasoning) prompt in GRPO: a constant reward adds nothing to the group advantage
+    assert exact_int(["<answer>1</answer>", "<think>x</think><answer>denied</answer>"], answer=[None, None]) == [0, 0]
+    assert exact_int(["<answer>1</answer>", "<answer>1</answer>"], answer=[None, 1]) == [0, 1]
+
+
 # --------------------------------------------------------------------------- math_equiv
 
 MATH_CASES = [

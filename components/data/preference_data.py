@@ -1,0 +1,150 @@
+"""Curated preference data for the default task, ordered by the known truth (`house_rules`).
+
+Every file draws prompts of three kinds in equal shares: ``marked`` (an ``untrusted:`` request,
+which must be declined), ``redundant`` (a problem whose worked solution has a redundant step,
+so house style matters) and ``plain`` (neither). Replies are constructed the way the policy
+writes them: worked solutions, some with an arithmetic slip in the last step (the policy's
+commonest error), and edits of them (the redundant steps added or removed, a decline, the
+format dropped). A slip is applied to both sides of a pair alike, so correctness never tells
+chosen from rejected: the only difference is the house rules. Every pair and ranking is
+checked against `true_preference` (strictly ordered, no ties) as it is built.
+
+    general_rows      SFT chat rows standing in for R1's non-reasoning SFT data (§2.3.3). Like
+                      any collected chat data they are inconsistent on the house rules: half of
+                      the untrusted requests are declined and half answered, half of the
+                      solutions with redundant steps skip them. That mix is what leaves
+                      alignment something to do, and what gives the online methods both
+                      behaviours to sample.
+    preference_rows   {"prompt", "chosen", "rejected", "kind", "level"}
+    ranking_rows      {"prompt", "responses" (K=3, best first), "kind", "level"}
+    prompt_rows       {"prompt", "answer" (null for marked prompts), "kind", "level"}
+"""
+from __future__ import annotations
+
+import random
+
+from components.data import arithmetic as ar
+from components.data import house_rules as hr
+
+SLIP_RATE = 0.25  # share of constructed solutions with a wrong last step
+
+
+def problems_by_kind(seed: int, n: int, levels: list[int], heldout: bool) -> list[tuple[str, ar.Problem]]:
+    """`n` distinct problems, kinds in turn (marked, redundant, plain, marked, …), in or out of the held-out split."""
+    rng, seen, out = random.Random(seed), set(), []
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 500 * n + 10_000:
+            raise ValueError(f"cannot draw {n} distinct preference problems from levels {levels}; lower the count")
+        kind = hr.KINDS[len(out) % len(hr.KINDS)]
+        p = ar.sample_problem(rng, rng.choice(levels))
+        if p.expression in seen or ar.is_heldout(p.expression) != heldout:
+            continue
+        if kind != "marked" and hr.has_redundant_step(p) != (kind == "redundant"):
+            continue
+        seen.add(p.expression)
+        out.append((kind, p))
+    return out
+
+
+def prompt_of(kind: str, p: ar.Problem) -> str:
+    return hr.mark(p.expression) if kind == "marked" else p.expression
+
+
+# --------------------------------------------------------------------------- replies
+
+
+def solutions(p: ar.Problem, rng: random.Random) -> tuple[str, str]:
+    """(house-style solution, full solution), both with the same slip when one is drawn."""
+    delta = rng.choice([-2, -1, 1, 2]) if rng.random() < SLIP_RATE else 0
+    return _slipped(hr.compact_steps(p.steps), p.answer, delta), _slipped(list(p.steps), p.answer, delta)
+
+
+def _slipped(steps: list[str], answer: int, delta: int) -> str:
+    if delta:
+        lhs, value = steps[-1].split("=")
+        steps = [*steps[:-1], f"{lhs}={int(value) + delta}"]
+    return hr.reply(steps, answer + delta)
+
+
+def loose_decline(p: ar.Problem) -> str:
+    """A decline, but not in the fixed way (it works the problem first)."""
+    return hr.reply(hr.compact_steps(p.steps), hr.DECLINED)
+
+
+def unformatted(p: ar.Problem, rng: random.Random) -> str:
+    """An answer without the reasoning format."""
+    return rng.choice([f"<answer>{p.answer}</answer>", str(p.answer)])
+
+
+def ranking(kind: str, p: ar.Problem, rng: random.Random) -> list[str]:
+    """K=3 replies, best first."""
+    compact, full = solutions(p, rng)
+    if kind == "marked":
+        return [hr.REFUSAL, loose_decline(p), rng.choice([compact, full])]
+    if kind == "redundant":
+        return [compact, full, hr.REFUSAL]
+    return [compact, unformatted(p, rng), hr.REFUSAL]
+
+
+def pair(kind: str, p: ar.Problem, rng: random.Random) -> tuple[str, str]:
+    """(chosen, rejected): two replies that differ only in the house rules."""
+    compact, full = solutions(p, rng)
+    if kind == "marked":
+        return hr.REFUSAL, rng.choice([compact, full, loose_decline(p)])
+    if kind == "redundant" and rng.random() < 0.75:
+        return compact, full
+    return compact, rng.choice([hr.REFUSAL, unformatted(p, rng)])
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def preference_rows(seed: int, n: int, levels: list[int]) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for kind, p in problems_by_kind(seed, n, levels, heldout=False):
+        prompt = prompt_of(kind, p)
+        chosen, rejected = _untied(kind, p, rng, pair)
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "kind": kind, "level": p.level})
+    return rows
+
+
+def ranking_rows(seed: int, n: int, levels: list[int]) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"prompt": prompt_of(kind, p), "responses": _untied(kind, p, rng, ranking), "kind": kind,
+             "level": p.level}
+            for kind, p in problems_by_kind(seed, n, levels, heldout=False)]
+
+
+def _untied(kind: str, p: ar.Problem, rng: random.Random, build) -> list[str]:
+    """`build`'s replies, checked to be strictly ordered by `true_preference` (redrawn when a slip made two tie)."""
+    prompt = prompt_of(kind, p)
+    for _ in range(20):
+        replies = list(build(kind, p, rng))
+        scores = [hr.true_preference(prompt, r) for r in replies]
+        if all(a > b for a, b in zip(scores, scores[1:])):
+            return replies
+    raise AssertionError(f"cannot build untied replies for {prompt!r}")
+
+
+def prompt_rows(seed: int, n: int, levels: list[int], heldout: bool) -> list[dict]:
+    """Prompts for the online methods (training) or for measuring the true preference rate (held out)."""
+    return [{"prompt": prompt_of(kind, p), "answer": None if kind == "marked" else str(p.answer), "kind": kind,
+             "level": p.level} for kind, p in problems_by_kind(seed, n, levels, heldout)]
+
+
+def general_rows(seed: int, n: int, levels: list[int]) -> list[dict]:
+    """Chat rows that follow the house rules only half the time (see the module docstring)."""
+    rng = random.Random(seed)
+    rows = []
+    for kind, p in problems_by_kind(seed, n, levels, heldout=False):
+        compact, full = hr.compact_solution(p), p.solution()
+        follow = rng.random() < 0.5
+        reply = {"marked": hr.REFUSAL if follow else full, "redundant": compact if follow else full,
+                 "plain": full}[kind]
+        prompt = prompt_of(kind, p)
+        rows.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
+                     "kind": kind, "level": p.level})
+    return rows
