@@ -45,6 +45,8 @@ class DataConfig(Section):
     seed: int = Field(1234, description="Seed of the synthetic data generator.")
     levels: list[int] = Field(default_factory=lambda: sorted(LEVELS), description="Difficulty levels used.")
     n_pretrain: int = Field(60_000, ge=1, description="Pretraining documents for the base model.")
+    n_pretrain_marked: int = Field(1_200, ge=0, description="Pretraining chat turns with `untrusted:` requests "
+                                   "(declined half the time): where the base model learns the decline's words.")
     n_cold_start: int = Field(400, ge=1, description="Curated worked solutions for cold start.")
     n_rl: int = Field(4_000, ge=1, description="RL prompts with gold answers.")
     n_general: int = Field(600, ge=1, description="Non-reasoning chat rows mixed into SFT (general.jsonl).")
@@ -131,6 +133,8 @@ class TrainConfig(Section):
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(128, ge=8, description="Sequences are truncated to this many tokens.")
+    pack: bool = Field(True, description="Pack each micro-batch's sequences into rows of max_length tokens (same "
+                       "loss, no padding); turn off for a model whose attention ignores position_ids.")
     finetune: Literal["full", "lora", "qlora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     merge_lora: bool = Field(True, description="Merge adapters into a plain model directory after training.")

@@ -42,6 +42,6 @@ def r1_pipeline(recipe: Recipe, root: str = ".") -> dict:
         small = student_base(teacher=start)                       # §2.3.5 a smaller model, same tokenizer
         student = distill(teacher=aligned, student=small)         #   trained on the final model's generations
         distill_control(student=small)                            #   the same student on curated data alone
-        tts_eval(policy=aligned, verifier=rm, process_verifier=prm)  # §4 accuracy against test-time compute
+        tts_eval(policy=aligned, process_verifier=prm)            # §4 accuracy against test-time compute
         run.gate_champion(aligned)                                # alias `champion` moves only if it is no worse
     return run.report() | {"final": aligned.uri if aligned else None, "student": student.uri if student else None}

@@ -129,7 +129,7 @@ def outcome_logits(model, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
     """[N] ORM scores of token sequences (differentiable; the HF forward pools the last non-pad token)."""
     ids, attn = pad_right(seqs, pad_id)
     device = _device(model)
-    return model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits[:, 0]
+    return model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False).logits[:, 0]
 
 
 def step_logits(model, seqs: list[list[int]], positions: list[list[int]], pad_id: int

@@ -18,6 +18,9 @@ PRM  `AutoModelForTokenClassification`, num_labels = 1. Input: the same text, wi
      mapping) whose span starts before the step's end. A value model (OREO) uses the same
      positions with `activation="identity"`: V(s) of the state after step i.
 
+PRM as outcome verifier `process_outcome(score_steps, agg)`: a whole completion's score is the
+     aggregate (`last` | `min` | `prod`) of its step scores — best-of-N with a PRM (Snell et al.
+     2024 §5.1), when no outcome model of correctness was trained.
 Votes `vote_share`: the share of the completions of the same prompt in one call that reach the
      same answer (0 without an answer): self-consistency as a score, free of model calls.
 Batches are sorted by length and right padded; every pair is scored independently.
@@ -30,7 +33,9 @@ from collections import Counter, defaultdict
 import torch
 
 from components.data.prompts import render_prompt
+from components.data.steps import split_steps
 from components.rewards import extract_answer
+from components.search.aggregate import get_aggregation
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "identity": lambda x: x}
 
@@ -139,6 +144,22 @@ def step_token_positions(offsets, start: int, steps: list[str]) -> list[int]:
         end += len(s)
         positions.append(real[bisect_left(starts, end) - 1][1])
     return positions
+
+
+def process_outcome(score_steps, agg: str = "last", sep: str = " "):
+    """An outcome scorer `(prompts, completions) -> scores` from a step scorer, steps aggregated by `agg`."""
+    aggregate = get_aggregation(agg)
+
+    def score(prompts: list[str], completions: list[str]) -> list[float]:
+        steps = [split_steps(c, sep) for c in completions]
+        keep = [i for i, s in enumerate(steps) if s]  # an empty completion has no step to score: 0
+        out = [0.0] * len(completions)
+        scored = score_steps([prompts[i] for i in keep], [steps[i] for i in keep]) if keep else []
+        for i, step_scores in zip(keep, scored):
+            out[i] = aggregate(step_scores) if step_scores else 0.0
+        return out
+
+    return score
 
 
 def vote_share(prompts: list[str], completions: list[str]) -> list[float]:

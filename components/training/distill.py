@@ -132,13 +132,13 @@ def teacher_logits(teacher, batch: dict) -> torch.Tensor:
     """The frozen teacher's logits [B, T, V] on a batch (eval mode, no graph)."""
     teacher.eval()
     with torch.no_grad():
-        return teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
 
 def distill_batch_loss(student, teacher, batch: dict, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
     """`distill_objective` of the student on one collated batch (input_ids, attention_mask, loss_mask)."""
     batch = {k: v.to(student.device) for k, v in batch.items()}
-    logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     t_logits = teacher_logits(teacher, batch)[:, :-1] if cfg.kd_weight > 0 else None
     loss, parts = distill_objective(
         logits[:, :-1], t_logits, batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:], sft_weight=cfg.sft_weight,
@@ -199,7 +199,7 @@ def heldout_divergence(student, teacher, tokenizer, rows: list[dict], cfg: Disti
             batch = {k: v.to(student.device) for k, v in batch.items()}
             mask = batch["loss_mask"][:, 1:]
             with torch.no_grad():
-                s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+                s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[:, :-1]
                 kd = distill_loss(s, teacher_logits(teacher, batch)[:, :-1], mask, cfg.divergence, cfg.beta,
                                   cfg.kd_temperature, "token-mean")
             total, tokens = total + float(kd) * float(mask.sum()), tokens + float(mask.sum())

@@ -3,6 +3,13 @@
 Chat examples are rendered with the tokenizer's own chat template; only the final
 assistant turn is trained on (prompt tokens are masked from the loss). Plain text
 documents are trained on every token.
+
+Packing (`cfg.pack`, on by default): a micro-batch's sequences are packed first-fit into rows of
+`max_length` tokens, each keeping its own positions (0, 1, …), and attention is kept inside each
+sequence (transformers builds the block-diagonal causal mask from restarting `position_ids`).
+The micro-batch holds the same sequences and the loss is the same token mean over the same
+targets as with one padded row per sequence (a test checks loss and gradients agree); only the
+padding is gone, which on the default pretraining corpus halves the tokens a step computes.
 """
 from __future__ import annotations
 
@@ -60,8 +67,42 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
     return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask}
 
 
-def make_batch_fn(encoded: list, batch_size: int, grad_accum: int, seed: int, pad_id: int):
-    """batch_fn(step, micro): the examples at that position of a seeded, per-epoch shuffle."""
+def pack(examples: list[tuple[list[int], list[int]]], width: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Pack sequences first-fit (longest first) into rows of at most `width` tokens:
+    input_ids, position_ids (restarting at 0 for each sequence), loss_mask — all [R, W].
+
+    A sequence's first token is never a target (nothing before it in its own sequence predicts
+    it), so its loss-mask entry is 0; padding at a row's end gets positions of its own and no loss.
+    """
+    rows: list[list[tuple[list[int], list[int]]]] = []
+    sizes: list[int] = []
+    for ids, mask in sorted(examples, key=lambda e: -len(e[0])):
+        slot = next((i for i, size in enumerate(sizes) if size + len(ids) <= width), None)
+        if slot is None:
+            rows.append([])
+            sizes.append(0)
+            slot = len(rows) - 1
+        rows[slot].append((ids, mask))
+        sizes[slot] += len(ids)
+    w = max(sizes)
+    input_ids = torch.full((len(rows), w), pad_id, dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), w), dtype=torch.long)
+    position_ids = torch.arange(w).repeat(len(rows), 1)
+    for r, row in enumerate(rows):
+        at = 0
+        for ids, mask in row:
+            n = len(ids)
+            input_ids[r, at:at + n] = torch.tensor(ids)
+            loss_mask[r, at + 1:at + n] = torch.tensor(mask[1:n], dtype=torch.long)
+            position_ids[r, at:at + n] = torch.arange(n)
+            at += n
+        position_ids[r, at:] = torch.arange(w - at)  # the padding tail is a sequence of its own
+    return {"input_ids": input_ids, "position_ids": position_ids, "loss_mask": loss_mask}
+
+
+def make_batch_fn(encoded: list, batch_size: int, grad_accum: int, seed: int, pad_id: int, pack_width: int = 0):
+    """batch_fn(step, micro): the examples at that position of a seeded, per-epoch shuffle,
+    padded one per row, or packed into rows of `pack_width` tokens when it is > 0."""
     n = len(encoded)
 
     @lru_cache(maxsize=4)
@@ -71,14 +112,17 @@ def make_batch_fn(encoded: list, batch_size: int, grad_accum: int, seed: int, pa
     def batch_fn(step: int, micro: int) -> dict[str, torch.Tensor]:
         start = ((step - 1) * grad_accum + micro) * batch_size
         picks = [order(i // n)[i % n] for i in range(start, start + batch_size)]
-        return collate([encoded[j] for j in picks], pad_id)
+        examples = [encoded[j] for j in picks]
+        return pack(examples, pack_width, pad_id) if pack_width else collate(examples, pad_id)
 
     return batch_fn
 
 
 def sft_loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Token-mean NLL of a padded (attention_mask) or packed (position_ids) batch."""
     batch = {k: v.to(model.device) for k, v in batch.items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    layout = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
+    logits = model(input_ids=batch["input_ids"], use_cache=False, **layout).logits
     loss = sft_loss(logits[:, :-1], batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:])
     return loss, {"tokens": float(batch["loss_mask"][:, 1:].sum())}
 
@@ -89,7 +133,8 @@ def run_sft(model, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log: L
     if not rows:
         raise EncodingError("no training rows")
     encoded = [encode(tokenizer, row, cfg.max_length) for row in rows]
-    batch_fn = make_batch_fn(encoded, cfg.batch_size, cfg.grad_accum, seed, tokenizer.pad_token_id)
+    batch_fn = make_batch_fn(encoded, cfg.batch_size, cfg.grad_accum, seed, tokenizer.pad_token_id,
+                             pack_width=cfg.max_length if cfg.pack else 0)
     trainer = Trainer({"model": model}, cfg, ckpt_dir, log=log, progress=progress, what="sft")
 
     def iteration(step: int) -> dict:

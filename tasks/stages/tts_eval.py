@@ -1,8 +1,9 @@
 """Test-time-scaling evaluation (seed §4): search strategies × budgets on the held-out problems.
 
-The policy searches; a learned verifier scores (the outcome RM for best-of-N, the process RM for
-step-level search) or the policy's own votes decide — never the answer checker, which grades only
-the final answers. Logged: accuracy with its interval and compute per (strategy, budget), the
+The policy searches; a learned verifier scores (an outcome model of correctness for best-of-N if
+one is given, else the process RM's aggregated step scores; the process RM for step-level
+search) or the policy's own votes decide — never the answer checker, which grades only the final
+answers. (The preference reward model is not a correctness verifier: it scores the house rules.) Logged: accuracy with its interval and compute per (strategy, budget), the
 accuracy-versus-tokens plot, a table of problems where strategies disagree and, when
 compute-optimal scaling is configured, its fitted plan and its frontier against best-of-N.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Literal
 
 import mlflow
 from pydantic import Field
@@ -18,7 +20,7 @@ from components.config import RolloutConfig
 from components.evaluation.tts_eval import TTSConfig, evaluate_tts
 from components.generation import make_engine
 from components.search.policy import make_toolkit
-from components.search.verifiers import load_outcome_verifier, load_process_verifier
+from components.search.verifiers import load_outcome_verifier, load_process_verifier, process_outcome
 from tasks.common import load_policy, read_rows
 from tasks.refs import EvalRef, ModelRef
 from tasks.stage import StageContext, stage
@@ -27,6 +29,8 @@ from tasks.stage import StageContext, stage
 
 class TTSStageConfig(TTSConfig):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="How the policy samples.")
+    outcome_agg: Literal["last", "min", "prod"] = Field("last", description="Without an outcome verifier, a completion's score is its process "
+                             "verifier's step scores aggregated by this (last | min | prod).")
 
 
 @stage(config=TTSStageConfig, inputs=("policy", "verifier", "process_verifier"),
@@ -37,10 +41,12 @@ def tts_eval(ctx: StageContext, policy: ModelRef, verifier: ModelRef | None, pro
     rows = read_rows(ctx, "eval.jsonl", "prompt_answer", name="eval")
     model, tokenizer = load_policy(ctx, policy)
     engine = make_engine(cfg.rollout.backend, model, tokenizer, **cfg.rollout.engine_kwargs())
-    tools = make_toolkit(engine, tokenizer, cfg.search, system_prompt=cfg.system_prompt,
-                         score=load_outcome_verifier(verifier.uri, tokenizer) if verifier else None,
-                         score_steps=load_process_verifier(process_verifier.uri, tokenizer) if process_verifier
-                         else None)
+    score_steps = load_process_verifier(process_verifier.uri, tokenizer) if process_verifier else None
+    score = load_outcome_verifier(verifier.uri, tokenizer) if verifier else None
+    if score is None and score_steps is not None:
+        score = process_outcome(score_steps, cfg.outcome_agg, cfg.search.step_sep)
+    tools = make_toolkit(engine, tokenizer, cfg.search, system_prompt=cfg.system_prompt, score=score,
+                         score_steps=score_steps)
     result = evaluate_tts(rows, tools, tokenizer, cfg, ctx.out_dir / "tts", log=ctx.log, progress=ctx.progress)
     mlflow.log_artifacts(str(ctx.out_dir / "tts"), "tts")
     metrics = {}

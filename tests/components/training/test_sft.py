@@ -1,8 +1,9 @@
+import pytest
 import torch
 
 from components.config import TrainConfig
 from components.training.loop import lr_lambda
-from components.training.sft import encode_chat, make_batch_fn, run_sft
+from components.training.sft import collate, encode, encode_chat, make_batch_fn, pack, run_sft, sft_loss_fn
 
 ROWS = [{"messages": [{"role": "user", "content": f"{a}*{b}"},
                       {"role": "assistant", "content": f"<think>{a}*{b}={a * b}</think><answer>{a * b}</answer>"}]}
@@ -25,6 +26,31 @@ def test_batches_are_a_pure_function_of_position():
     assert seen == [b(step, micro)["input_ids"][:, 0].tolist() for step in (1, 2, 3) for micro in (0, 1)]
     first_epoch = sum(seen, [])[:10]
     assert sorted(first_epoch) == list(range(10)), "each example once per epoch"
+
+
+def test_packing_keeps_each_sequence_to_itself():
+    # lengths 5, 3, 4, 2 into rows of 8: first-fit longest first gives [5, 3] and [4, 2]
+    examples = [([1] * 5, [1] * 5), ([2] * 3, [0, 1, 1]), ([3] * 4, [1] * 4), ([4] * 2, [1, 1])]
+    batch = pack(examples, width=8, pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 1, 1, 1, 1, 2, 2, 2], [3, 3, 3, 3, 4, 4, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 2, 3, 0, 1, 0, 1]]
+    # a sequence's first token is never a target; the rest keep their own mask; padding has none
+    assert batch["loss_mask"].tolist() == [[0, 1, 1, 1, 1, 0, 1, 1], [0, 1, 1, 1, 0, 1, 0, 0]]
+
+
+def test_a_packed_batch_has_the_loss_and_gradients_of_the_padded_one(tiny_model, tiny_tokenizer):
+    examples = [encode(tiny_tokenizer, row, 64) for row in ROWS[:12]]
+    examples += [encode(tiny_tokenizer, {"text": f"{a}+{a}: {a}+{a}={2 * a}"}, 64) for a in range(6)]
+
+    def loss_and_grads(batch):
+        tiny_model.zero_grad()
+        loss, metrics = sft_loss_fn(tiny_model, batch)
+        loss.backward()
+        return loss.item(), metrics["tokens"], [p.grad.clone() for p in tiny_model.parameters()]
+
+    padded, packed = loss_and_grads(collate(examples, 0)), loss_and_grads(pack(examples, 64, 0))
+    assert packed[0] == pytest.approx(padded[0], rel=1e-5) and packed[1] == padded[1]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(padded[2], packed[2]))
 
 
 def test_schedule_values():
