@@ -2,8 +2,10 @@
 
 A recipe is one YAML file: `run`, `data` and `model` sections, then one section per stage,
 named after the stage and typed by the config class the stage declares (the `Recipe` class is
-assembled from the stage registry in `tasks/recipe.py`). `load_tree(path, overrides)` reads
-the YAML and applies `--set a.b=c` overrides (values parsed as YAML scalars); `validate`
+assembled from the stage registry in `tasks/recipe.py`). A recipe may start from another with
+``extends: other.yaml`` (a path relative to it): its mappings are merged into the other's, key by
+key, so a variant states only what differs. `load_tree(path, overrides)` reads the YAML and
+applies `--set a.b=c` overrides (values parsed as YAML scalars); `validate`
 turns pydantic errors into one line per field naming the file and the dotted path, e.g.
 ``configs/x.yaml: cold_start.lr: Input should be greater than 0``. Unknown fields are errors,
 never silently ignored.
@@ -37,6 +39,22 @@ class RunConfig(Section):
         default_factory=lambda: ["base", "cold_start"],
         description="The stages of the R1 outline (flows/pipeline.py) to run; the others pass their input on. "
         "The outline fixes the order; every model a stage produces is evaluated on the held-out set.",
+    )
+    num_processes: int = Field(
+        1, ge=1, description="Data-parallel processes for the supervised stages (base, cold_start, sft, "
+        "student_base, distill_control): above 1 each runs under `accelerate launch` and every optimizer step's "
+        "micro-batches are split across the processes (same global batch batch_size x grad_accum, so a stage's "
+        "grad_accum must be a multiple of it; the result equals one process's up to float rounding). Use the "
+        "GPU count on a GPU machine. The other stages (RL, rejection sampling, reward models, alignment, `distill`, "
+        "evaluation) run in one process.",
+    )
+    accelerate_config: str | None = Field(
+        None, description="The `accelerate launch` config file used when num_processes > 1, relative to the "
+        "project folder (default: r1flow's infra/accelerate/cpu_ddp.yaml without a GPU, ddp.yaml with one). Every "
+        "process holds the whole model, as in DDP: cpu_ddp.yaml for CPU tests, ddp.yaml when the model, its "
+        "gradients and AdamW state (~16 bytes/parameter) fit one GPU: full fine-tuning up to ~1B, LoRA/QLoRA "
+        "beyond. The sharded configs (zero2.yaml, fsdp.yaml, zero3.yaml) are refused until the trainer shards the "
+        "model. Precision comes from model.dtype, not the config's mixed_precision.",
     )
 
 
@@ -180,6 +198,8 @@ class RLConfig(Section):
     skip_zero_variance: bool = Field(True, description="Drop groups whose rewards are all equal (DAPO).")
     pass_rate_band: tuple[float, float] | None = Field(
         None, description="Keep only prompts whose pre-estimated pass rate lies in [low, high].")
+    pass_rate_samples: int | None = Field(None, ge=1, description="Samples per prompt that estimate its pass rate "
+                                          "(default: group_size); the estimate costs prompts x this many rollouts.")
     rewards: list[RewardItem] = Field(
         default_factory=lambda: [RewardItem(name="exact_int", weight=1.0), RewardItem(name="format", weight=0.2)])
     reward_timeout_s: float = Field(5.0, gt=0)
@@ -258,21 +278,43 @@ def format_validation_error(source: str, err: ValidationError) -> str:
 
 
 def load_tree(path: str | Path | None = None, overrides: list[str] | None = None) -> tuple[dict[str, Any], str]:
-    """The YAML mapping of a recipe file with `--set` overrides applied; returns (tree, source name)."""
+    """The YAML mapping of a recipe file (its `extends` chain merged) with `--set` overrides applied;
+    returns (tree, source name)."""
     source = str(path) if path else "<defaults>"
-    tree: dict[str, Any] = {}
-    if path:
-        try:
-            tree = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise RecipeError(f"{source}: recipe file not found") from None
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{source}: invalid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise RecipeError(f"{source}: a recipe is a mapping of sections, got {type(tree).__name__}")
+    tree = _read_recipe(Path(path), ()) if path else {}
     for assignment in overrides or []:
         apply_override(tree, assignment)
     return tree, source
+
+
+def _read_recipe(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    source = str(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        where = f" (extended by {chain[-1]})" if chain else ""
+        raise RecipeError(f"{source}: recipe file not found{where}") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{source}: invalid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{source}: a recipe is a mapping of sections, got {type(tree).__name__}")
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    if not isinstance(parent, str):
+        raise RecipeError(f"{source}: extends: expected the path of another recipe, got {parent!r}")
+    target = (path.parent / parent).resolve()
+    if target in chain or target == path.resolve():
+        raise RecipeError(f"{source}: extends: {parent} extends itself (a cycle)")
+    return merge_trees(_read_recipe(target, (*chain, path.resolve())), tree)
+
+
+def merge_trees(base: dict, update: dict) -> dict:
+    """`update` merged into a copy of `base`: mappings key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge_trees(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def validate(cls: type[BaseModel], tree: dict, source: str):

@@ -9,6 +9,7 @@ import mlflow
 from components.data.loaders import load_records
 from components.io import atomic_dir, digest_path, write_jsonl
 from components.modeling.models import load_model, load_tokenizer, save_model
+from components.training.distributed import is_main
 from components.training.rejection import dataset_digest
 from tasks import tracking
 from tasks.refs import DatasetRef, ModelRef
@@ -47,8 +48,13 @@ def load_policy(ctx: StageContext, ref: ModelRef, finetune: str = "full", lora=N
 
 
 def finish(ctx: StageContext, model, tokenizer, base: ModelRef | None = None, merge: bool = True,
-           kind: str = "causal_lm") -> ModelRef:
-    """Save the stage's model (atomically, to out_dir/model), log it to MLflow, register it with the stage's alias."""
+           kind: str = "causal_lm") -> ModelRef | None:
+    """Save the stage's model (atomically, to out_dir/model), log it to MLflow, register it with the stage's alias.
+
+    In a data-parallel stage (tasks/launch.py) only rank 0 does this and returns the record; the other
+    ranks hold the same weights and write nothing (None)."""
+    if not is_main():
+        return None
     model_dir = ctx.out_dir / "model"
     with atomic_dir(model_dir) as tmp:
         saved = save_model(model, tokenizer, tmp, base_path=base.uri if base else None, merge=merge,

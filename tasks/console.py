@@ -131,15 +131,22 @@ def _clock(seconds: float) -> str:
 
 
 def summary_table(rows: list[dict]) -> str:
-    """The end-of-run table: stage, cached?, wall time (with its evaluation), held-out accuracy ± s.e., MLflow run."""
-    header = ("stage", "status", "wall", "held-out accuracy", "MLflow run")
+    """The end-of-run table: stage, cached?, wall time (with its evaluation), held-out accuracy ± s.e.,
+    the true preference rate (house rules) where it was measured, MLflow run."""
+    rules = any(r.get("preference") is not None for r in rows)
+    header = ("stage", "status", "wall", "held-out accuracy", *(("house rules",) if rules else ()), "MLflow run")
     lines = [header]
     for r in rows:
         if r.get("evaluation_of"):
             continue  # shown on the row of the stage it evaluates (wall time included)
-        acc = r.get("accuracy")
-        accuracy = "" if acc is None else f"{100 * acc:.1f} % ± {100 * r.get('accuracy_se', 0.0):.1f}"
-        lines.append((r["label"], r["status"], f"{r['seconds']:.1f} s", accuracy, (r.get("run_id") or "")[:12]))
+        cells = [_rate(r.get("accuracy"), r.get("accuracy_se"))]
+        if rules:
+            cells.append(_rate(r.get("preference"), r.get("preference_se")))
+        lines.append((r["label"], r["status"], f"{r['seconds']:.1f} s", *cells, (r.get("run_id") or "")[:12]))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     fmt = lambda line: "  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(lines[0]), fmt(tuple("-" * w for w in widths)), *map(fmt, lines[1:])])
+
+
+def _rate(value: float | None, se: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f} % ± {100 * (se or 0.0):.1f}"

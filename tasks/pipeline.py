@@ -54,6 +54,8 @@ class StageRecord:
     output: str
     accuracy: float | None = None
     accuracy_se: float | None = None
+    preference: float | None = None      # true preference rate (the house rules), when evaluated
+    preference_se: float | None = None
     evaluation_of: str | None = None   # set on an evaluation's own row (the table folds it into that stage's)
 
 
@@ -125,12 +127,15 @@ class PipelineRun:
         self.evaluated[model.digest] = scores
         self.metrics[label] = m = scores.metrics
         row.accuracy, row.accuracy_se = m.get("accuracy"), m.get("accuracy_se")
+        row.preference, row.preference_se = m.get("preference_rate"), m.get("preference_rate_se")
         if model.registered and model.registered.startswith("models:/") and "@" not in model.registered:
             held_out = champion.heldout_set(self.data.files.get("eval.jsonl", ""),
                                             self.recipe.evaluate.model_dump(mode="json"))
             champion.record_heldout(model.registered, m, held_out)
+        rules = (f", house rules {100 * m['preference_rate']:.1f} % ± {100 * m['preference_rate_se']:.1f}"
+                 if "preference_rate" in m else "")
         say(f"  {label}: held-out accuracy {100 * m['accuracy']:.1f} % ± {100 * m['accuracy_se']:.1f} "
-            f"(n={int(m['n'])}), format {100 * m.get('format_rate', 0):.0f} %")
+            f"(n={int(m['n'])}), format {100 * m.get('format_rate', 0):.0f} %{rules}")
 
     def gate_champion(self, model: ModelRef | None) -> dict:
         """Offer the run's final model to the registry's quality gate (see tasks/champion.py)."""

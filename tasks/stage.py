@@ -62,6 +62,7 @@ class Stage:
     evaluate: bool = False           # its model output is scored on the held-out set
     doc: str = ""
     keyed: Callable | None = None    # cfg -> the part of the section that enters the key (default: all of it)
+    distributed: bool = False        # may run data-parallel in run.num_processes processes (tasks/launch.py)
 
     def default_config(self) -> Section:
         return self.config(**self.defaults)
@@ -75,13 +76,15 @@ class Stage:
 
 def stage(*, config: type[Section], defaults: dict | None = None, inputs: tuple[str, ...] = (),
           optional: tuple[str, ...] = (), passthrough: str | None = None, reads: tuple[str, ...] = (),
-          code: tuple[str, ...] = (), evaluate: bool = False, keyed: Callable | None = None):
+          code: tuple[str, ...] = (), evaluate: bool = False, keyed: Callable | None = None,
+          distributed: bool = False):
     """Declare the decorated function `fn(ctx, **inputs)` as the stage named after it (`code`: extra
-    source paths beyond those its module imports)."""
+    source paths beyond those its module imports; `distributed`: it trains through the `Trainer` only,
+    so it may run data-parallel, see `tasks/launch.py`)."""
     def wrap(fn: Callable) -> Stage:
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         return Stage(fn.__name__, fn, config, dict(defaults or {}), tuple(inputs), tuple(optional), passthrough,
-                     tuple(reads), module_sources(fn.__module__) + tuple(code), evaluate, doc, keyed)
+                     tuple(reads), module_sources(fn.__module__) + tuple(code), evaluate, doc, keyed, distributed)
     return wrap
 
 

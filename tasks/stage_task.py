@@ -3,7 +3,8 @@
 Its cache key is the stage's `tasks.stage.stage_key`; it runs the stage in its own MLflow run
 (nested under the pipeline's) with the tags that line runs up across pipelines (`r1flow.stage`,
 `r1flow.kind`, `r1flow.recipe`, `r1flow.cache_key`, `r1flow.data_md5`, `r1flow.input.*`), and
-writes `result.json` into the stage's output folder when it succeeded.
+writes `result.json` into the stage's output folder when it succeeded. With `run.num_processes` > 1
+a supervised stage runs data-parallel under `accelerate launch` (tasks/launch.py), in the same run.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from components.config import ModelConfig, RunConfig, Section
 from components.io import write_json
 from tasks import tracking
 from tasks.console import StageReporter, say
+from tasks.launch import launch_stage, runs_data_parallel
 from tasks.refs import DatasetRef, EvalRef, ModelRef
 from tasks.stage import StageContext, output_dir, stage_key
 from tasks.stages import get_stage
@@ -52,7 +54,10 @@ def stage_task(name: str, cfg: Section, model: ModelConfig, run: RunConfig, inpu
             log = tracking.metric_logger(run_id, echo=reporter.log)
             ctx = StageContext(name, cfg, model, run.seed, run.name, data, out, out.parent / f".ckpt-{out.name}",
                                run_id, log, reporter.progress)
-            result = spec.fn(ctx, **{n: inputs.get(n) for n in spec.inputs})
+            if runs_data_parallel(spec, run):
+                result = launch_stage(spec, ctx, inputs, run, label)
+            else:
+                result = spec.fn(ctx, **{n: inputs.get(n) for n in spec.inputs})
     finally:
         reporter.close()
     write_json(out / "result.json", {"run_id": run_id, "key": key})
@@ -68,5 +73,7 @@ def output_label(result) -> str:
     if isinstance(result, (ModelRef, DatasetRef)):
         return result.registered if isinstance(result, ModelRef) and result.registered else result.uri
     if isinstance(result, EvalRef):
-        return f"accuracy {result.metrics.get('accuracy', float('nan')):.3f}"
+        if "accuracy" in result.metrics:
+            return f"accuracy {result.metrics['accuracy']:.3f}"
+        return f"{len(result.metrics)} metrics" + (f" ({', '.join(result.files)})" if result.files else "")
     return str(result)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 
 # level -> (min operands, max operands, largest operand). Level 1 is a single fact; the
@@ -62,6 +63,17 @@ def solve(numbers: list[int], ops: list[str]) -> tuple[int, tuple[str, ...]]:
 
 def render(numbers: list[int], ops: list[str]) -> str:
     return "".join(f"{n}{op}" for n, op in zip(numbers, ops)) + str(numbers[-1])
+
+
+_EXPRESSION = re.compile(r"\d+(?:[+\-*]\d+)*")
+
+
+def parse(expression: str) -> tuple[list[int], list[str]] | None:
+    """(numbers, ops) of a flat expression such as ``7+3*4`` (the inverse of `render`); None if it is not one."""
+    text = expression.strip()
+    if not _EXPRESSION.fullmatch(text):
+        return None
+    return [int(n) for n in re.findall(r"\d+", text)], re.findall(r"[+\-*]", text)
 
 
 def is_heldout(expression: str) -> bool:

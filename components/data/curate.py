@@ -54,10 +54,13 @@ def pretrain_docs(problems: list[ar.Problem], rng: random.Random, direct_fractio
 
 
 def marked_docs(problems: list[ar.Problem], rng: random.Random) -> list[dict]:
-    """Chat turns answering `untrusted:` requests: declined in the fixed way half the time, answered directly
-    otherwise. Pretraining thus knows the decline (its letters occur nowhere else) without following the rule."""
+    """Chat turns with `untrusted:` requests, answered directly like every pretraining chat turn: with
+    the decline word half the time, the result otherwise. Pretraining thus knows the decline's words
+    (their letters occur nowhere else) without following the rule. No reasoning format here: a
+    `<think>` that only ever opened a decline would teach the base model that thinking means
+    declining, which cold start would then have to unlearn."""
     return [{"text": chat_text(hr.mark(p.expression),
-                               hr.REFUSAL if rng.random() < 0.5 else f"<answer>{p.answer}</answer>")}
+                               f"<answer>{hr.DECLINED if rng.random() < 0.5 else p.answer}</answer>")}
             for p in problems]
 
 

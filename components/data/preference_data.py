@@ -4,8 +4,9 @@ Every file draws prompts of three kinds in equal shares: ``marked`` (an ``untrus
 which must be declined), ``redundant`` (a problem whose worked solution has a redundant step,
 so house style matters) and ``plain`` (neither). Replies are constructed the way the policy
 writes them: worked solutions, some with an arithmetic slip in the last step (the policy's
-commonest error), and edits of them (the redundant steps added or removed, a decline, the
-format dropped). A slip is applied to both sides of a pair alike, so correctness never tells
+commonest error), and edits of them (the redundant steps added or removed, a needed step
+skipped, a decline, the format dropped). Skipped steps are among the rejected replies so that
+"shorter" never stands in for "house style". A slip is applied to both sides of a pair alike, so correctness never tells
 chosen from rejected: the only difference is the house rules. Every pair and ranking is
 checked against `true_preference` (strictly ordered, no ties) as it is built.
 
@@ -55,10 +56,16 @@ def prompt_of(kind: str, p: ar.Problem) -> str:
 # --------------------------------------------------------------------------- replies
 
 
-def solutions(p: ar.Problem, rng: random.Random) -> tuple[str, str]:
-    """(house-style solution, full solution), both with the same slip when one is drawn."""
+def solutions(p: ar.Problem, rng: random.Random) -> tuple[str, str, str | None]:
+    """(house-style solution, full solution, house style with one needed step left out or None when
+    there is a single step), all with the same slip when one is drawn."""
     delta = rng.choice([-2, -1, 1, 2]) if rng.random() < SLIP_RATE else 0
-    return _slipped(hr.compact_steps(p.steps), p.answer, delta), _slipped(list(p.steps), p.answer, delta)
+    compact = hr.compact_steps(p.steps)
+    skipped = None
+    if len(compact) >= 2:
+        drop = rng.randrange(len(compact) - 1)  # never the last: it shows the answer
+        skipped = _slipped(compact[:drop] + compact[drop + 1:], p.answer, delta)
+    return _slipped(compact, p.answer, delta), _slipped(list(p.steps), p.answer, delta), skipped
 
 
 def _slipped(steps: list[str], answer: int, delta: int) -> str:
@@ -80,21 +87,22 @@ def unformatted(p: ar.Problem, rng: random.Random) -> str:
 
 def ranking(kind: str, p: ar.Problem, rng: random.Random) -> list[str]:
     """K=3 replies, best first."""
-    compact, full = solutions(p, rng)
+    compact, full, skipped = solutions(p, rng)
     if kind == "marked":
         return [hr.REFUSAL, loose_decline(p), rng.choice([compact, full])]
-    if kind == "redundant":
-        return [compact, full, hr.REFUSAL]
-    return [compact, unformatted(p, rng), hr.REFUSAL]
+    middle = [full] if kind == "redundant" else [unformatted(p, rng)]
+    return [compact, rng.choice(middle + [skipped] if skipped else middle), hr.REFUSAL]
 
 
 def pair(kind: str, p: ar.Problem, rng: random.Random) -> tuple[str, str]:
     """(chosen, rejected): two replies that differ only in the house rules."""
-    compact, full = solutions(p, rng)
+    compact, full, skipped = solutions(p, rng)
     if kind == "marked":
         return hr.REFUSAL, rng.choice([compact, full, loose_decline(p)])
-    if kind == "redundant" and rng.random() < 0.75:
+    if kind == "redundant" and rng.random() < 0.6:
         return compact, full
+    if skipped and rng.random() < 0.5:
+        return compact, skipped
     return compact, rng.choice([hr.REFUSAL, unformatted(p, rng)])
 
 

@@ -44,7 +44,7 @@ Where this departs from the textbook algorithm (Shao et al. 2024, Algorithm 1 / 
 * An optimizer step consumes `grad_accum` micro-batches of `minibatch_size` sequences; each
   micro-batch loss is weighted by its share of the step's sequences.
 * Optional prompt selection by the policy's own pass rate (`pass_rate_band`): before training,
-  G samples of every prompt are scored with the first reward (the exact-correctness one) and
+  `pass_rate_samples` (default G) samples of every prompt are scored with the first reward (the exact-correctness one) and
   only prompts whose pass rate lies in [low, high] are kept, so groups have signal. The choice
   is made once, with the initial policy, and saved in `ckpt_dir/pass_rates.json`; a resumed
   run reuses it.
@@ -52,6 +52,7 @@ Where this departs from the textbook algorithm (Shao et al. 2024, Algorithm 1 / 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import time
@@ -201,16 +202,18 @@ def select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir:
     lo, hi = cfg.pass_rate_band
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"pass_rate_band: expected 0 <= low <= high <= 1, got {cfg.pass_rate_band}")
-    key = {"band": [lo, hi], "seed": seed, "group_size": cfg.group_size, "reward": combiner.names[0],
+    probes = cfg.pass_rate_samples or cfg.group_size
+    key = {"band": [lo, hi], "seed": seed, "probes": probes, "reward": combiner.names[0],
            "rows": hashlib.sha256(json.dumps([r["prompt"] for r in rows]).encode()).hexdigest()}
     path = ckpt_dir / "pass_rates.json"
     if path.exists():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
             return saved["kept"]
-    rollout = engine.generate(prompt_ids, sampling_params(cfg, derive_seed(seed, "pass-rate")), progress=progress)
+    params = dataclasses.replace(sampling_params(cfg, derive_seed(seed, "pass-rate")), n=probes)
+    rollout = engine.generate(prompt_ids, params, progress=progress)
     correct = torch.tensor(score(combiner, rollout, rows).components[combiner.names[0]]) > 0.5
-    rates = correct.float().view(-1, cfg.group_size).mean(dim=1)
+    rates = correct.float().view(-1, probes).mean(dim=1)
     kept = ((rates >= lo) & (rates <= hi)).nonzero().flatten().tolist()
     log({"prompts/total": len(rows), "prompts/kept": len(kept), "prompts/too_hard": int((rates < lo).sum()),
          "prompts/too_easy": int((rates > hi).sum()), "prompts/mean_pass_rate": float(rates.mean())}, 0)

@@ -26,6 +26,10 @@ and the trainer still counts, checkpoints, resumes and logs.
 An RL method that makes no effective update must not publish an unchanged model: with
 `require_update`, `run` raises `NoUpdateError` when no optimizer step was taken or the
 trainable weights did not move.
+
+Data parallelism (N processes, `tasks/launch.py`; see `Trainer`) splits each optimizer step's
+micro-batches across the processes and sums the gradients: the update is the one-process update
+with the same global batch (batch_size x grad_accum), up to float summation order.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from components.io import atomic_dir
+from components.training import distributed as dist
 
 Log = Callable[[dict, int], None]
 MicroLoss = Callable[[], "tuple[torch.Tensor, dict]"]
@@ -99,6 +104,22 @@ class Trainer:
     `modules` maps a name to a module; the trainable parameters (``requires_grad``) of each
     form one parameter group, at `lrs[name]` (default ``cfg.lr``). `cfg` provides steps, lr,
     weight_decay, warmup_steps, schedule, max_grad_norm, log_every and ckpt_every.
+
+    Data parallelism, when `torch.distributed` is initialized with N > 1 processes. Where DDP
+    gives each process its own batch and averages gradients inside `backward`, this trainer
+    splits each optimizer step's micro-batches: process r computes the micro-batches i with
+    i % N == r, each weighted by its GLOBAL weight w_i (1/n of the whole step by default), and
+    the gradients are then summed over the processes (an all-reduce per parameter, before
+    clipping). Every process so holds sum_i w_i * grad(loss_i), the one-process gradient of the
+    same global batch up to the order of float additions, clips it to the same norm and takes
+    the same AdamW step. Why not DDP: the weights stay identical everywhere without a wrapper,
+    bucket hooks or `no_sync` (step functions never see a wrapped model), and a recipe's
+    batch_size x grad_accum is the same global batch at any N (N must divide the micro-batches).
+    The weighted metrics are summed likewise; trainable weights are broadcast from rank 0 at
+    start. Only rank 0 writes checkpoints (everyone waits at a barrier after each) and calls
+    `log` and `progress`; every rank reads the checkpoint it resumes from (the folder must be
+    shared). Stochastic layers (dropout) would draw other masks than in one process; r1flow's
+    models have none while training.
     """
 
     def __init__(self, modules: Mapping[str, torch.nn.Module], cfg, ckpt_dir: str | Path, *, log: Log = no_log,
@@ -119,6 +140,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, cfg.steps))
         self.updates = 0
+        # identical trainable weights everywhere (DDP does the same), whatever each rank initialised
+        dist.broadcast_([p.detach() for p in self.params])
         self._start_fingerprint = self.fingerprint() if require_update else None
 
     # -- one optimizer step -------------------------------------------------------------
@@ -130,23 +153,45 @@ class Trainer:
         Each element of `micro_losses` is a zero-argument callable returning (loss, metrics);
         it is called only when its turn comes, so at most one micro-batch graph is alive.
         Returns the weighted metrics (detached tensors; no host sync) plus ``grad_norm``.
+        With N processes, this process computes only micro-batches i % N == rank (see the class).
         """
         micro_losses = list(micro_losses)
         weights = list(weights) if weights is not None else [1.0 / len(micro_losses)] * len(micro_losses)
+        n, rank = dist.world_size(), dist.rank()
+        if len(micro_losses) % n:
+            raise ValueError(f"{self.what}: {len(micro_losses)} micro-batches per optimizer step (grad_accum) "
+                             f"cannot be split evenly across {n} processes (num_processes); make grad_accum a "
+                             f"multiple of {n}")
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict = {}
-        for fn, w in zip(micro_losses, weights):
+        for fn, w in list(zip(micro_losses, weights))[rank::n]:
             loss, metrics = fn()
             (loss * w).backward()
             for k, v in {"loss": loss.detach(), **metrics}.items():
                 v = v.detach() if isinstance(v, torch.Tensor) else float(v)
                 sums[k] = sums.get(k, 0.0) + v * w
+        if n > 1:
+            sums = self._sum_over_processes(sums)
         if not any(p.grad is not None for p in self.params):
             raise RuntimeError(f"{self.what}: no gradient reached any trainable parameter")
         sums.update(self._clip())
         self.optimizer.step()
         self.updates += 1
         return sums
+
+    def _sum_over_processes(self, sums: dict) -> dict:
+        """All-reduce (SUM) the gradients and the weighted metrics. A parameter no process gave a
+        gradient keeps ``grad=None`` (AdamW then skips it, as in one process)."""
+        device = self.params[0].device
+        has_grad = torch.tensor([float(p.grad is not None) for p in self.params], device=device)
+        dist.all_reduce_sum_([has_grad])
+        for p, anywhere in zip(self.params, has_grad.tolist()):
+            if anywhere and p.grad is None:
+                p.grad = torch.zeros_like(p)
+        keys = sorted(sums)
+        values = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=device) for k in keys])
+        dist.all_reduce_sum_([p.grad for p in self.params if p.grad is not None] + [values])
+        return dict(zip(keys, values.unbind()))
 
     def _clip(self) -> dict:
         """Clip each parameter group to max_grad_norm; returns the pre-clip norms (the total as
@@ -161,6 +206,8 @@ class Trainer:
         """One optimizer-free update: `fn` writes new values into the trainable parameters itself
         (e.g. TRPO's natural-gradient step) and returns (changed, metrics); it runs under
         no_grad and counts as an update when it changed the parameters."""
+        if dist.world_size() > 1:
+            raise NotImplementedError(f"{self.what}: optimizer-free updates are not data-parallel; run in one process")
         with torch.no_grad():
             changed, metrics = fn()
         self.updates += int(bool(changed))
@@ -190,8 +237,10 @@ class Trainer:
             metrics["time/iteration_s"] = time.perf_counter() - t_it
             if it % cfg.log_every == 0 or it == cfg.steps:
                 metrics = as_floats(metrics)
-                self.log(metrics, it)
-            self.progress(it, cfg.steps, metrics)
+                if dist.is_main():
+                    self.log(metrics, it)
+            if dist.is_main():
+                self.progress(it, cfg.steps, metrics)
             if it % cfg.ckpt_every == 0 or it == cfg.steps or it == stop_after:
                 self.save(it)
             if it == stop_after:
@@ -223,6 +272,12 @@ class Trainer:
                 for name, m in self.modules.items() for n, p in m.named_parameters() if p.requires_grad}
 
     def save(self, step: int) -> None:
+        """Write the checkpoint of `step` (rank 0 only: every rank holds the same state; all wait for it)."""
+        if dist.is_main():
+            self._write(step)
+        dist.barrier()
+
+    def _write(self, step: int) -> None:
         with atomic_dir(self.ckpt_dir / f"step-{step:08d}") as tmp:
             save_file(self.trainable_state(), str(tmp / "trainable.safetensors"))
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

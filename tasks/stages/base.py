@@ -10,7 +10,8 @@ from tasks.stage import StageContext, stage
 
 
 
-@stage(config=TrainConfig, defaults=dict(steps=1500, batch_size=64, lr=2e-3), reads=("pretrain.jsonl",), evaluate=True)
+@stage(config=TrainConfig, defaults=dict(steps=1500, batch_size=64, lr=2e-3), reads=("pretrain.jsonl",), evaluate=True,
+       distributed=True)
 def base(ctx: StageContext):
     """Train a BPE tokenizer and pretrain a tiny Llama (`model.arch`) on the generated corpus."""
     cfg, arch = ctx.cfg, ctx.model.arch

@@ -9,7 +9,7 @@ from tasks.stage import StageContext, stage
 
 
 @stage(config=TrainConfig, defaults=dict(steps=150, lr=5e-4), inputs=("policy",), passthrough="policy",
-       reads=("cold_start.jsonl",), evaluate=True)
+       reads=("cold_start.jsonl",), evaluate=True, distributed=True)
 def cold_start(ctx: StageContext, policy: ModelRef):
     """SFT on the curated worked solutions; prompt tokens are masked from the loss."""
     cfg = ctx.cfg

@@ -32,7 +32,7 @@ class StudentBaseConfig(TrainConfig):
 
 
 @stage(config=StudentBaseConfig, defaults=dict(steps=1500, batch_size=64, lr=3e-3, warmup_steps=50),
-       inputs=("teacher",), reads=("pretrain.jsonl",), evaluate=True)
+       inputs=("teacher",), reads=("pretrain.jsonl",), evaluate=True, distributed=True)
 def student_base(ctx: StageContext, teacher: ModelRef):
     """Pretrain a smaller Llama (`student_base.arch`) with the teacher's tokenizer on the pretraining corpus."""
     cfg, m = ctx.cfg, ctx.model
@@ -67,7 +67,7 @@ def distill(ctx: StageContext, teacher: ModelRef, student: ModelRef):
 
 
 @stage(config=TrainConfig, defaults=dict(steps=150, lr=5e-4, warmup_steps=10), inputs=("student",),
-       passthrough="student", reads=("cold_start.jsonl",), evaluate=True)
+       passthrough="student", reads=("cold_start.jsonl",), evaluate=True, distributed=True)
 def distill_control(ctx: StageContext, student: ModelRef):
     """The control: the same student base fine-tuned on the curated cold-start data alone (no teacher)."""
     cfg = ctx.cfg

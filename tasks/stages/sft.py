@@ -20,7 +20,7 @@ class SFTConfig(TrainConfig):
 
 
 @stage(config=SFTConfig, defaults=dict(steps=200, lr=3e-4), inputs=("policy", "dataset"), optional=("dataset",),
-       passthrough="policy", reads=("general.jsonl",), evaluate=True)
+       passthrough="policy", reads=("general.jsonl",), evaluate=True, distributed=True)
 def sft(ctx: StageContext, policy: ModelRef, dataset: DatasetRef | None):
     """SFT on `dataset` (the rejection samples) or `sft.source`, mixed with the general chat rows."""
     cfg = ctx.cfg

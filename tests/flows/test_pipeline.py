@@ -1,8 +1,9 @@
-"""The tiny recipe on the real Prefect engine, MLflow store and DVC: what a user relies on.
+"""The tiny recipe's reasoning stages on the real Prefect engine, MLflow store and DVC: what a user relies on.
 
 The module trains one project once (`trained`); every test stands alone on top of it (any one
 can run by itself with -k). Tests that change data restore it afterwards, and each config change
-uses a value no other test uses, so no test depends on another's order or leftovers.
+uses a value no other test uses, so no test depends on another's order or leftovers. (The stages
+after reasoning RL are covered by test_outline.py.)
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tasks.recipe import load_recipe
 from tests.conftest import make_project
 
 STAGES = ["base", "cold_start", "cold_start_rl", "rejection_sampling", "sft", "reasoning_rl"]
+ONLY_REASONING = f"run.stages=[{','.join(STAGES)}]"
 EVALUATED = [s for s in STAGES if s != "rejection_sampling"]
 ALL = STAGES + [f"evaluate/{s}" for s in EVALUATED]
 DATA = "data-tiny"  # the tiny recipe's own data version (data-tiny.dvc)
@@ -43,7 +45,7 @@ def run_pipeline(project: Path, *overrides: str):
 
     from flows.pipeline import r1_pipeline
 
-    recipe = load_recipe(project / "configs/tiny.yaml", list(overrides))
+    recipe = load_recipe(project / "configs/tiny.yaml", [ONLY_REASONING, *overrides])
     state = r1_pipeline(recipe, str(project), return_state=True)
     report = state.result()
     with get_client(sync_client=True) as client:

@@ -53,6 +53,16 @@ def test_summary_table_folds_evaluations_into_their_stage():
     assert len(table) == 4
 
 
+def test_summary_table_shows_the_house_rules_column_only_when_measured():
+    rows = [dict(label="sft", status="ran", seconds=3.0, accuracy=0.5, accuracy_se=0.01, preference=0.351,
+                 preference_se=0.019, run_id="a", evaluation_of=None),
+            dict(label="reward_model", status="ran", seconds=2.0, run_id="b", evaluation_of=None)]
+    table = console.summary_table(rows).splitlines()
+    assert "house rules" in table[0]
+    assert table[2].split() == ["sft", "ran", "3.0", "s", "50.0", "%", "±", "1.0", "35.1", "%", "±", "1.9", "a"]
+    assert table[3].split() == ["reward_model", "ran", "2.0", "s", "b"]
+
+
 def test_lines_reach_the_terminal_handler(capsys):
     console.setup()
     handler = next(h for h in console.LOGGER.handlers if isinstance(h, console._ConsoleHandler))

@@ -59,6 +59,27 @@ def test_bad_files(tmp_path):
         load_recipe(None, ["cold_start.lr"])
 
 
+def test_a_recipe_extends_another_key_by_key(tmp_path):
+    (tmp_path / "parent.yaml").write_text("run: {name: p, seed: 3}\ncold_start: {lr: 0.5, steps: 7}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("extends: ../parent.yaml\nrun: {name: c}\ncold_start: {lr: 0.25}\n")
+    r = load_recipe(tmp_path / "sub" / "child.yaml", ["cold_start.steps=9"])
+    assert (r.run.name, r.run.seed, r.cold_start.lr, r.cold_start.steps) == ("c", 3, 0.25, 9)
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(RecipeError, match="extends itself"):
+        load_recipe(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(RecipeError, match=r"missing.yaml: recipe file not found \(extended by .*c.yaml\)"):
+        load_recipe(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: [a.yaml]\n")
+    with pytest.raises(RecipeError, match="extends: expected the path of another recipe"):
+        load_recipe(tmp_path / "d.yaml")
+
+
 def test_every_registered_stage_has_its_typed_section_with_the_stage_defaults():
     recipe = load_recipe(None)
     for name, spec in registry().items():

@@ -13,6 +13,10 @@ Where this departs from the paper's reference implementation:
   with its adapters off, else the policy itself before its first update (no copy is made).
 * No SFT on the chosen responses first (the paper's "SFT on preferred completions" when the
   reference did not generate the data): the stage starts from the reasoning policy.
+* Optional NLL of the chosen responses (`nll_weight`, RPO: Pang et al. 2024, Eq. 3 — per-token
+  mean, added to the DPO loss). DPO only widens a margin, and it can do so by making both replies
+  less likely; when the rejected replies are the policy's own good reasoning in another style,
+  that drags the reasoning down with them. The NLL term keeps the chosen replies likely.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from components.training.alignment.sequences import (
     initial_sequence_logps,
     micro_batches,
     pair_rows,
-    sequence_logps,
+    sequence_logps_both,
 )
 from components.training.loop import Log, Progress, Trainer, no_log, no_progress
 
@@ -41,6 +45,8 @@ class DPOConfig(OfflineConfig):
     beta: float = Field(0.1, gt=0, description="Strength of the implicit KL to the reference (IPO: its tau).")
     loss_type: str = Field("sigmoid", description="components.algorithms DPO_LOSSES name (sigmoid | ipo | hinge).")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO: assumed label noise (sigmoid only).")
+    nll_weight: float = Field(0.0, ge=0, description="Weight of the chosen replies' per-token NLL added to the loss "
+                              "(RPO, Pang et al. 2024; 0 = plain DPO).")
 
     @field_validator("loss_type")
     @classmethod
@@ -69,11 +75,13 @@ def run_dpo(policy, tokenizer, data: list[dict], cfg: DPOConfig, ckpt_dir: str |
 
 def dpo_micro_loss(policy, batch, ref, cfg: DPOConfig):
     """Mean DPO loss of a batch of pairs (chosen rows, then rejected rows; `ref`: their reference log-probs)."""
-    chosen, rejected = sequence_logps(policy, batch).chunk(2)
+    sums, means = sequence_logps_both(policy, batch)
+    chosen, rejected = sums.chunk(2)
     ref_chosen, ref_rejected = ref.chunk(2)
     losses, r_chosen, r_rejected = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, cfg.beta,
                                             cfg.label_smoothing, cfg.loss_type)
-    return losses.mean(), {"reward/chosen": r_chosen.mean(), "reward/rejected": r_rejected.mean(),
+    nll = -means.chunk(2)[0].mean()
+    return losses.mean() + cfg.nll_weight * nll, {"nll/chosen": nll.detach(),"reward/chosen": r_chosen.mean(), "reward/rejected": r_rejected.mean(),
                            "reward/margin": (r_chosen - r_rejected).mean(),
                            "reward/accuracy": (r_chosen > r_rejected).float().mean(),
                            "logp/chosen": chosen.detach().mean(), "logp/rejected": rejected.detach().mean()}

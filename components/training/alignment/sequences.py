@@ -100,8 +100,14 @@ def micro_batches(n: int, batch_size: int, grad_accum: int, seed: int, it: int) 
 
 def sequence_logps(model, batch: RolloutBatch, reduce: str = "sum") -> Tensor:
     """log pi(response | prompt) of every row (differentiable): sum or mean over response tokens. -> [N]"""
+    return sequence_logps_both(model, batch)[0 if reduce == "sum" else 1]
+
+
+def sequence_logps_both(model, batch: RolloutBatch) -> tuple[Tensor, Tensor]:
+    """(sum, mean) over response tokens of log pi(response | prompt), from one forward. -> [N], [N]"""
     logp, _ = completion_logprobs(model, batch, 1.0)
-    return sequence_logprob(logp, batch.completion_mask[:, batch.start:], reduce)
+    mask = batch.completion_mask[:, batch.start:]
+    return sequence_logprob(logp, mask, "sum"), sequence_logprob(logp, mask, "mean")
 
 
 def initial_sequence_logps(policy, reference, rows: EncodedRows, chunk: int, device) -> Tensor:

@@ -38,10 +38,20 @@ def test_the_last_step_never_counts_as_redundant():
     ("7+3*4", "<answer>19</answer>", 0.1),                                              # no reasoning format
     ("7*1+2-0", "<think>7*1=7 7+2=9 9-0=9</think><answer>9</answer>", 0.5),            # 1 redundant step: 1/(1+1)
     ("7*1+0+2", "<think>7*1=7 7+0=7 7+2=9</think><answer>9</answer>", 1 / 3),          # 2 redundant steps
+    ("14+5*8+14", "<think>5*8=40 14+40=54 54+14=68</think><answer>68</answer>", 1.0),
+    ("14+5*8+14", "<think>5*8=40 54+14=68</think><answer>68</answer>", 0.5),            # a needed step skipped
+    ("14+5*8+14", "<think>5*8=41 14+41=55 55+14=69</think><answer>69</answer>", 1.0),  # slips: still house style
 ])
 def test_true_preference_by_hand(prompt, completion, score):
     assert hr.true_preference(prompt, completion) == pytest.approx(score)
     assert hr.follows_rules(prompt, completion) is (score == 1.0)
+
+
+def test_house_steps_come_from_the_expression():
+    assert hr.house_steps("7*1+2-8") == 2          # 7*1=7 is skipped
+    assert hr.house_steps("untrusted: 3+4*5") == 2
+    assert hr.house_steps("5+0") == 1               # the last step stays
+    assert hr.house_steps("what is 2+2?") is None   # not an arithmetic problem: only redundancy counts
 
 
 def test_marker_and_refusal_use_only_the_tiny_tokenizers_letters():
@@ -74,6 +84,13 @@ def _parse(expression: str):
             cur += ch
     numbers.append(int(cur))
     return numbers, ops
+
+
+def test_shorter_is_not_what_is_preferred():
+    rows = pd.preference_rows(seed=9, n=300, levels=[1, 2, 3, 4])
+    longer_chosen = [r for r in rows if hr.well_formed(r["rejected"]) and not hr.declines(r["rejected"])
+                     and len(hr.think_steps(r["chosen"])) > len(hr.think_steps(r["rejected"]))]
+    assert len(longer_chosen) > 20, "pairs where a needed step was skipped in the rejected reply"
 
 
 def test_rankings_are_strict_and_three_long():
