@@ -2,17 +2,18 @@
 
 Run by hand once trained models exist (not a test):
 
-    .venv/bin/python bench/tts_frontier.py POLICY_DIR --orm ORM_DIR [--prm PRM_DIR] [--eval data/eval.jsonl]
+    .venv/bin/python bench/tts_frontier.py POLICY --prm PRM [--orm ORM] [--eval data/eval.jsonl]
 
-POLICY_DIR is a causal-LM directory (tokenizer inside); ORM_DIR an
-AutoModelForSequenceClassification (num_labels=1) and PRM_DIR an AutoModelForTokenClassification
-in the conventions of `components/search/verifiers.py`.
+POLICY is a causal-LM directory or registry URI (default recipe: models:/default@alignment), PRM
+the process reward model (models:/default@process_reward_model), ORM an optional outcome model
+of correctness; without one, a completion's score is the PRM's score of its last step (what the
+pipeline's tts_eval does). Conventions: `components/search/verifiers.py`.
 
 Defaults (the settings of the README figure):
   data        --eval data/eval.jsonl (the held-out split), all rows; split by a hash of
               (seed 0, prompt) into dev (50 %) and test (50 %);
   sampling    temperature 0.8, at most 64 new tokens, seed 0, rollout batch 256;
-  baseline    best-of-N with the ORM at N = 1, 2, 4, 8, 16 on test;
+  baseline    best-of-N with the verifier at N = 1, 2, 4, 8, 16 on test;
   compute-    difficulty = disagreement of 4 probe samples (never the true level), 3 quantile
   optimal     bins; arms self_consistency / weighted_best_of_n / best_of_n at N = 1, 2, 4, 8, 16
               (the probes are their first samples) and self_refine with 1 and 2 rounds
@@ -21,7 +22,7 @@ Defaults (the settings of the README figure):
   reported    mean generated tokens per problem, probes included; the frontier is the tokens
               best-of-N needs for its best test accuracy, the tokens compute-optimal needs to
               reach that accuracy, and their ratio (Snell et al. report > 4x).
-With --prm, PRM beam search (width 4) at N = 4, 8, 16 is added to the plot.
+PRM beam search (width 4) at N = 4, 8, 16 is added to the plot.
 Writes summary.json (rows, frontier, plan), accuracy_vs_tokens.png and disagreements.jsonl to --out.
 """
 from __future__ import annotations
@@ -41,14 +42,25 @@ from components.generation import make_engine  # noqa: E402
 from components.modeling.models import default_device, load_model, load_tokenizer  # noqa: E402
 from components.search import SearchConfig  # noqa: E402
 from components.search.policy import make_toolkit  # noqa: E402
-from components.search.verifiers import load_outcome_verifier, load_process_verifier  # noqa: E402
+from components.search.verifiers import load_outcome_verifier, load_process_verifier, process_outcome  # noqa: E402
+
+
+def local(uri: str) -> str:
+    """A model directory, or a runs:/ / models:/ URI downloaded from the project's MLflow store."""
+    if Path(uri).is_dir():
+        return uri
+    from tasks.settings import configure
+    from tasks.tracking import download_model
+
+    root = configure()
+    return str(download_model(uri, root / ".r1flow" / "downloads", "model"))
 
 
 def args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("policy")
-    p.add_argument("--orm", required=True)
-    p.add_argument("--prm")
+    p.add_argument("--prm", required=True)
+    p.add_argument("--orm")
     p.add_argument("--eval", default="data/eval.jsonl")
     p.add_argument("--limit", type=int, default=0, help="first N rows only (0 = all)")
     p.add_argument("--budgets", default="1,2,4,8,16")
@@ -66,8 +78,7 @@ def args():
 def config(a) -> TTSConfig:
     budgets = [int(x) for x in a.budgets.split(",")]
     cells = [CellSpec(strategy="best_of_n", budgets=budgets)]
-    if a.prm:
-        cells.append(CellSpec(strategy="beam_search", budgets=[n for n in budgets if n >= 4], options={"width": 4}))
+    cells.append(CellSpec(strategy="beam_search", budgets=[n for n in budgets if n >= 4], options={"width": 4}))
     arms = [CellSpec(strategy=s, budgets=budgets) for s in ("self_consistency", "weighted_best_of_n", "best_of_n")]
     arms.append(CellSpec(strategy="self_refine", budgets=[1, 2]))
     co = ComputeOptimalConfig(probes=a.probes, bins=a.bins, levels=[int(x) for x in a.levels.split(",")], arms=arms)
@@ -78,14 +89,17 @@ def config(a) -> TTSConfig:
 def main() -> None:
     a = args()
     cfg = config(a)
-    tok = load_tokenizer(a.policy)
-    engine = make_engine("transformers", load_model(a.policy).eval(), tok, batch_size=a.batch_size)
-    orm = load_outcome_verifier(a.orm, tok)
-    orm.model.to(default_device())
-    prm = load_process_verifier(a.prm, tok) if a.prm else None
-    if prm is not None:
-        prm.model.to(default_device())
-    tools = make_toolkit(engine, tok, cfg.search, score=orm, score_steps=prm)
+    policy, prm_dir, orm_dir = (local(x) if x else None for x in (a.policy, a.prm, a.orm))
+    tok = load_tokenizer(policy)
+    engine = make_engine("transformers", load_model(policy).eval(), tok, batch_size=a.batch_size)
+    prm = load_process_verifier(prm_dir, tok)
+    prm.model.to(default_device())
+    if orm_dir:
+        score = load_outcome_verifier(orm_dir, tok)
+        score.model.to(default_device())
+    else:
+        score = process_outcome(prm, "last", cfg.search.step_sep)
+    tools = make_toolkit(engine, tok, cfg.search, score=score, score_steps=prm)
     rows = [json.loads(line) for line in Path(a.eval).read_text().splitlines() if line.strip()]
 
     start = time.perf_counter()

@@ -63,11 +63,9 @@ class DataConfig(Section):
     seed: int = Field(1234, description="Seed of the synthetic data generator.")
     levels: list[int] = Field(default_factory=lambda: sorted(LEVELS), description="Difficulty levels used.")
     n_pretrain: int = Field(60_000, ge=1, description="Pretraining documents for the base model.")
-    n_pretrain_marked: int = Field(1_200, ge=0, description="Pretraining chat turns with `untrusted:` requests "
-                                   "(declined half the time): where the base model learns the decline's words.")
     n_cold_start: int = Field(400, ge=1, description="Curated worked solutions for cold start.")
     n_rl: int = Field(4_000, ge=1, description="RL prompts with gold answers.")
-    n_general: int = Field(600, ge=1, description="Non-reasoning chat rows mixed into SFT (general.jsonl).")
+    n_general: int = Field(1_200, ge=1, description="Non-reasoning chat rows mixed into SFT (general.jsonl).")
     n_preferences: int = Field(2_000, ge=1, description="Preference pairs ordered by the house rules.")
     n_rankings: int = Field(1_000, ge=1, description="Rankings of K=3 replies, for Plackett–Luce.")
     n_align: int = Field(2_000, ge=1, description="Prompts for the online alignment methods.")

@@ -208,6 +208,37 @@ def evaluate(models: List[str] = typer.Argument(..., help="Models to score: dire
     _print_report({**report, "experiment": cfg.run.experiment}, as_json, root)
 
 
+@app.command()
+def tts(models: List[str] = typer.Argument(..., help="Models to search with: directories, runs:/… or "
+                                           "models:/NAME@ALIAS."),
+        process_verifier: Optional[str] = typer.Option(None, "--process-verifier", help="The process reward model "
+                                                       "(step-level search, and best-of-N scores without --verifier)."),
+        verifier: Optional[str] = typer.Option(None, "--verifier", help="An outcome verifier of correctness."),
+        recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe whose tts_eval section is the grid "
+                                              "(default: configs/default.yaml; configs/tts.yaml has all of it)."),
+        set_: Optional[List[str]] = SetOpt, as_json: bool = JsonOpt) -> None:
+    """Accuracy against test-time compute: every strategy x budget of the recipe, for each model."""
+    root = configure()
+    try:
+        from tasks.inputs import resolve_model
+
+        cfg = load(recipe, set_)
+        for uri, what in [(m, "model") for m in models] + [(process_verifier, "process_verifier"),
+                                                            (verifier, "verifier")]:
+            if uri:
+                resolve_model(uri, root, what)  # every typo is one line, before the flow starts
+        with prefect_api():
+            from flows.tts import r1_tts
+
+            _quiet_prefect()
+            report = r1_tts(list(models), cfg, process_verifier or "", verifier or "", str(root))
+    except USER_ERRORS as e:
+        fail(e)
+    except KeyboardInterrupt:
+        _interrupted()
+    _print_report({**report, "experiment": cfg.run.experiment}, as_json, root)
+
+
 app.add_typer(data_app, name="data")
 app.add_typer(server_app, name="server")
 register_ops(app)

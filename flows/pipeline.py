@@ -43,5 +43,6 @@ def r1_pipeline(recipe: Recipe, root: str = ".") -> dict:
         student = distill(teacher=aligned, student=small)         #   trained on the final model's generations
         distill_control(student=small)                            #   the same student on curated data alone
         tts_eval(policy=aligned, process_verifier=prm)            # §4 accuracy against test-time compute
+        tts_eval(policy=student, process_verifier=prm, label="tts_eval/student")  #   of both final models
         run.gate_champion(aligned)                                # alias `champion` moves only if it is no worse
     return run.report() | {"final": aligned.uri if aligned else None, "student": student.uri if student else None}

@@ -100,9 +100,11 @@ class PipelineRun:
                 self._scored(models[label], label, self._collect(spec, f"evaluate/{label}", future.state, t0))
         return {label: self.evaluated[m.digest] for label, m in models.items()}
 
-    def call_variants(self, spec: Stage, inputs: dict, sections: dict[str, Section]) -> dict[str, ModelRef]:
+    def call_variants(self, spec: Stage, inputs: dict, sections: dict[str, Section],
+                      report_files: bool = True) -> dict[str, ModelRef]:
         """Run `spec` once per {label: section} on the same inputs, side by side on the recipe's task
-        runner (cached like any stage), then evaluate each model; returns {label: output}."""
+        runner (cached like any stage), then evaluate each model; returns {label: output}.
+        `report_files=False`: the caller reports the variants' figures itself (combined)."""
         _check_inputs(spec, inputs, True)
         with get_task_runner(self.recipe.runner) as runner:
             futures = {label: (runner.submit(*self._task(spec, inputs, label, section)), time.perf_counter())
@@ -110,7 +112,7 @@ class PipelineRun:
             outputs = {}
             for label, (future, t0) in futures.items():
                 future.wait()
-                outputs[label] = self._collect(spec, label, future.state, t0)
+                outputs[label] = self._collect(spec, label, future.state, t0, report_files)
         for label, model in outputs.items():
             if spec.evaluate and isinstance(model, ModelRef):
                 self.evaluate(model, label)
@@ -171,7 +173,7 @@ class PipelineRun:
             t0 = time.perf_counter()
             return self._collect(spec, label, task(**params, return_state=True), t0)
 
-    def _collect(self, spec: Stage, label: str, state, t0: float):
+    def _collect(self, spec: Stage, label: str, state, t0: float, report_files: bool = True):
         result = state.result()  # raises the stage's own error if it failed
         cached = state.name == "Cached"
         seconds = time.perf_counter() - t0
@@ -180,7 +182,7 @@ class PipelineRun:
         self.records.append(StageRecord(label, spec.name, "cached" if cached else "ran", seconds, run_id_of(result),
                                         output_label(result)))
         _record_on_parent(label, result)
-        for name, path in getattr(result, "files", {}).items():
+        for name, path in getattr(result, "files", {}).items() if report_files else ():
             mlflow.log_artifact(path, "report")
             self.files[name] = path
         return result

@@ -67,11 +67,12 @@ class Stage:
     def default_config(self) -> Section:
         return self.config(**self.defaults)
 
-    def __call__(self, **inputs):
-        """Run inside the current pipeline (see `tasks.pipeline.pipeline`)."""
+    def __call__(self, label: str | None = None, **inputs):
+        """Run inside the current pipeline (see `tasks.pipeline.pipeline`); `label` names a second
+        use of the same stage in one run (its summary row and MLflow run)."""
         from tasks.pipeline import current_pipeline
 
-        return current_pipeline().call(self, inputs)
+        return current_pipeline().call(self, inputs, label=label)
 
 
 def stage(*, config: type[Section], defaults: dict | None = None, inputs: tuple[str, ...] = (),

@@ -137,11 +137,18 @@ def code_digest(*paths: str) -> str:
 ORCHESTRATION = frozenset({"tasks/pipeline.py", "tasks/stage_task.py", "tasks/stages/__init__.py"})
 
 
+def _computes(rel: str) -> bool:
+    """Whether a file's code computes a stage's result: components/ and the stage modules do; the rest
+    of tasks/ (how a stage is declared, keyed, tracked, saved) only wraps them, and is followed
+    for what it imports but not hashed, so editing the framework does not retrain every stage."""
+    return rel.startswith(("components/", "tasks/stages/", "flows/"))
+
+
 @lru_cache(maxsize=None)
 def module_sources(module: str) -> tuple[str, ...]:
-    """The project files (relative paths) that `module` can run: its own file, the `__init__.py` of
-    its packages, and the same for every project module it imports, transitively (the
-    `ORCHESTRATION` files excepted)."""
+    """The project files (relative paths) whose code `module` runs to compute a result: its own
+    file, the `__init__.py` of its packages, and the same for every project module it imports,
+    transitively (`ORCHESTRATION` is not followed; framework files in tasks/ are followed, not kept)."""
     seen: set[str] = set()
     todo = [module]
     while todo:
@@ -150,7 +157,7 @@ def module_sources(module: str) -> tuple[str, ...]:
             if rel not in seen and rel not in ORCHESTRATION:
                 seen.add(rel)
                 todo.extend(_imports(rel))
-    return tuple(sorted(seen))
+    return tuple(sorted(rel for rel in seen if _computes(rel)))
 
 
 def _files_of(module: str) -> list[str]:

@@ -5,7 +5,7 @@ One call writes every file the pipeline reads into a directory (atomically), and
 reproduces the md5 committed in `data.dvc`.
 
 Files (JSON lines):
-  pretrain.jsonl     {"text"}                         base-model pretraining documents (+ `untrusted:` chat turns)
+  pretrain.jsonl     {"text"}                         base-model pretraining documents
   cold_start.jsonl   {"messages", "prompt", "answer", "level"}  curated worked solutions (reasoning format)
   rl_prompts.jsonl   {"prompt", "answer", "level"}    prompts with gold answers for RL / rejection sampling
   general.jsonl      {"messages", "kind", "level"}    non-reasoning chat rows mixed into SFT (R1 §2.3.3)
@@ -24,7 +24,6 @@ import random
 from pathlib import Path
 
 from components.data import arithmetic as ar
-from components.data import house_rules as hr
 from components.data import preference_data as pd
 from components.io import atomic_dir, write_jsonl
 
@@ -53,17 +52,6 @@ def pretrain_docs(problems: list[ar.Problem], rng: random.Random, direct_fractio
     return docs
 
 
-def marked_docs(problems: list[ar.Problem], rng: random.Random) -> list[dict]:
-    """Chat turns with `untrusted:` requests, answered directly like every pretraining chat turn: with
-    the decline word half the time, the result otherwise. Pretraining thus knows the decline's words
-    (their letters occur nowhere else) without following the rule. No reasoning format here: a
-    `<think>` that only ever opened a decline would teach the base model that thinking means
-    declining, which cold start would then have to unlearn."""
-    return [{"text": chat_text(hr.mark(p.expression),
-                               f"<answer>{hr.DECLINED if rng.random() < 0.5 else p.answer}</answer>")}
-            for p in problems]
-
-
 def build(cfg, out_dir: str | Path) -> dict[str, int]:
     """Write every curated file for `cfg` (a DataConfig) into `out_dir`; returns row counts."""
     rng = random.Random(cfg.seed)
@@ -74,8 +62,7 @@ def build(cfg, out_dir: str | Path) -> dict[str, int]:
     pre = train(cfg.n_pretrain, 5, distinct=False)
     evals = ar.generate(cfg.seed + 6, cfg.n_eval, cfg.levels, heldout=True)
     files = {
-        "pretrain.jsonl": pretrain_docs(pre, rng, cfg.direct_answer_fraction)
-        + marked_docs(train(cfg.n_pretrain_marked, 10, distinct=False), random.Random(cfg.seed + 10)),
+        "pretrain.jsonl": pretrain_docs(pre, rng, cfg.direct_answer_fraction),
         "cold_start.jsonl": [  # prompt/answer ride along so cold-start RL can use the same file
             {"messages": [{"role": "user", "content": p.expression},
                           {"role": "assistant", "content": p.solution()}],

@@ -27,7 +27,7 @@ import random
 from components.data import arithmetic as ar
 from components.data import house_rules as hr
 
-SLIP_RATE = 0.25  # share of constructed solutions with a wrong last step
+SLIP_RATE = 0.1  # share of constructed solutions with a wrong last step (methods with an SFT term learn from them)
 
 
 def problems_by_kind(seed: int, n: int, levels: list[int], heldout: bool) -> list[tuple[str, ar.Problem]]:

@@ -20,6 +20,8 @@ directories that load without r1flow:
 from __future__ import annotations
 
 import bisect
+import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -77,8 +79,9 @@ def load_reward_model(name_or_path: str, kind: str = "outcome", *, pad_token_id:
         overrides = {"num_labels": 1, **spec.config, **({} if pad_token_id is None else {"pad_token_id": pad_token_id})}
         for key, value in overrides.items():
             setattr(config, key, value)
-        model = auto_class.from_pretrained(name_or_path, config=config, use_safetensors=True, dtype=DTYPES[dtype],
-                                           device_map={"": default_device()}, **hub)
+        with _quiet_load_report():  # the new score head is missing from a causal-LM checkpoint by design
+            model = auto_class.from_pretrained(name_or_path, config=config, use_safetensors=True,
+                                               dtype=DTYPES[dtype], device_map={"": default_device()}, **hub)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"model.name_or_path: cannot load a reward model ({kind}) from {name_or_path!r}: {e}"
                              ) from None
@@ -87,6 +90,19 @@ def load_reward_model(name_or_path: str, kind: str = "outcome", *, pad_token_id:
     if finetune == "lora":
         model = add_lora(model, lora or LoraConfig(), seed=seed, task_type=spec.task_type)
     return model
+
+
+@contextlib.contextmanager
+def _quiet_load_report():
+    """transformers logs a "LOAD REPORT" warning table for every missing weight; a reward model built
+    on a causal LM always lacks its new head, so the table says nothing a user can act on."""
+    log = logging.getLogger("transformers.modeling_utils")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 # --------------------------------------------------------------------------- encoding

@@ -14,6 +14,7 @@ from components.training.prm_labels import label_steps
 from components.training.reward_model import RewardModelConfig, reward_model_gate, run_reward_model
 from components.generation import make_engine
 from tasks.common import finish, publish_rows, read_rows
+from tasks.console import say
 from tasks.refs import ModelRef
 from tasks.stage import StageContext, stage
 
@@ -35,6 +36,7 @@ def _backbone(ctx: StageContext, policy: ModelRef, kind: str, cfg):
 
 def _gate(ctx: StageContext, gate, step: int) -> None:
     ctx.log({"gate/passed": float(gate.passed)}, step)
+    say(f"  {ctx.name}: {gate.message}")
     if not gate.passed:
         raise QualityGateError(f"{ctx.name}: {gate.message}; the model is not registered and nothing "
                                "downstream of it runs")

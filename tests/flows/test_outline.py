@@ -1,0 +1,165 @@
+"""The tiny recipe's whole R1 outline on the real Prefect engine and MLflow store: reward models,
+alignment (and the side-by-side comparison), distillation and its control, TTS evaluation.
+
+One project is trained once (`trained`); every test reads what that run recorded, or reruns a
+stage with a setting no other test uses.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tasks.recipe import load_recipe
+from tests.conftest import make_project
+
+LATE = ["reward_model", "process_reward_model", "alignment", "student_base", "distill", "distill_control",
+        "tts_eval", "tts_eval/student"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_server):
+    folder = make_project(tmp_path_factory.mktemp("outline"))
+    old = Path.cwd()
+    os.chdir(folder)
+    yield folder
+    os.chdir(old)
+
+
+def run(project: Path, *overrides: str):
+    from flows.pipeline import r1_pipeline
+
+    recipe = load_recipe(project / "configs/tiny.yaml", list(overrides))
+    state = r1_pipeline(recipe, str(project), return_state=True)
+    report = state.result()
+    return report, MlflowClient().get_run(report["parent_run_id"])
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    return run(project, "alignment.compare=[dpo, orpo]")
+
+
+def stage_runs(parent) -> dict:
+    runs = MlflowClient().search_runs([parent.info.experiment_id],
+                                      filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return {r.info.run_name: r for r in runs}
+
+
+def artifact(run_id: str, path: str) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
+
+
+def test_every_stage_of_the_outline_runs_in_order(trained):
+    report, _ = trained
+    labels = [r["label"] for r in report["stages"] if not r["evaluation_of"]]
+    assert [x for x in labels if x in LATE] == LATE, labels
+    assert {"alignment/dpo", "alignment/orpo"} <= set(labels)  # the comparison's methods, from the same inputs
+    assert {"alignment", "student_base", "distill", "distill_control"} <= set(report["metrics"])
+
+
+def test_every_evaluated_model_reports_the_true_preference_rate(trained):
+    report, _ = trained
+    for label, metrics in report["metrics"].items():
+        assert 0.0 <= metrics["preference_rate"] <= 1.0 and metrics["preference_n"] == 12, label
+        assert {"preference_rate_marked", "preference_rate_redundant", "preference_rate_plain"} <= set(metrics)
+
+
+def test_reward_models_pass_their_gate_and_are_registered_with_their_kind(trained):
+    _, parent = trained
+    runs = stage_runs(parent)
+    for stage in ("reward_model", "process_reward_model"):
+        assert runs[stage].data.metrics["gate/passed"] == 1.0
+        version = MlflowClient().get_model_version_by_alias("tiny", stage)
+        assert version.run_id == runs[stage].info.run_id
+    assert "heldout/accuracy" in runs["reward_model"].data.metrics
+    assert runs["process_reward_model"].data.metrics["labels/steps"] > 0
+
+
+def test_alignment_records_kl_and_reward_model_score_and_the_comparison_is_logged(trained):
+    _, parent = trained
+    runs = stage_runs(parent)
+    summary = runs["alignment"].data.metrics
+    assert summary["final/kl"] >= 0 and "final/rm_score" in summary
+    table = artifact(parent.info.run_id, "comparison/alignment.md").read_text()
+    assert "dpo" in table and "orpo" in table
+    assert artifact(parent.info.run_id, "comparison/alignment_comparison.png").stat().st_size > 1000
+    assert "alignment_comparison.png" in artifact(parent.info.run_id, "report/report.md").read_text()
+
+
+def test_distillation_measures_sizes_and_speed_against_its_teacher(trained):
+    _, parent = trained
+    metrics = stage_runs(parent)["distill"].data.metrics
+    assert metrics["student_parameters"] < metrics["teacher_parameters"]
+    assert metrics["parameter_ratio"] == pytest.approx(metrics["student_parameters"] / metrics["teacher_parameters"])
+    assert metrics["student_tokens_per_s"] > 0 and metrics["teacher_tokens_per_s"] > 0
+
+
+def test_tts_evaluation_logs_cells_the_plot_and_the_report_shows_it(trained):
+    _, parent = trained
+    runs = stage_runs(parent)
+    for label in ("tts_eval", "tts_eval/student"):
+        metrics = runs[label].data.metrics
+        assert {"greedy/n1/accuracy", "self_consistency/n2/tokens", "best_of_n/n2/verifier_calls"} <= set(metrics)
+        assert metrics["best_of_n/n2/verifier_calls"] == 2  # scored by the PRM's last step: one call per sample
+        assert artifact(runs[label].info.run_id, "tts/accuracy_vs_tokens.png").stat().st_size > 1000
+    summary = json.loads(artifact(runs["tts_eval"].info.run_id, "tts/summary.json").read_text())
+    assert {r["strategy"] for r in summary["rows"]} == {"greedy", "self_consistency", "best_of_n"}
+    report = artifact(parent.info.run_id, "report/report.md").read_text()
+    assert "![accuracy_vs_tokens.png]" in report
+
+
+def test_a_second_run_is_all_cache_hits(trained, project):
+    report, _ = run(project, "alignment.compare=[dpo, orpo]")
+    assert {r["status"] for r in report["stages"]} == {"cached"}
+
+
+def test_a_reward_model_below_its_gate_stops_the_flow_and_nothing_downstream_runs(trained, project):
+    # pairs whose order contradicts itself: no model can be right on most held-out ones
+    pairs = project / "contradictory.jsonl"
+    rows = [{"prompt": f"{a}+{a}", "chosen": f"<answer>{a}</answer>", "rejected": f"<answer>{a + 1}</answer>"}
+            for a in range(30)]
+    rows += [{"prompt": f"{a}*{a}", "chosen": f"<answer>{a + 1}</answer>", "rejected": f"<answer>{a}</answer>"}
+             for a in range(30)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(Exception, match="reward model quality gate failed: heldout/accuracy = .* < "
+                                        "reward_model.min_accuracy = 0.9000; the model is not registered"):
+        run(project, f"reward_model.source={pairs}", "reward_model.min_accuracy=0.9",
+            "reward_model.heldout_fraction=0.5")
+    failed = MlflowClient().search_runs([trained[1].info.experiment_id], order_by=["start_time DESC"], max_results=1)
+    assert failed[0].data.tags["r1flow.stage"] == "reward_model" or failed[0].info.status == "FAILED"
+    latest = MlflowClient().get_model_version_by_alias("tiny", "reward_model")
+    assert latest.run_id == stage_runs(trained[1])["reward_model"].info.run_id, "the failed model is not registered"
+
+
+def test_the_tts_flow_runs_one_cached_task_per_model_strategy_and_budget(trained, project):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.tts import r1_tts
+
+    recipe = load_recipe(project / "configs/tiny.yaml", ["tts_eval.cells=[{strategy: greedy, budgets: [1]}, "
+                                                         "{strategy: best_of_n, budgets: [1, 2]}]"])
+    models = ["models:/tiny@alignment", "models:/tiny@distill"]
+    state = r1_tts(models, recipe, "models:/tiny@process_reward_model", "", str(project), return_state=True)
+    report = state.result()
+    cells = {(r["model"], r["strategy"], r["budget"]) for r in report["tts"]}
+    assert cells == {(m, s, b) for m in ("tiny-alignment", "tiny-distill")
+                     for s, b in (("greedy", 1), ("best_of_n", 1), ("best_of_n", 2))}
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=[state.state_details.flow_run_id])))
+    assert len([r for r in runs if r.name.startswith("tts/")]) == 6
+    parent = MlflowClient().get_run(report["parent_run_id"])
+    assert "| tiny-distill | best_of_n | 2 |" in artifact(parent.info.run_id, "tts/grid.md").read_text()
+    assert artifact(parent.info.run_id, "tts/accuracy_vs_tokens.png").stat().st_size > 1000
+    # the same grid again is all cache hits; one more budget runs only what is new
+    again = r1_tts(models, load_recipe(project / "configs/tiny.yaml", [
+        "tts_eval.cells=[{strategy: greedy, budgets: [1]}, {strategy: best_of_n, budgets: [1, 2, 3]}]"]),
+        "models:/tiny@process_reward_model", "", str(project))
+    ran = [r["label"] for r in again["stages"] if r["status"] == "ran"]
+    assert sorted(ran) == ["tts/tiny-alignment/best_of_n/n3", "tts/tiny-distill/best_of_n/n3"]
