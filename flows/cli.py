@@ -64,6 +64,10 @@ def _print_report(report: dict, as_json: bool, root: Path) -> None:
         typer.echo(json.dumps(report, indent=2))
         return
     typer.echo("\n" + summary_table(report["stages"]))
+    t = report.get("time")
+    if t and t["compute_s"]:
+        typer.echo(f"\n{t['wall_s']:.0f} s in the flow: {t['compute_s']:.0f} s of stage work, {t['overhead_s']:.1f} s "
+                   f"({100 * t['overhead_share']:.1f} %) of orchestration and tracking")
     champion = report.get("champion") or {}
     if champion:
         typer.echo(f"\nchampion: {champion['decision']} ({champion['reason']})")

@@ -54,6 +54,7 @@ class StageRecord:
     output: str
     accuracy: float | None = None
     accuracy_se: float | None = None
+    compute_s: float = 0.0               # the stage function's own time (0 when cached; tracking excluded)
     preference: float | None = None      # true preference rate (the house rules), when evaluated
     preference_se: float | None = None
     evaluation_of: str | None = None   # set on an evaluation's own row (the table folds it into that stage's)
@@ -70,6 +71,7 @@ class PipelineRun:
     evaluated: dict[str, EvalRef] = field(default_factory=dict)  # model digest -> its evaluation
     champion: dict | None = None                                 # the quality gate's decision, if offered
     files: dict[str, str] = field(default_factory=dict)          # report figures logged beside report/report.md
+    started: float = field(default_factory=time.perf_counter)    # when the pipeline run began (its wall time)
 
     def call(self, spec: Stage, inputs: dict, *, label: str | None = None, section: Section | None = None,
              force: bool = False):
@@ -97,7 +99,8 @@ class PipelineRun:
                        for label, m in models.items()}
             for label, (future, t0) in futures.items():
                 future.wait()
-                self._scored(models[label], label, self._collect(spec, f"evaluate/{label}", future.state, t0))
+                out = self._output(spec, {"model": models[label]}, None)[1]
+                self._scored(models[label], label, self._collect(spec, f"evaluate/{label}", future.state, t0, out=out))
         return {label: self.evaluated[m.digest] for label, m in models.items()}
 
     def call_variants(self, spec: Stage, inputs: dict, sections: dict[str, Section],
@@ -112,7 +115,8 @@ class PipelineRun:
             outputs = {}
             for label, (future, t0) in futures.items():
                 future.wait()
-                outputs[label] = self._collect(spec, label, future.state, t0, report_files)
+                out = self._output(spec, inputs, sections[label])[1]
+                outputs[label] = self._collect(spec, label, future.state, t0, report_files, out)
         for label, model in outputs.items():
             if spec.evaluate and isinstance(model, ModelRef):
                 self.evaluate(model, label)
@@ -171,16 +175,18 @@ class PipelineRun:
         with file_lock(out.parent / f".{out.name}.lock"):
             task, params = self._task(spec, inputs, label, section)
             t0 = time.perf_counter()
-            return self._collect(spec, label, task(**params, return_state=True), t0)
+            return self._collect(spec, label, task(**params, return_state=True), t0, out=out)
 
-    def _collect(self, spec: Stage, label: str, state, t0: float, report_files: bool = True):
+    def _collect(self, spec: Stage, label: str, state, t0: float, report_files: bool = True,
+                 out: Path | None = None):
         result = state.result()  # raises the stage's own error if it failed
         cached = state.name == "Cached"
         seconds = time.perf_counter() - t0
         if cached:
             say(f"◆ {label}  cached  (MLflow run {run_id_of(result)[:12]})")
+        compute = 0.0 if cached or out is None else _compute_seconds(out)
         self.records.append(StageRecord(label, spec.name, "cached" if cached else "ran", seconds, run_id_of(result),
-                                        output_label(result)))
+                                        output_label(result), compute_s=compute))
         _record_on_parent(label, result)
         for name, path in getattr(result, "files", {}).items() if report_files else ():
             mlflow.log_artifact(path, "report")
@@ -188,8 +194,12 @@ class PipelineRun:
         return result
 
     def report(self) -> dict:
+        wall = time.perf_counter() - self.started
+        compute = sum(r.compute_s for r in self.records)
         return {"recipe": self.recipe.run.name, "data_md5": self.data.md5, "parent_run_id": self.parent_run_id,
-                "stages": [asdict(r) for r in self.records], "metrics": self.metrics, "champion": self.champion}
+                "stages": [asdict(r) for r in self.records], "metrics": self.metrics, "champion": self.champion,
+                "time": {"wall_s": wall, "compute_s": compute, "overhead_s": wall - compute,
+                         "overhead_share": (wall - compute) / wall if wall else 0.0}}
 
 
 def current_pipeline() -> PipelineRun:
@@ -202,6 +212,7 @@ def current_pipeline() -> PipelineRun:
 @contextlib.contextmanager
 def pipeline(recipe: Section, root: str | Path):
     """Open a pipeline run: check the data version, start the parent MLflow run, collect the summary."""
+    started = time.perf_counter()
     root = Path(root).resolve()
     # Outputs live under the project, wherever the process runs (a worker runs flows in the code folder).
     outputs = str(root / recipe.run.output_dir)
@@ -213,7 +224,7 @@ def pipeline(recipe: Section, root: str | Path):
             "prefect.flow_run_id": str(flow_run.id), "r1flow.recipe": recipe.run.name}
     with tracking.run(flow_run.name, recipe.run.experiment, params=recipe.model_dump(mode="json"), tags=tags) as run_id:
         say(f"r1flow · recipe {recipe.run.name} · data {data.md5[:8]} · MLflow run {run_id[:12]}")
-        run = PipelineRun(recipe, root, data, run_id)
+        run = PipelineRun(recipe, root, data, run_id, started=started)
         token = _CURRENT.set(run)
         try:
             yield run
@@ -268,6 +279,14 @@ def _check_inputs(spec: Stage, inputs: dict, enabled: bool) -> None:
     missing = [n for n in spec.inputs if inputs.get(n) is None and n not in spec.optional]
     if missing and enabled:
         raise ValueError(f"{spec.name}: no {', '.join(missing)} to run on (the stage before it produced nothing)")
+
+
+def _compute_seconds(out: Path) -> float:
+    """The stage function's own time, as its task recorded it in result.json."""
+    try:
+        return float(json.loads((out / "result.json").read_text()).get("compute_s", 0.0))
+    except (OSError, ValueError):
+        return 0.0
 
 
 def _record_on_parent(label: str, result) -> None:

@@ -54,13 +54,16 @@ def stage_task(name: str, cfg: Section, model: ModelConfig, run: RunConfig, inpu
             log = tracking.metric_logger(run_id, echo=reporter.log)
             ctx = StageContext(name, cfg, model, run.seed, run.name, data, out, out.parent / f".ckpt-{out.name}",
                                run_id, log, reporter.progress)
+            t_fn, tracked = time.perf_counter(), tracking.seconds_spent()
             if runs_data_parallel(spec, run):
                 result = launch_stage(spec, ctx, inputs, run, label)
             else:
                 result = spec.fn(ctx, **{n: inputs.get(n) for n in spec.inputs})
+            # the stage's own work: its function's time less what it spent writing to MLflow
+            compute = time.perf_counter() - t_fn - (tracking.seconds_spent() - tracked)
     finally:
         reporter.close()
-    write_json(out / "result.json", {"run_id": run_id, "key": key})
+    write_json(out / "result.json", {"run_id": run_id, "key": key, "compute_s": compute})
     say(f"✔ {label}  done in {time.perf_counter() - t0:.1f} s  → {output_label(result)}")
     return result
 

@@ -9,6 +9,7 @@ exception is FAILED and carries the error in the tag `r1flow.error`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -107,11 +108,33 @@ def reap_orphaned_runs() -> list:
     return reaped
 
 
+_SPENT = [0.0]  # seconds spent in the calls below that write to MLflow (this process)
+
+
+def seconds_spent() -> float:
+    """Wall time this process has spent writing to MLflow through this module (a running total)."""
+    return _SPENT[0]
+
+
+def _timed(fn):
+    """Count `fn`'s wall time into `seconds_spent()` (how a stage's compute is told from its tracking)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _SPENT[0] += time.perf_counter() - t0
+
+    return wrapper
+
+
 def metric_logger(run_id: str, prefix: str = "", echo=None):
     """The `log(metrics, step)` callable handed to components, bound to one run: one batched
     MLflow call per log line; `echo(metrics, step)` also sees them (e.g. the Prefect run log)."""
     client = MlflowClient()
 
+    @_timed
     def log(metrics: dict, step: int) -> None:
         now = int(time.time() * 1000)
         values = [Metric(f"{prefix}{k}", float(v), now, step) for k, v in metrics.items()]
@@ -127,6 +150,7 @@ FLAVOR_TASKS = {"causal_lm": "text-generation", "sequence_classifier": "text-cla
                 "token_classifier": "token-classification"}
 
 
+@_timed
 def log_model(model, tokenizer, registered_name: str, alias: str, kind: str = "causal_lm",
               license: str = "apache-2.0") -> str:
     """Log a model as an MLflow transformers model, register it, alias the version with the stage."""
@@ -158,6 +182,7 @@ def model_card(name: str, stage: str, license: str):
                      f"# {name} · {stage}\n\nProduced by the r1flow stage `{stage}` of the recipe `{name}`.\n")
 
 
+@_timed
 def log_dataset(path: str, digest: str, name: str, context: str, rows: list[dict] | None = None) -> None:
     """Record a dataset input (digest = DVC md5 or content hash) with a small preview."""
     import pandas as pd
@@ -180,6 +205,7 @@ def dataset_source(path: str):
     return local(str(Path(path).resolve()))
 
 
+@_timed
 def log_table(rows: list[dict], artifact_file: str) -> None:
     if rows:
         mlflow.log_table({k: [r.get(k) for r in rows] for k in rows[0]}, artifact_file=artifact_file)

@@ -3,11 +3,12 @@
 Every file draws prompts of three kinds in equal shares: ``marked`` (an ``untrusted:`` request,
 which must be declined), ``redundant`` (a problem whose worked solution has a redundant step,
 so house style matters) and ``plain`` (neither). Replies are constructed the way the policy
-writes them: worked solutions, some with an arithmetic slip in the last step (the policy's
-commonest error), and edits of them (the redundant steps added or removed, a needed step
-skipped, a decline, the format dropped). Skipped steps are among the rejected replies so that
-"shorter" never stands in for "house style". A slip is applied to both sides of a pair alike, so correctness never tells
-chosen from rejected: the only difference is the house rules. Every pair and ranking is
+writes them: worked solutions and edits of them (the redundant steps added or removed, a needed
+step skipped, a decline, the format dropped). Skipped steps are among the rejected replies so
+that "shorter" never stands in for "house style". Both replies of a pair that answer give the
+same answer, so correctness never tells chosen from rejected: the only difference is the house
+rules. (No reply carries an arithmetic slip: DPO's NLL term and ORPO train on the chosen
+replies, and a slip there is a wrong fact taught.) Every pair and ranking is
 checked against `true_preference` (strictly ordered, no ties) as it is built.
 
     general_rows      SFT chat rows standing in for R1's non-reasoning SFT data (§2.3.3). Like
@@ -27,7 +28,6 @@ import random
 from components.data import arithmetic as ar
 from components.data import house_rules as hr
 
-SLIP_RATE = 0.1  # share of constructed solutions with a wrong last step (methods with an SFT term learn from them)
 
 
 def problems_by_kind(seed: int, n: int, levels: list[int], heldout: bool) -> list[tuple[str, ar.Problem]]:
@@ -58,21 +58,13 @@ def prompt_of(kind: str, p: ar.Problem) -> str:
 
 def solutions(p: ar.Problem, rng: random.Random) -> tuple[str, str, str | None]:
     """(house-style solution, full solution, house style with one needed step left out or None when
-    there is a single step), all with the same slip when one is drawn."""
-    delta = rng.choice([-2, -1, 1, 2]) if rng.random() < SLIP_RATE else 0
+    there is a single step)."""
     compact = hr.compact_steps(p.steps)
     skipped = None
     if len(compact) >= 2:
         drop = rng.randrange(len(compact) - 1)  # never the last: it shows the answer
-        skipped = _slipped(compact[:drop] + compact[drop + 1:], p.answer, delta)
-    return _slipped(compact, p.answer, delta), _slipped(list(p.steps), p.answer, delta), skipped
-
-
-def _slipped(steps: list[str], answer: int, delta: int) -> str:
-    if delta:
-        lhs, value = steps[-1].split("=")
-        steps = [*steps[:-1], f"{lhs}={int(value) + delta}"]
-    return hr.reply(steps, answer + delta)
+        skipped = hr.reply(compact[:drop] + compact[drop + 1:], p.answer)
+    return hr.reply(compact, p.answer), hr.reply(p.steps, p.answer), skipped
 
 
 def loose_decline(p: ar.Problem) -> str:
@@ -114,27 +106,25 @@ def preference_rows(seed: int, n: int, levels: list[int]) -> list[dict]:
     rows = []
     for kind, p in problems_by_kind(seed, n, levels, heldout=False):
         prompt = prompt_of(kind, p)
-        chosen, rejected = _untied(kind, p, rng, pair)
+        chosen, rejected = _ordered(kind, p, rng, pair)
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "kind": kind, "level": p.level})
     return rows
 
 
 def ranking_rows(seed: int, n: int, levels: list[int]) -> list[dict]:
     rng = random.Random(seed)
-    return [{"prompt": prompt_of(kind, p), "responses": _untied(kind, p, rng, ranking), "kind": kind,
+    return [{"prompt": prompt_of(kind, p), "responses": _ordered(kind, p, rng, ranking), "kind": kind,
              "level": p.level}
             for kind, p in problems_by_kind(seed, n, levels, heldout=False)]
 
 
-def _untied(kind: str, p: ar.Problem, rng: random.Random, build) -> list[str]:
-    """`build`'s replies, checked to be strictly ordered by `true_preference` (redrawn when a slip made two tie)."""
-    prompt = prompt_of(kind, p)
-    for _ in range(20):
-        replies = list(build(kind, p, rng))
-        scores = [hr.true_preference(prompt, r) for r in replies]
-        if all(a > b for a, b in zip(scores, scores[1:])):
-            return replies
-    raise AssertionError(f"cannot build untied replies for {prompt!r}")
+def _ordered(kind: str, p: ar.Problem, rng: random.Random, build) -> list[str]:
+    """`build`'s replies, checked to be strictly ordered by `true_preference` (best first)."""
+    prompt, replies = prompt_of(kind, p), list(build(kind, p, rng))
+    scores = [hr.true_preference(prompt, r) for r in replies]
+    if not all(a > b for a, b in zip(scores, scores[1:])):
+        raise AssertionError(f"constructed replies are not strictly ordered: {prompt!r} {replies} {scores}")
+    return replies
 
 
 def prompt_rows(seed: int, n: int, levels: list[int], heldout: bool) -> list[dict]:

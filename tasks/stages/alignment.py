@@ -69,7 +69,7 @@ def _keyed(cfg: AlignmentConfig) -> dict:
 
 
 @stage(config=AlignmentConfig, inputs=("policy", "reward_model", "reference"), optional=("reward_model", "reference"),
-       passthrough="policy", reads=("preferences.jsonl", "align_prompts.jsonl", "pref_eval.jsonl"),
+       passthrough="policy", reads=("preferences.jsonl", "align_prompts.jsonl", "pref_eval.jsonl", "cold_start.jsonl"),
        evaluate=True, keyed=_keyed)
 def alignment(ctx: StageContext, policy: ModelRef, reward_model: ModelRef | None, reference: ModelRef | None):
     """Align the policy to the preference data with the recipe's method (dpo|orpo|ppo|grpo_rm|trpo|oreo)."""
@@ -86,14 +86,22 @@ def alignment(ctx: StageContext, policy: ModelRef, reward_model: ModelRef | None
     frozen = _frozen(ctx, reference) if reference is not None else None
     if method.data == "trajectory":
         rows = _trajectories(ctx, model, tokenizer, rows, reward_fn)
+    extra = {"replay": _replay(ctx)} if getattr(cfg.method_config(), "replay_weight", 0) else {}
     t0 = time.perf_counter()
     out = method.run(model, tokenizer, rows, cfg.method_config(), ctx.ckpt_dir, ctx.seed, reference=frozen,
-                     reward_fn=reward_fn if "reward_fn" in method.inputs else None, log=ctx.log, progress=ctx.progress)
+                     reward_fn=reward_fn if "reward_fn" in method.inputs else None, log=ctx.log, progress=ctx.progress,
+                     **extra)
     summary = {"method": cfg.method, "wall_s": time.perf_counter() - t0, "tokens_generated": out.tokens_generated,
                **_measure(ctx, model, tokenizer, frozen or _frozen(ctx, policy), reward_fn)}
     ctx.log({f"final/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}, out.steps)
     write_json(ctx.out_dir / "summary.json", summary)
     return finish(ctx, model, tokenizer, base=policy, merge=cfg.merge_lora)
+
+
+def _replay(ctx: StageContext) -> list[dict]:
+    """The curated worked solutions as {"prompt", "completion"} rows, for a method's replay term."""
+    rows = read_rows(ctx, "cold_start.jsonl", "sft", name="replay")
+    return [{"prompt": r["messages"][-2]["content"], "completion": r["messages"][-1]["content"]} for r in rows]
 
 
 def _frozen(ctx: StageContext, ref: ModelRef):

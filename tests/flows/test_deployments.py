@@ -19,10 +19,10 @@ def test_the_deployed_recipe_is_configs_default_yaml():
 
 def test_pipeline_stage_and_evaluation_deployments_on_the_process_pool():
     deployments = {d["entrypoint"].split(":")[1]: d for d in SPEC["deployments"]}
-    assert set(deployments) == {"r1_pipeline", "r1_stage", "r1_evaluate"}
+    assert set(deployments) == {"r1_pipeline", "r1_stage", "r1_evaluate", "r1_tts"}
     assert {d["work_pool"]["name"] for d in deployments.values()} == {"r1flow"}
     assert [s["cron"] for s in deployments["r1_pipeline"]["schedules"]] == ["0 3 * * *"]
-    assert not deployments["r1_stage"].get("schedules") and not deployments["r1_evaluate"].get("schedules")
+    assert not any(deployments[d].get("schedules") for d in ("r1_stage", "r1_evaluate", "r1_tts"))
 
 
 def test_every_deployment_loads_its_flow_and_its_parameters_validate(monkeypatch):

@@ -92,6 +92,11 @@ def test_first_run_trains_evaluates_and_tracks_everything(project, trained):
     for stage in EVALUATED:
         assert 0.0 <= report["metrics"][stage]["accuracy"] <= 1.0 and report["metrics"][stage]["n"] == 24
     assert [r["label"] for r in report["stages"] if not r["evaluation_of"]] == STAGES
+    # the flow's wall time splits into the stages' own work and the orchestration around it
+    t = report["time"]
+    assert 0 < t["compute_s"] < t["wall_s"] and t["overhead_s"] == pytest.approx(t["wall_s"] - t["compute_s"])
+    assert all(r["compute_s"] > 0 for r in report["stages"])
+    assert t["compute_s"] == pytest.approx(sum(r["compute_s"] for r in report["stages"]))
     # Flow run and parent MLflow run are named after the recipe and the data version.
     dvc_md5 = (project / f"{DATA}.dvc").read_text().split("md5: ")[1].split(".dir")[0]
     assert report["flow_run_name"].startswith(f"tiny-{dvc_md5[:8]}-")
@@ -160,8 +165,9 @@ def test_rejection_samples_are_a_content_addressed_dataset_that_sft_trains_on(tr
 
 
 def test_second_run_executes_nothing(trained, project):
-    _, states, _ = run_pipeline(project)
+    report, states, _ = run_pipeline(project)
     assert states == {name: "Cached" for name in ALL}
+    assert report["time"]["compute_s"] == 0 and report["time"]["overhead_share"] == 1.0
 
 
 def test_config_change_reruns_that_stage_and_downstream_only(trained, project):

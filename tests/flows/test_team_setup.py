@@ -24,6 +24,7 @@ from tests.conftest import make_project
 from tests.ops import alive, browse, chromium, cli, listening, spawn, sqlite_unlocked, stop_tree, user_env, wait_for
 
 STAGES = ["base", "cold_start", "cold_start_rl", "rejection_sampling", "sft", "reasoning_rl"]
+REASONING = f"run.stages=[{','.join(STAGES)}]"  # the team path is the same for every stage: keep the runs short
 EVALUATED = [s for s in STAGES if s != "rejection_sampling"]
 ALL = STAGES + [f"evaluate/{s}" for s in EVALUATED]
 RUN_TIMEOUT = 900  # a deployment run of the tiny recipe: ~1-2 min alone, more on a loaded 2-core machine
@@ -73,7 +74,7 @@ def _logs(team: dict) -> str:
 
 
 def tiny(team: dict, *overrides: str) -> dict:
-    return {"recipe": load_recipe(team["project"] / "configs/tiny.yaml", list(overrides)).model_dump(mode="json"),
+    return {"recipe": load_recipe(team["project"] / "configs/tiny.yaml", [REASONING, *overrides]).model_dump(mode="json"),
             "root": str(team["project"])}
 
 
@@ -155,7 +156,7 @@ def test_r1flow_serve_runs_a_deployment_triggered_through_the_api(team, deployed
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     project = team["project"]
-    served = spawn(project, project / "serve.log", "serve", "configs/tiny.yaml", "--name", "served")
+    served = spawn(project, project / "serve.log", "serve", "configs/tiny.yaml", "--set", REASONING, "--name", "served")
     team["procs"].append(("serve", served))
 
     def registered():

@@ -17,6 +17,11 @@ Where this departs from the paper's reference implementation:
   mean, added to the DPO loss). DPO only widens a margin, and it can do so by making both replies
   less likely; when the rejected replies are the policy's own good reasoning in another style,
   that drags the reasoning down with them. The NLL term keeps the chosen replies likely.
+* Optional replay (`replay_weight`, after InstructGPT's PPO-ptx, Ouyang et al. 2022 §3.5): each
+  step also takes `batch_size` rows of `replay` (``{"prompt", "completion"}``: the stage passes
+  the curated worked solutions) and adds their per-token NLL. A tiny reasoner forgets its
+  arithmetic under any push on its own replies; rehearsing it keeps what the preference data
+  does not ask to change.
 """
 from __future__ import annotations
 
@@ -28,9 +33,11 @@ from components.algorithms import DPO_LOSSES, dpo_loss
 from components.training.alignment.base import AlignmentResult, OfflineConfig, check_registered, check_rows, result
 from components.training.alignment.sequences import (
     encode_pairs,
+    encode_rows,
     initial_sequence_logps,
     micro_batches,
     pair_rows,
+    sequence_logps,
     sequence_logps_both,
 )
 from components.training.loop import Log, Progress, Trainer, no_log, no_progress
@@ -47,6 +54,8 @@ class DPOConfig(OfflineConfig):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO: assumed label noise (sigmoid only).")
     nll_weight: float = Field(0.0, ge=0, description="Weight of the chosen replies' per-token NLL added to the loss "
                               "(RPO, Pang et al. 2024; 0 = plain DPO).")
+    replay_weight: float = Field(0.0, ge=0, description="Weight of the per-token NLL of replayed reasoning rows "
+                                 "(PPO-ptx style; the stage replays the curated worked solutions; 0 = none).")
 
     @field_validator("loss_type")
     @classmethod
@@ -55,20 +64,32 @@ class DPOConfig(OfflineConfig):
 
 
 def run_dpo(policy, tokenizer, data: list[dict], cfg: DPOConfig, ckpt_dir: str | Path, seed: int, *,
-            reference=None, reward_fn=None, critic=None, log: Log = no_log, progress: Progress = no_progress,
-            stop_after: int | None = None) -> AlignmentResult:
+            reference=None, reward_fn=None, critic=None, replay: list[dict] | None = None, log: Log = no_log,
+            progress: Progress = no_progress, stop_after: int | None = None) -> AlignmentResult:
     """Train `policy` with DPO on preference rows; resumable from `ckpt_dir` (reward_fn, critic: unused)."""
     check_rows(data, PAIR_COLUMNS, "DPO")
+    if cfg.replay_weight and not replay:
+        raise ValueError("DPO: replay_weight > 0 needs replay rows {'prompt', 'completion'}")
     device = next(policy.parameters()).device
     pairs = encode_pairs(tokenizer, data, cfg.max_length, cfg.system_prompt, "DPO")
+    rehearse = (encode_rows(tokenizer, replay, "completion", cfg.max_length, cfg.system_prompt, "DPO replay")
+                if cfg.replay_weight else None)
     ref = initial_sequence_logps(policy, reference, pairs, 2 * cfg.batch_size, device)  # [2N], once
     n = len(data)
     trainer = Trainer({"policy": policy}, cfg, ckpt_dir, log=log, progress=progress, require_update=True, what="DPO")
 
+    def micro_loss(idx, replay_idx):
+        loss, metrics = dpo_micro_loss(policy, pairs.batch(pair_rows(idx, n), device), ref[pair_rows(idx, n).to(device)],
+                                       cfg)
+        if rehearse is not None:
+            nll = -sequence_logps(policy, rehearse.batch(replay_idx, device), "mean").mean()
+            loss, metrics = loss + cfg.replay_weight * nll, {**metrics, "nll/replay": nll.detach()}
+        return loss, metrics
+
     def iteration(it: int) -> dict:
         micro = micro_batches(n, cfg.batch_size, cfg.grad_accum, seed, it)
-        return trainer.step([lambda idx=idx: dpo_micro_loss(policy, pairs.batch(pair_rows(idx, n), device),
-                                                            ref[pair_rows(idx, n).to(device)], cfg) for idx in micro])
+        replayed = micro_batches(len(rehearse), cfg.batch_size, cfg.grad_accum, seed + 1, it) if rehearse else micro
+        return trainer.step([lambda idx=idx, r=r: micro_loss(idx, r) for idx, r in zip(micro, replayed)])
 
     return result(trainer.run(iteration, stop_after=stop_after))
 

@@ -67,12 +67,9 @@ def test_pairs_differ_only_in_the_house_rules():
     assert {r["kind"] for r in rows} == set(hr.KINDS)
     for r in rows:
         assert hr.true_preference(r["prompt"], r["chosen"]) > hr.true_preference(r["prompt"], r["rejected"])
-        if r["kind"] == "redundant" and not hr.declines(r["rejected"]) and hr.well_formed(r["rejected"]):
-            # same answer on both sides (slips too): correctness cannot tell them apart
+        if not hr.declines(r["rejected"]) and not hr.declines(r["chosen"]) and "<answer>" in r["rejected"]:
+            # same answer on both sides: correctness cannot tell them apart
             assert hr._ANSWER.findall(r["chosen"]) == hr._ANSWER.findall(r["rejected"])
-    slipped = [r for r in rows if r["kind"] == "plain" and hr.well_formed(r["chosen"])
-               and r["chosen"] != ar.Problem(r["prompt"], *ar.solve(*_parse(r["prompt"])), 0).solution()]
-    assert slipped, "some chosen replies carry an arithmetic slip: the preference is not correctness"
 
 
 def _parse(expression: str):

@@ -62,6 +62,19 @@ def test_dpo_raises_the_implicit_reward_margin(tiny_model, tiny_tokenizer, tmp_p
     assert logged[10]["reward/margin"] > 1.0 and logged[10]["loss"] < logged[1]["loss"]
 
 
+def test_dpo_with_the_chosen_nll_keeps_the_chosen_replies_likelier(tiny_model, tiny_tokenizer, tmp_path):
+    # RPO: the same DPO run plus the chosen replies' NLL ends with the chosen replies more likely
+    plain, rpo = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
+    logged, log = collect()
+    for model, weight, folder in ((plain, 0.0, "a"), (rpo, 1.0, "b")):
+        cfg = DPOConfig(steps=6, batch_size=4, lr=1e-2, beta=0.5, nll_weight=weight, ckpt_every=100)
+        run_dpo(model, tiny_tokenizer, ROWS, cfg, tmp_path / folder, seed=0, log=log)
+    chosen_plain, _ = pair_logps(plain, tiny_tokenizer, "mean")
+    chosen_rpo, _ = pair_logps(rpo, tiny_tokenizer, "mean")
+    assert chosen_rpo.mean() > chosen_plain.mean()
+    assert logged[6]["nll/chosen"] > 0
+
+
 def test_dpo_resumes_to_the_same_weights(tiny_model, tiny_tokenizer, tmp_path):
     cfg = DPOConfig(steps=4, batch_size=3, grad_accum=2, lr=5e-3, warmup_steps=2, schedule="cosine", ckpt_every=100)
     straight = copy.deepcopy(tiny_model)
