@@ -29,7 +29,8 @@ def compare_alignment(run, spec, policy: ModelRef | None, reward_model: ModelRef
     sections = {f"{spec.name}/{m}": cfg.model_copy(update={"method": m}) for m in cfg.compare}
     outputs = run.call_variants(spec, {"policy": policy, "reward_model": reward_model}, sections)
     before = run.evaluated[policy.digest].metrics
-    results = {label.split("/", 1)[1]: _result(before, run.metrics[label], _summary(model))
+    # (by digest: a method whose model is the pipeline's own alignment was evaluated under that label)
+    results = {label.split("/", 1)[1]: _result(before, run.evaluated[model.digest].metrics, _summary(model))
                for label, model in outputs.items()}
     rows = comparison_rows(results)
     with tempfile.TemporaryDirectory() as tmp:

@@ -94,15 +94,18 @@ def load_reward_model(name_or_path: str, kind: str = "outcome", *, pad_token_id:
 
 @contextlib.contextmanager
 def _quiet_load_report():
-    """transformers logs a "LOAD REPORT" warning table for every missing weight; a reward model built
-    on a causal LM always lacks its new head, so the table says nothing a user can act on."""
-    log = logging.getLogger("transformers.modeling_utils")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    """transformers logs a "LOAD REPORT" warning table for every missing weight, and a tensor-parallel
+    plan check lists the new head as "not sharded"; a reward model built on a causal LM always
+    lacks its new head, so neither says anything a user can act on."""
+    logs = [logging.getLogger(n) for n in ("transformers.modeling_utils", "transformers.distributed.tensor_parallel")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        log.setLevel(level)
+        for log, level in zip(logs, levels):
+            log.setLevel(level)
 
 
 # --------------------------------------------------------------------------- encoding

@@ -11,7 +11,13 @@ from components.config import LoraConfig
 from components.modeling.models import add_lora
 from components.training.alignment.dpo import DPOConfig, run_dpo
 from components.training.alignment.orpo import ORPOConfig, run_orpo
-from components.training.alignment.sequences import encode_pairs, initial_sequence_logps, pair_rows, sequence_logps
+from components.training.alignment.sequences import (
+    encode_pairs,
+    encode_rows,
+    initial_sequence_logps,
+    pair_rows,
+    sequence_logps,
+)
 from tests.components.training.alignment.conftest import collect, pair_rows as make_pairs, same_weights, weights
 
 ROWS = make_pairs(8)
@@ -73,6 +79,26 @@ def test_dpo_with_the_chosen_nll_keeps_the_chosen_replies_likelier(tiny_model, t
     chosen_rpo, _ = pair_logps(rpo, tiny_tokenizer, "mean")
     assert chosen_rpo.mean() > chosen_plain.mean()
     assert logged[6]["nll/chosen"] > 0
+
+
+def test_dpo_replay_keeps_the_replayed_replies_likely(tiny_model, tiny_tokenizer, tmp_path):
+    # PPO-ptx style rehearsal: the replayed rows end likelier than after the same DPO run without them
+    replay = [{"prompt": f"{a}*{b}", "completion": f"<think>{a}*{b}={a * b}</think><answer>{a * b}</answer>"}
+              for a in range(3, 6) for b in range(3, 6)]
+    batch = encode_rows(tiny_tokenizer, replay, "completion", 256, None, "t").batch(torch.arange(len(replay)), "cpu")
+    logged, log = collect()
+    outcome = {}
+    for weight in (0.0, 2.0):
+        model = copy.deepcopy(tiny_model)
+        cfg = DPOConfig(steps=6, batch_size=4, lr=1e-2, beta=0.5, replay_weight=weight, ckpt_every=100)
+        run_dpo(model, tiny_tokenizer, ROWS, cfg, tmp_path / str(weight), seed=0, replay=replay, log=log)
+        with torch.no_grad():
+            outcome[weight] = sequence_logps(model.eval(), batch, "mean").mean()
+    assert outcome[2.0] > outcome[0.0]
+    assert logged[6]["nll/replay"] > 0
+    with pytest.raises(ValueError, match="replay_weight > 0 needs replay rows"):
+        run_dpo(copy.deepcopy(tiny_model), tiny_tokenizer, ROWS, DPOConfig(steps=1, replay_weight=1.0), tmp_path / "x",
+                seed=0)
 
 
 def test_dpo_resumes_to_the_same_weights(tiny_model, tiny_tokenizer, tmp_path):
