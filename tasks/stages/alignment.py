@@ -86,11 +86,11 @@ def alignment(ctx: StageContext, policy: ModelRef, reward_model: ModelRef | None
     frozen = _frozen(ctx, reference) if reference is not None else None
     if method.data == "trajectory":
         rows = _trajectories(ctx, model, tokenizer, rows, reward_fn)
-    extra = {"replay": _replay(ctx)} if getattr(cfg.method_config(), "replay_weight", 0) else {}
+    replay = _replay(ctx) if "replay" in method.inputs and cfg.method_config().replay_weight else None
     t0 = time.perf_counter()
     out = method.run(model, tokenizer, rows, cfg.method_config(), ctx.ckpt_dir, ctx.seed, reference=frozen,
-                     reward_fn=reward_fn if "reward_fn" in method.inputs else None, log=ctx.log, progress=ctx.progress,
-                     **extra)
+                     reward_fn=reward_fn if "reward_fn" in method.inputs else None, replay=replay, log=ctx.log,
+                     progress=ctx.progress)
     summary = {"method": cfg.method, "wall_s": time.perf_counter() - t0, "tokens_generated": out.tokens_generated,
                **_measure(ctx, model, tokenizer, frozen or _frozen(ctx, policy), reward_fn)}
     ctx.log({f"final/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}, out.steps)

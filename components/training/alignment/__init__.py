@@ -3,7 +3,7 @@
     method = get_alignment_method("dpo")
     cfg = method.config.model_validate(section)              # the method's own pydantic Section
     out = method.run(policy, tokenizer, rows, cfg, ckpt_dir, seed,
-                     reference=ref, reward_fn=rm_score, critic=None, log=log, progress=progress)
+                     reference=ref, reward_fn=rm_score, critic=None, replay=None, log=log, progress=progress)
 
 Every `run` trains through `components.training.loop.Trainer` (resumable to identical
 weights from `ckpt_dir`; an unchanged model raises `NoUpdateError`) and returns an
@@ -16,7 +16,8 @@ weights from `ckpt_dir`; an unchanged model raises `NoUpdateError`) and returns 
 `inputs` lists the keyword inputs a method reads (others are ignored):
 ``reference`` (frozen model; default: the initial policy, or a peft policy's base),
 ``reward_fn`` (``reward_fn(prompts, completions) -> list[float]``, the reward model's score),
-``critic`` (a value model, see `value_model`; default: built from the policy).
+``critic`` (a value model, see `value_model`; default: built from the policy),
+``replay`` (``{"prompt", "completion"}`` rows a method rehearses; DPO's `replay_weight`).
 """
 from __future__ import annotations
 
@@ -39,13 +40,13 @@ class AlignmentMethod:
     config: type[Section]
     run: Callable[..., AlignmentResult]
     data: str  # "preference" | "prompts" | "trajectory"
-    inputs: frozenset[str]  # keyword inputs the method reads: reference, reward_fn, critic
+    inputs: frozenset[str]  # keyword inputs the method reads: reference, reward_fn, critic, replay
     online: bool  # samples from the policy while training
 
 
 ALIGNMENT_METHODS: dict[str, AlignmentMethod] = {
     m.name: m for m in (
-        AlignmentMethod("dpo", DPOConfig, run_dpo, "preference", frozenset({"reference"}), False),
+        AlignmentMethod("dpo", DPOConfig, run_dpo, "preference", frozenset({"reference", "replay"}), False),
         AlignmentMethod("orpo", ORPOConfig, run_orpo, "preference", frozenset(), False),
         AlignmentMethod("ppo", PPOConfig, run_ppo, "prompts", frozenset({"reference", "reward_fn", "critic"}), True),
         AlignmentMethod("grpo_rm", GRPORMConfig, run_grpo_rm, "prompts", frozenset({"reference", "reward_fn"}), True),

@@ -64,9 +64,10 @@ class DPOConfig(OfflineConfig):
 
 
 def run_dpo(policy, tokenizer, data: list[dict], cfg: DPOConfig, ckpt_dir: str | Path, seed: int, *,
-            reference=None, reward_fn=None, critic=None, replay: list[dict] | None = None, log: Log = no_log,
+            reference=None, reward_fn=None, critic=None, replay=None, log: Log = no_log,
             progress: Progress = no_progress, stop_after: int | None = None) -> AlignmentResult:
-    """Train `policy` with DPO on preference rows; resumable from `ckpt_dir` (reward_fn, critic: unused)."""
+    """Train `policy` with DPO on preference rows; resumable from `ckpt_dir` (reward_fn, critic: unused;
+    `replay`: {"prompt", "completion"} rows for the replay term)."""
     check_rows(data, PAIR_COLUMNS, "DPO")
     if cfg.replay_weight and not replay:
         raise ValueError("DPO: replay_weight > 0 needs replay rows {'prompt', 'completion'}")

@@ -45,7 +45,7 @@ class GRPORMConfig(RLConfig):
 
 
 def run_grpo_rm(policy, tokenizer, data: list[dict], cfg: GRPORMConfig, ckpt_dir: str | Path, seed: int, *,
-                reference=None, reward_fn=None, critic=None, log: Log = no_log, progress: Progress = no_progress,
+                reference=None, reward_fn=None, critic=None, replay=None, log: Log = no_log, progress: Progress = no_progress,
                 stop_after: int | None = None) -> AlignmentResult:
     """GRPO on prompt rows with rule rewards + `reward_fn` (required); resumable (critic: unused)."""
     if reward_fn is None:

@@ -76,7 +76,7 @@ class OREOConfig(OfflineConfig):
 
 
 def run_oreo(policy, tokenizer, data: list[dict], cfg: OREOConfig, ckpt_dir: str | Path, seed: int, *,
-             reference=None, reward_fn=None, critic=None, log: Log = no_log, progress: Progress = no_progress,
+             reference=None, reward_fn=None, critic=None, replay=None, log: Log = no_log, progress: Progress = no_progress,
              stop_after: int | None = None) -> AlignmentResult:
     """Train `policy` and its value model with OREO; resumable (reward_fn: unused).
     The result's `critic` is the trained value model."""

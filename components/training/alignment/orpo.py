@@ -29,7 +29,7 @@ class ORPOConfig(OfflineConfig):
 
 
 def run_orpo(policy, tokenizer, data: list[dict], cfg: ORPOConfig, ckpt_dir: str | Path, seed: int, *,
-             reference=None, reward_fn=None, critic=None, log: Log = no_log, progress: Progress = no_progress,
+             reference=None, reward_fn=None, critic=None, replay=None, log: Log = no_log, progress: Progress = no_progress,
              stop_after: int | None = None) -> AlignmentResult:
     """Train `policy` with ORPO on preference rows; resumable (reference, reward_fn, critic: unused)."""
     check_rows(data, PAIR_COLUMNS, "ORPO")

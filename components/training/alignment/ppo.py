@@ -80,7 +80,7 @@ class PPOConfig(OptimConfig, SamplingFields):
 
 
 def run_ppo(policy, tokenizer, data: list[dict], cfg: PPOConfig, ckpt_dir: str | Path, seed: int, *,
-            reference=None, reward_fn=None, critic=None, log: Log = no_log, progress: Progress = no_progress,
+            reference=None, reward_fn=None, critic=None, replay=None, log: Log = no_log, progress: Progress = no_progress,
             stop_after: int | None = None) -> AlignmentResult:
     """Train `policy` (and `critic`) with PPO on prompt rows ``{"prompt", ...}``; resumable.
     The result's `critic` is the trained value model."""

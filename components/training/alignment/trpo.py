@@ -75,7 +75,7 @@ class TRPOConfig(LoopConfig, SamplingFields):
 
 
 def run_trpo(policy, tokenizer, data: list[dict], cfg: TRPOConfig, ckpt_dir: str | Path, seed: int, *,
-             reference=None, reward_fn=None, critic=None, log: Log = no_log, progress: Progress = no_progress,
+             reference=None, reward_fn=None, critic=None, replay=None, log: Log = no_log, progress: Progress = no_progress,
              stop_after: int | None = None) -> AlignmentResult:
     """Train `policy` with TRPO on prompt rows; resumable (critic: unused)."""
     run = OnlineRun.build(policy, tokenizer, data, cfg, seed, reward_fn, "TRPO")

@@ -20,12 +20,12 @@ def test_six_methods_by_name_with_one_signature():
               for m in ALIGNMENT_METHODS.values()}
     assert len(shapes) == 1, "the stage calls every method the same way"
     for name, m in ALIGNMENT_METHODS.items():
-        assert m.name == name and issubclass(m.config, Section) and m.inputs <= {"reference", "reward_fn", "critic"}
+        assert m.name == name and issubclass(m.config, Section) and m.inputs <= {"reference", "reward_fn", "critic", "replay"}
         assert m.data in {"preference", "prompts", "trajectory"}
         params = inspect.signature(m.run).parameters
         assert list(params)[:6] == ["policy", "tokenizer", "data", "cfg", "ckpt_dir", "seed"]
         assert all(params[k].kind is inspect.Parameter.KEYWORD_ONLY for k in
-                   ("reference", "reward_fn", "critic", "log", "progress", "stop_after"))
+                   ("reference", "reward_fn", "critic", "replay", "log", "progress", "stop_after"))
 
 
 def test_unknown_method_lists_the_names():
