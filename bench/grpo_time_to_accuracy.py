@@ -6,7 +6,7 @@ Run by hand once the default recipe has run (not a test):
     .venv/bin/python bench/grpo_time_to_accuracy.py [--start models:/default@sft] [--budget 240]
 
 Both sides start from the checkpoint the default recipe's `sft` stage produced, train on the same
-prompts (data/rl_prompts.jsonl, first --limit) with the default recipe's reasoning_rl settings
+prompts (data/rl_prompts.jsonl, the first 4,000) with the default recipe's reasoning_rl settings
 where both have them, for the same wall-clock budget of training, one after the other in one
 process. At every --eval-every seconds of training time the policy is scored greedily on the
 same held-out problems (data/eval.jsonl, 1,000) by the same evaluator
@@ -60,12 +60,14 @@ class Clock:
         self.budget, self.every, self.score = budget, every, score
         self.start, self.paused, self.next = time.perf_counter(), 0.0, every
         self.curve: list[tuple[float, float]] = []
+        self.steps = 0
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start - self.paused
 
     def tick(self, model) -> bool:
-        """Evaluate if a checkpoint time passed; True once the budget is spent."""
+        """Called after every optimizer step: evaluate if a checkpoint time passed; True once the budget is spent."""
+        self.steps += 1
         t = self.elapsed()
         if t >= self.next or t >= self.budget:
             t0 = time.perf_counter()
@@ -104,6 +106,7 @@ def r1flow_side(start: str, rows: list[dict], a, clock: Clock) -> None:
 def trl_side(start: str, rows: list[dict], a, clock: Clock) -> None:
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
     tok = AutoTokenizer.from_pretrained(start)
@@ -122,13 +125,14 @@ def trl_side(start: str, rows: list[dict], a, clock: Clock) -> None:
     data = Dataset.from_list([{"prompt": render_prompt(tok, r["prompt"]), "answer": r["answer"]} for r in rows])
     args = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="trl-grpo-"), bf16=False, use_cpu=True, report_to="none",
-        save_strategy="no", logging_steps=1, max_steps=100_000, per_device_train_batch_size=a.prompts * a.G,
+        save_strategy="no", logging_steps=10**9, disable_tqdm=True,  # the clock's lines are the output max_steps=100_000, per_device_train_batch_size=a.prompts * a.G,
         gradient_accumulation_steps=1, steps_per_generation=1, num_generations=a.G, max_completion_length=a.max_new,
         temperature=1.0, learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, beta=a.beta, epsilon=0.2,
         epsilon_high=0.28, loss_type="dapo", scale_rewards="group", num_iterations=1,
         reward_weights=list(REWARD_WEIGHTS.values()), seed=a.seed, dataloader_num_workers=0, disable_dropout=True)
     trainer = GRPOTrainer(model=start, reward_funcs=[exact_int_reward, format_reward_fn], args=args,
                           train_dataset=data, processing_class=tok, callbacks=[Budget()])
+    trainer.remove_callback(PrinterCallback)
     trainer.train()
 
 
@@ -164,7 +168,9 @@ def main() -> None:
     p.add_argument("--max-new", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--beta", type=float, default=0.02)
-    p.add_argument("--limit", type=int, default=12000, help="RL prompts used (data/rl_prompts.jsonl)")
+    p.add_argument("--limit", type=int, default=4000,
+                   help="RL prompts used (data/rl_prompts.jsonl, the first N): more than either side trains on "
+                   "in the budget; r1flow's pass-rate probes of all of them count in its clock")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--order", default="r1flow,trl")
@@ -196,6 +202,7 @@ def main() -> None:
         clock = Clock(a.budget, a.eval_every, score)
         (r1flow_side if side == "r1flow" else trl_side)(start, rows, a, clock)
         curves[side] = [(0.0, start_acc)] + clock.curve
+        print(f"  {side}: {clock.steps} optimizer steps in {clock.elapsed():.0f} s of training")
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "curves.json").write_text(json.dumps(curves, indent=2))
     plot(curves, a.out / "time_to_accuracy.png")

@@ -240,10 +240,12 @@ def score(combiner: RewardCombiner, rollout, picked_rows: list[dict]) -> RewardR
 
 def rollout_metrics(rollout, scores: RewardResult, correctness: str, keep_group: torch.Tensor) -> dict:
     n = len(scores.total)
+    kept_rows = keep_group.repeat_interleave(n // len(keep_group)).tolist()
     metrics = {"reward/mean": sum(scores.total) / n,
                "accuracy": sum(s > 0.5 for s in scores.components[correctness]) / n,
                "completion_length": rollout.num_generated_tokens / n,
                "tokens": rollout.num_generated_tokens,
+               "tokens_trained": sum(len(c) for c, k in zip(rollout.completion_ids, kept_rows) if k),
                "groups_kept_frac": float(keep_group.float().mean()),
                "groups_dropped": int((~keep_group).sum())}
     for name, values in scores.components.items():

@@ -84,14 +84,15 @@ def alignment(ctx: StageContext, policy: ModelRef, reward_model: ModelRef | None
                          "or --reward-model …)")
     reward_fn = _reward_fn(ctx, reward_model, tokenizer) if reward_model is not None else None
     frozen = _frozen(ctx, reference) if reference is not None else None
+    t0, sampled = time.perf_counter(), 0
     if method.data == "trajectory":
-        rows = _trajectories(ctx, model, tokenizer, rows, reward_fn)
+        rows, sampled = _trajectories(ctx, model, tokenizer, rows, reward_fn)
     replay = _replay(ctx) if "replay" in method.inputs and cfg.method_config().replay_weight else None
-    t0 = time.perf_counter()
     out = method.run(model, tokenizer, rows, cfg.method_config(), ctx.ckpt_dir, ctx.seed, reference=frozen,
                      reward_fn=reward_fn if "reward_fn" in method.inputs else None, replay=replay, log=ctx.log,
                      progress=ctx.progress)
-    summary = {"method": cfg.method, "wall_s": time.perf_counter() - t0, "tokens_generated": out.tokens_generated,
+    summary = {"method": cfg.method, "wall_s": time.perf_counter() - t0,
+               "tokens_generated": out.tokens_generated + sampled,
                **_measure(ctx, model, tokenizer, frozen or _frozen(ctx, policy), reward_fn)}
     ctx.log({f"final/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}, out.steps)
     write_json(ctx.out_dir / "summary.json", summary)
@@ -118,8 +119,9 @@ def _reward_fn(ctx: StageContext, ref: ModelRef, tokenizer):
     return lambda prompts, completions: score_outcomes(rm, tokenizer, prompts, completions, batch_size=128)
 
 
-def _trajectories(ctx: StageContext, model, tokenizer, rows: list[dict], reward_fn) -> list[dict]:
-    """OREO's offline data: `oreo_samples` completions per prompt from the starting policy, scored by the RM."""
+def _trajectories(ctx: StageContext, model, tokenizer, rows: list[dict], reward_fn) -> tuple[list[dict], int]:
+    """OREO's offline data: `oreo_samples` completions per prompt from the starting policy, scored by the RM
+    (and the number of tokens sampled for them, counted in the method's compute)."""
     cfg = ctx.cfg
     engine = make_engine(cfg.rollout.backend, model, tokenizer, **cfg.rollout.engine_kwargs())
     prompts = [render_prompt(tokenizer, r["prompt"]) for r in rows]
@@ -128,9 +130,13 @@ def _trajectories(ctx: StageContext, model, tokenizer, rows: list[dict], reward_
                               progress=ctx.progress)
     raw = [rows[i]["prompt"] for i in rollout.prompt_index]
     rewards = reward_fn(raw, rollout.texts)
-    trajectories = [{"prompt": p, "completion": c, "reward": float(r)} for p, c, r in zip(raw, rollout.texts, rewards)]
+    trajectories = [{"prompt": p, "completion": c, "reward": float(r)}
+                    for p, c, r in zip(raw, rollout.texts, rewards) if c.strip()]  # an empty reply has no steps
+    ctx.log({"oreo/trajectories": len(trajectories), "oreo/empty_dropped": len(raw) - len(trajectories)}, 0)
+    if not trajectories:
+        raise ValueError("alignment.method=oreo: every sampled trajectory was empty; nothing to learn from")
     publish_rows(ctx, trajectories, "oreo_trajectories", schema="trajectory")
-    return trajectories
+    return trajectories, rollout.num_generated_tokens
 
 
 def _measure(ctx: StageContext, model, tokenizer, reference, reward_fn) -> dict:

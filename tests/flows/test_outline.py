@@ -41,7 +41,7 @@ def run(project: Path, *overrides: str):
 
 @pytest.fixture(scope="module")
 def trained(project):
-    return run(project, "alignment.compare=[dpo, orpo]")
+    return run(project, "alignment.compare=[dpo, oreo]")
 
 
 def stage_runs(parent) -> dict:
@@ -58,7 +58,7 @@ def test_every_stage_of_the_outline_runs_in_order(trained):
     report, _ = trained
     labels = [r["label"] for r in report["stages"] if not r["evaluation_of"]]
     assert [x for x in labels if x in LATE] == LATE, labels
-    assert {"alignment/dpo", "alignment/orpo"} <= set(labels)  # the comparison's methods, from the same inputs
+    assert {"alignment/dpo", "alignment/oreo"} <= set(labels)  # the comparison's methods, from the same inputs
     assert {"alignment", "student_base", "distill", "distill_control"} <= set(report["metrics"])
 
 
@@ -86,7 +86,11 @@ def test_alignment_records_kl_and_reward_model_score_and_the_comparison_is_logge
     summary = runs["alignment"].data.metrics
     assert summary["final/kl"] >= 0 and "final/rm_score" in summary
     table = artifact(parent.info.run_id, "comparison/alignment.md").read_text()
-    assert "dpo" in table and "orpo" in table
+    assert "dpo" in table and "oreo" in table
+    rows = json.loads(artifact(parent.info.run_id, "comparison/alignment.json").read_text())
+    by_method = {r[0]: dict(zip(rows["columns"], r)) for r in rows["data"]}
+    assert by_method["dpo"]["tokens_generated"] == 0  # learns from the curated pairs alone
+    assert by_method["oreo"]["tokens_generated"] > 0  # its offline trajectories are the policy's own samples
     assert artifact(parent.info.run_id, "comparison/alignment_comparison.png").stat().st_size > 1000
     assert "alignment_comparison.png" in artifact(parent.info.run_id, "report/report.md").read_text()
 
@@ -114,7 +118,7 @@ def test_tts_evaluation_logs_cells_the_plot_and_the_report_shows_it(trained):
 
 
 def test_a_second_run_is_all_cache_hits(trained, project):
-    report, _ = run(project, "alignment.compare=[dpo, orpo]")
+    report, _ = run(project, "alignment.compare=[dpo, oreo]")
     assert {r["status"] for r in report["stages"]} == {"cached"}
 
 

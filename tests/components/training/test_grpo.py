@@ -159,6 +159,9 @@ def test_grpo_learns_a_toy_reward(tiny_model, tiny_tokenizer, tmp_path):
                 "time/optimize_frac", "loss", "lr", "grad_norm"):
         assert key in first, key
     assert "kl" not in first, "beta == 0: no reference, no KL"
+    assert 0 < first["tokens_trained"] <= first["tokens"]
+    full = [m for m in logged.values() if m["groups_kept_frac"] == 1]
+    assert all(m["tokens_trained"] == m["tokens"] for m in full)
     assert first["clip_fraction"] == 0.0, "one optimizer step per batch: the ratio is exactly 1"
     assert [s for s, _ in tables] == [2, 4, 6, 8, 10, 12]
     assert set(tables[0][1][0]) == {"prompt", "completion", "reward", "answer"} and len(tables[0][1]) == 32
@@ -174,6 +177,7 @@ def test_zero_variance_groups_are_skipped_and_a_run_without_updates_fails_closed
     assert same_weights(before, weights(tiny_model))
     assert [logged[s]["groups_kept_frac"] for s in (1, 2)] == [0.0, 0.0]
     assert logged[1]["groups_dropped"] == 4 and "loss" not in logged[1]
+    assert logged[1]["tokens_trained"] == 0 < logged[1]["tokens"], "dropped groups train no tokens"
     assert logged[2]["reward/mean"] == 1.0
     assert (tmp_path / "step-00000002").is_dir(), "the skipped iterations still count"
 
