@@ -79,3 +79,14 @@ def digest_path(path: str | os.PathLike) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def dataset_digest(rows: list[dict]) -> str:
+    """sha256 of the rows as canonical JSON lines (sorted keys, UTF-8, one row a line, in order).
+
+    The same bytes `write_jsonl` writes, so it equals `digest_path` of that file.
+    """
+    h = hashlib.sha256()
+    for row in rows:
+        h.update((json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
+    return h.hexdigest()

@@ -7,10 +7,9 @@ from pathlib import Path
 import mlflow
 
 from components.data.loaders import load_records
-from components.io import atomic_dir, digest_path, write_jsonl
+from components.io import atomic_dir, dataset_digest, digest_path, write_jsonl
 from components.modeling.models import load_model, load_tokenizer, save_model
 from components.training.distributed import is_main
-from components.training.rejection import dataset_digest
 from tasks import tracking
 from tasks.refs import DatasetRef, ModelRef
 from tasks.stage import StageContext

@@ -67,6 +67,7 @@ from components.data.prompts import render_prompt
 from components.generation import SamplingParams, make_engine
 from components.io import write_json
 from components.rewards import RewardCombiner, RewardFn, RewardResult, RewardSpec
+from components.seeds import derive_seed
 from components.training.loop import Log, LoopResult, Progress, Trainer, no_log, no_progress
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs
 
@@ -163,12 +164,6 @@ def grpo_iteration(it, trainer, policy, reference, engine, combiner, rows, promp
 
 
 # --------------------------------------------------------------------------- prompts and sampling
-
-
-def derive_seed(seed: int, *parts) -> int:
-    """A 63-bit seed that is a pure function of (seed, *parts)."""
-    digest = hashlib.blake2b(":".join(map(str, (seed, *parts))).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 def pick_prompts(n: int, k: int, seed: int, it: int) -> list[int]:

@@ -6,7 +6,7 @@ from typing import Mapping, NamedTuple
 
 import torch
 
-from components.training.grpo import derive_seed
+from components.seeds import derive_seed
 
 
 def split_heldout(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

@@ -28,7 +28,7 @@ from components.data.prompts import render_prompt
 from components.data.steps import split_steps
 from components.generation import SamplingParams
 from components.rewards import get_reward
-from components.training.grpo import derive_seed
+from components.seeds import derive_seed
 
 LabelRule = Callable[[int, int], float]  # (correct continuations, rollouts) -> label in [0, 1]
 LABEL_RULES: dict[str, LabelRule] = {

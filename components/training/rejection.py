@@ -19,20 +19,17 @@ applied in this order (the stats count the survivors of each step, a funnel):
 Each kept completion becomes an SFT row ``{"messages": [(system,) user, assistant],
 "prompt", "answer", ...the prompt row's extra columns}`` with the stripped completion as
 the assistant turn. Model output is only compared as text (regexes, math-verify's parser),
-never executed. `dataset_digest` gives the derived data a content address equal to the
-sha256 of the file `components.io.write_jsonl` writes for the same rows.
+never executed. `components.io.dataset_digest` gives the derived data its content address.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 
 from components.data.prompts import render_prompt
 from components.generation import SamplingParams, make_engine
 from components.rewards import get_reward
-from components.training.grpo import derive_seed
+from components.seeds import derive_seed
 
 FUNNEL = ("generated", "correct", "well_formed", "in_length", "unique", "kept")
 
@@ -161,17 +158,6 @@ def rejection_sample(model, tokenizer, rows: list[dict], cfg, seed: int, engine=
     stats.tokens = int(rollout.num_generated_tokens)
     stats.seconds = time.perf_counter() - start
     return kept, stats
-
-
-def dataset_digest(rows: list[dict]) -> str:
-    """sha256 of the rows as canonical JSON lines (sorted keys, UTF-8, one row a line, in order).
-
-    The same bytes `components.io.write_jsonl` writes, so it equals `digest_path` of that file.
-    """
-    h = hashlib.sha256()
-    for row in rows:
-        h.update((json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- validation

@@ -29,7 +29,7 @@ from components.training.alignment.oreo import OREOConfig
 from components.training.alignment.orpo import ORPOConfig
 from components.training.alignment.ppo import PPOConfig
 from components.training.alignment.trpo import TRPOConfig
-from components.training.grpo import derive_seed
+from components.seeds import derive_seed
 from tasks.common import finish, load_policy, publish_rows, read_rows
 from tasks.refs import ModelRef
 from tasks.stage import StageContext, stage

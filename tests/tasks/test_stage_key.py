@@ -123,3 +123,7 @@ def test_a_stage_is_keyed_on_the_code_it_imports_and_not_on_the_rest():
                 "tasks/common.py", "tasks/tracking.py"} & (base | tts | align)
     # ... but what the framework calls in components is: finish() saves through components/modeling/models.py
     assert "components/modeling/models.py" in base
+    # editing the RL code leaves pretraining cached: the framework's helpers import no trainer
+    rl = set(get_stage("reasoning_rl").code)
+    assert "components/training/grpo.py" in rl
+    assert not {"components/training/grpo.py", "components/training/rejection.py"} & base

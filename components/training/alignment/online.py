@@ -20,7 +20,8 @@ from components.config import RewardItem, RolloutConfig, Section
 from components.generation import Rollout, SamplingParams
 from components.rewards import RewardCombiner, RewardFn, RewardResult, RewardSpec
 from components.training.alignment.base import check_rows
-from components.training.grpo import derive_seed, encode_prompts, make_rollout_engine, pick_prompts, score
+from components.seeds import derive_seed
+from components.training.grpo import encode_prompts, make_rollout_engine, pick_prompts, score
 
 REWARD_MODEL = "reward_model"
 RewardModelFn = Callable[[list[str], list[str]], list[float]]

@@ -49,7 +49,8 @@ from components.algorithms import (
 )
 from components.training.alignment.base import AlignmentResult, LoopConfig, TokenCount, check_registered, result
 from components.training.alignment.online import OnlineRun, SamplingFields, reward_metrics, sample_and_score
-from components.training.grpo import derive_seed, frozen_reference, reference_logprobs
+from components.seeds import derive_seed
+from components.training.grpo import frozen_reference, reference_logprobs
 from components.training.loop import Log, Progress, Trainer, no_log, no_progress
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logits
 

@@ -17,7 +17,7 @@ from components.modeling.student import (
     build_student, check_student_size, check_vocab_match, llama_parameter_count, parameter_count, student_model)
 from components.training.distill import (
     DistillConfig, distill_batch_loss, heldout_divergence, run_distill, teacher_samples)
-from components.training.grpo import derive_seed
+from components.seeds import derive_seed
 from components.training.sft import collate, encode
 from tests.components.training.test_rejection import FakeEngine, good
 

@@ -11,7 +11,8 @@ from components.config import LoraConfig, RLConfig, RewardItem
 from components.generation import Rollout, SamplingParams, make_engine
 from components.training.loop import NoUpdateError
 from tests.conftest import temporary_rewards
-from components.training.grpo import derive_seed, minibatch_plan, pick_prompts, run_grpo
+from components.seeds import derive_seed
+from components.training.grpo import minibatch_plan, pick_prompts, run_grpo
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs, length_buckets
 
 

@@ -11,7 +11,7 @@ from components.data.prompts import render_prompt
 from components.generation import Rollout, make_engine
 from components.modeling.models import save_model
 from components.modeling.reward_models import load_reward_model
-from components.training.grpo import derive_seed
+from components.seeds import derive_seed
 from components.training.prm import (
     PRMConfig, encode_solutions, evaluate_solutions, parse_solutions, prm_gate, run_prm)
 from components.training.prm_labels import label_steps

@@ -9,8 +9,9 @@ from components.config import RejectionConfig
 from components.data.prompts import render_prompt
 from components.generation import Rollout
 from components.io import digest_path, write_jsonl
-from components.training.grpo import derive_seed
-from components.training.rejection import RejectionStats, dataset_digest, filter_samples, rejection_sample
+from components.seeds import derive_seed
+from components.io import dataset_digest
+from components.training.rejection import RejectionStats, filter_samples, rejection_sample
 from tests.conftest import temporary_rewards
 
 
