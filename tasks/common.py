@@ -58,7 +58,7 @@ def finish(ctx: StageContext, model, tokenizer, base: ModelRef | None = None, me
     with atomic_dir(model_dir) as tmp:
         saved = save_model(model, tokenizer, tmp, base_path=base.uri if base else None, merge=merge,
                            dtype=ctx.model.dtype)
-    registered = tracking.log_model(saved, tokenizer, ctx.recipe_name, alias=ctx.name, kind=kind,
+    registered = tracking.log_model(saved, tokenizer, ctx.recipe_name, alias=ctx.alias, kind=kind,
                                     license=ctx.model.license)
     return ModelRef(uri=str(model_dir), digest=digest_path(model_dir), stage=ctx.name, kind=kind, run_id=ctx.run_id,
                     registered=registered)

@@ -171,7 +171,7 @@ def rank_context(p: dict, spec: Stage) -> StageContext:
         log, progress = tracking.metric_logger(p["run_id"]), StageReporter(p["label"]).progress
     return StageContext(p["stage"], spec.config.model_validate(p["cfg"]), ModelConfig.model_validate(p["model"]),
                         p["seed"], p["recipe_name"], DataRef(**p["data"]), Path(p["out_dir"]), Path(p["ckpt_dir"]),
-                        p["run_id"], log, progress)
+                        p["run_id"], log, progress, p["label"])
 
 
 def _record_nothing(*args, **kwargs) -> None:

@@ -34,7 +34,7 @@ from tasks.console import say, summary_table
 from tasks.locks import file_lock
 from tasks.refs import DatasetRef, EvalRef, ModelRef
 from tasks.runners import get_task_runner
-from tasks.stage import Stage, output_dir, stage_key
+from tasks.stage import Stage, alias_of, output_dir, stage_key
 from tasks.stage_task import output_label, run_id_of, stage_task
 from tasks.stages import get_stage
 from tasks.versioning import DataRef, data_version, git_commit
@@ -184,6 +184,8 @@ class PipelineRun:
         seconds = time.perf_counter() - t0
         if cached:
             say(f"◆ {label}  cached  (MLflow run {run_id_of(result)[:12]})")
+            if isinstance(result, ModelRef):
+                tracking.point_alias(result.registered, self.recipe.run.name, alias_of(label))
         compute = 0.0 if cached or out is None else _compute_seconds(out)
         self.records.append(StageRecord(label, spec.name, "cached" if cached else "ran", seconds, run_id_of(result),
                                         output_label(result), compute_s=compute))

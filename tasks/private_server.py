@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from tasks.locks import file_lock
 from tasks.servers import HOST, free_port, wait_healthy
@@ -29,9 +29,12 @@ def _die_with_parent() -> None:
 
 
 @contextlib.contextmanager
-def private_prefect_server(timeout: float = 180) -> Iterator[str]:
+def private_prefect_server(timeout: float = 180, while_starting: Callable[[], object] | None = None
+                           ) -> Iterator[str]:
     """A Prefect API server for this process only; yields its API URL. It stops when the block ends,
-    and the kernel stops it if this process is killed (so nothing is left behind by `kill -9`)."""
+    and the kernel stops it if this process is killed (so nothing is left behind by `kill -9`).
+    `while_starting` runs in this process while the server boots (its ~4 s overlap the caller's
+    own start-up work, e.g. importing the stages); if it raises, the server is stopped."""
     port = free_port()
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
@@ -45,6 +48,8 @@ def private_prefect_server(timeout: float = 180) -> Iterator[str]:
     with file_lock(home / "r1flow-server-start.lock"):  # two runs at once: one migrates the database first
         proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, preexec_fn=preexec)
         try:
+            if while_starting is not None:
+                while_starting()
             url = f"http://{HOST}:{port}/api"
             wait_healthy(f"{url}/health", proc, timeout)
         except BaseException:

@@ -46,6 +46,16 @@ class StageContext:
     run_id: str
     log: Log
     progress: Progress
+    label: str = ""       # the task's label: the stage name, or e.g. "alignment/oreo" for a compared variant
+
+    @property
+    def alias(self) -> str:
+        """The registry alias of the model it produces: its label with "/" as "-" (alignment, alignment-oreo)."""
+        return alias_of(self.label or self.name)
+
+
+def alias_of(label: str) -> str:
+    return label.replace("/", "-")
 
 
 @dataclass(frozen=True)

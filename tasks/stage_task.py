@@ -53,7 +53,7 @@ def stage_task(name: str, cfg: Section, model: ModelConfig, run: RunConfig, inpu
                           tags=tags) as run_id:
             log = tracking.metric_logger(run_id, echo=reporter.log)
             ctx = StageContext(name, cfg, model, run.seed, run.name, data, out, out.parent / f".ckpt-{out.name}",
-                               run_id, log, reporter.progress)
+                               run_id, log, reporter.progress, label)
             t_fn, tracked = time.perf_counter(), tracking.seconds_spent()
             if runs_data_parallel(spec, run):
                 result = launch_stage(spec, ctx, inputs, run, label)

@@ -174,6 +174,18 @@ def log_model(model, tokenizer, registered_name: str, alias: str, kind: str = "c
     return f"models:/{registered_name}/{version}"
 
 
+@_timed
+def point_alias(registered: str | None, name: str, alias: str) -> None:
+    """Point `models:/name@alias` at `registered` (``models:/NAME/VERSION``) when it is a version of
+    `name`: a cached stage re-claims its alias, which a `r1flow stage` experiment may have moved."""
+    if not registered or not registered.startswith(f"models:/{name}/"):
+        return
+    try:
+        MlflowClient().set_registered_model_alias(name, alias, registered.rsplit("/", 1)[1])
+    except MlflowException:  # the version was deleted from the registry: nothing to point at
+        pass
+
+
 def model_card(name: str, stage: str, license: str):
     """The card MLflow stores with a model (without one it looks for it on the hub and warns)."""
     from huggingface_hub import ModelCard

@@ -117,9 +117,18 @@ def test_tts_evaluation_logs_cells_the_plot_and_the_report_shows_it(trained):
     assert "![accuracy_vs_tokens.png]" in report
 
 
-def test_a_second_run_is_all_cache_hits(trained, project):
+def test_a_second_run_is_all_cache_hits_and_reclaims_the_stage_aliases(trained, project):
+    client = MlflowClient()
+    runs = stage_runs(trained[1])
+    own = client.get_model_version_by_alias("tiny", "alignment").version
+    # the pipeline's aligned model holds the stage alias; a compared variant has its own
+    assert client.get_model_version_by_alias("tiny", "alignment").run_id == runs["alignment"].info.run_id
+    assert client.get_model_version_by_alias("tiny", "alignment-oreo").run_id == runs["alignment/oreo"].info.run_id
+    # an experiment (`r1flow stage alignment --set …`) moved the alias to another model
+    client.set_registered_model_alias("tiny", "alignment", client.get_model_version_by_alias("tiny", "base").version)
     report, _ = run(project, "alignment.compare=[dpo, oreo]")
     assert {r["status"] for r in report["stages"]} == {"cached"}
+    assert client.get_model_version_by_alias("tiny", "alignment").version == own
 
 
 def test_a_reward_model_below_its_gate_stops_the_flow_and_nothing_downstream_runs(trained, project):
