@@ -95,11 +95,9 @@ class PipelineRun:
         """Score several models ({label: model}) side by side on the recipe's task runner."""
         spec = get_stage("evaluate")
         with get_task_runner(self.recipe.runner) as runner:
-            futures = {label: (runner.submit(*self._task(spec, {"model": m}, f"evaluate/{label}")), time.perf_counter())
-                       for label, m in models.items()}
-            for label, (future, t0) in futures.items():
+            futures = {label: self._submit(runner, spec, {"model": m}, f"evaluate/{label}") for label, m in models.items()}
+            for label, (future, t0, out) in futures.items():
                 future.wait()
-                out = self._output(spec, {"model": models[label]}, None)[1]
                 self._scored(models[label], label, self._collect(spec, f"evaluate/{label}", future.state, t0, out=out))
         return {label: self.evaluated[m.digest] for label, m in models.items()}
 
@@ -110,12 +108,10 @@ class PipelineRun:
         `report_files=False`: the caller reports the variants' figures itself (combined)."""
         _check_inputs(spec, inputs, True)
         with get_task_runner(self.recipe.runner) as runner:
-            futures = {label: (runner.submit(*self._task(spec, inputs, label, section)), time.perf_counter())
-                       for label, section in sections.items()}
+            futures = {label: self._submit(runner, spec, inputs, label, section) for label, section in sections.items()}
             outputs = {}
-            for label, (future, t0) in futures.items():
+            for label, (future, t0, out) in futures.items():
                 future.wait()
-                out = self._output(spec, inputs, sections[label])[1]
                 outputs[label] = self._collect(spec, label, future.state, t0, report_files, out)
         for label, model in outputs.items():
             if spec.evaluate and isinstance(model, ModelRef):
@@ -163,17 +159,23 @@ class PipelineRun:
                                                                       self.data))
 
     def _task(self, spec: Stage, inputs: dict, label: str, section: Section | None = None):
-        """(task, parameters) of running `spec` on `inputs` as the cached `stage_task`."""
+        """(task, parameters, output folder) of running `spec` on `inputs` as the cached `stage_task`."""
         cfg, out = self._output(spec, inputs, section)
         params = dict(name=spec.name, cfg=cfg, model=self.recipe.model, run=self.recipe.run, inputs=inputs,
                       data=self.data, parent_run_id=self.parent_run_id, label=label)
-        return stage_task.with_options(task_run_name=label, refresh_cache=not (out / "result.json").exists()), params
+        task = stage_task.with_options(task_run_name=label, refresh_cache=not (out / "result.json").exists())
+        return task, params, out
+
+    def _submit(self, runner, spec: Stage, inputs: dict, label: str, section: Section | None = None):
+        """Submit `spec` to the task runner: (future, start time, output folder)."""
+        task, params, out = self._task(spec, inputs, label, section)
+        return runner.submit(task, params), time.perf_counter(), out
 
     def run_stage(self, spec: Stage, inputs: dict, label: str, section: Section | None = None):
         _, out = self._output(spec, inputs, section)
         # The same stage and key in two pipelines at once: one runs it, the other then finds it done (cached).
         with file_lock(out.parent / f".{out.name}.lock"):
-            task, params = self._task(spec, inputs, label, section)
+            task, params, _ = self._task(spec, inputs, label, section)
             t0 = time.perf_counter()
             return self._collect(spec, label, task(**params, return_state=True), t0, out=out)
 
