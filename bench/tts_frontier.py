@@ -37,7 +37,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.evaluation.tts_eval import CellSpec, ComputeOptimalConfig, TTSConfig, evaluate_tts  # noqa: E402
+from components.evaluation.tts_config import CellSpec, ComputeOptimalConfig, TTSConfig  # noqa: E402
+from components.evaluation.tts_eval import evaluate_tts  # noqa: E402
 from components.generation import make_engine  # noqa: E402
 from components.modeling.models import default_device, load_model, load_tokenizer  # noqa: E402
 from components.search import SearchConfig  # noqa: E402

@@ -253,7 +253,30 @@ register_ops(app)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as e:
+        _exit_now(e.code)
+    _exit_now(0)
+
+
+def _exit_now(code) -> None:
+    """Exit as Python would, without its final teardown: wait for non-daemon threads, run the
+    atexit handlers (logging, MLflow, Prefect), flush, then `os._exit`. Freeing torch, MLflow and
+    Prefect module by module takes ~2 s after the work is done (measured on an all-cached run)."""
+    import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # the handlers Python would run at exit (private name, stable since 2.x)
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ import mlflow
 
 from components.data.loaders import load_records
 from components.io import atomic_dir, dataset_digest, digest_path, write_jsonl
-from components.modeling.models import load_model, load_tokenizer, save_model
-from components.training.distributed import is_main
 from tasks import tracking
 from tasks.refs import DatasetRef, ModelRef
 from tasks.stage import StageContext
@@ -39,6 +37,8 @@ def read_dataset(ctx: StageContext, dataset: DatasetRef, limit: int | None = Non
 
 def load_policy(ctx: StageContext, ref: ModelRef, finetune: str = "full", lora=None):
     """(model, tokenizer) of a causal-LM input, ready for `finetune` mode (full | lora | qlora)."""
+    from components.modeling.models import load_model, load_tokenizer
+
     m = ctx.model
     model = load_model(ref.uri, finetune=finetune, lora=lora, dtype=m.dtype, revision=m.revision,
                        trust_remote_code=m.trust_remote_code, seed=ctx.seed)
@@ -52,6 +52,9 @@ def finish(ctx: StageContext, model, tokenizer, base: ModelRef | None = None, me
 
     In a data-parallel stage (tasks/launch.py) only rank 0 does this and returns the record; the other
     ranks hold the same weights and write nothing (None)."""
+    from components.modeling.models import save_model
+    from components.training.distributed import is_main
+
     if not is_main():
         return None
     model_dir = ctx.out_dir / "model"

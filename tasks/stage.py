@@ -22,13 +22,15 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from components.config import ModelConfig, Section
 from components.io import digest_path
-from components.training.loop import Log, Progress
 from tasks.refs import ref_digest
 from tasks.versioning import DataRef, code_digest, module_sources
+
+if TYPE_CHECKING:
+    from components.training.loop import Log, Progress
 
 
 @dataclass

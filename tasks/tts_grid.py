@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 
 from components.evaluation.tts import plot_accuracy_vs_tokens
-from components.evaluation.tts_eval import CellSpec
+from components.evaluation.tts_config import CellSpec
 from tasks import tracking
 from tasks.console import say
 from tasks.refs import EvalRef, ModelRef

@@ -170,11 +170,13 @@ def _files_of(module: str) -> list[str]:
     return files
 
 
-def _imports(rel: str) -> list[str]:
-    """Project modules imported anywhere in file `rel` (`from x import y` also tries the module x.y)."""
+@lru_cache(maxsize=None)
+def _imports(rel: str) -> tuple[str, ...]:
+    """Project modules imported anywhere in file `rel` (`from x import y` also tries the module x.y).
+    Parsed once per process: every stage's closure shares most files."""
     package = list(Path(rel).parent.parts)
     names = []
-    for node in ast.walk(ast.parse((PROJECT_ROOT / rel).read_text(), rel)):
+    for node in _statements(ast.parse((PROJECT_ROOT / rel).read_text(), rel).body):
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -182,7 +184,15 @@ def _imports(rel: str) -> list[str]:
             if node.level:
                 base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
             names += [base] + [f"{base}.{alias.name}" for alias in node.names]
-    return [n for n in names if n.split(".")[0] in CODE_ROOTS]
+    return tuple(n for n in names if n.split(".")[0] in CODE_ROOTS)
+
+
+def _statements(body: list[ast.stmt]):
+    """Every statement, nested ones included (imports are statements: expressions need no visit)."""
+    for node in body:
+        yield node
+        for block in ("body", "orelse", "finalbody", "handlers", "cases"):
+            yield from _statements(getattr(node, block, None) or [])
 
 
 def git_commit(root: Path) -> str:

@@ -5,7 +5,7 @@ Sec. 2): sample diverse reasoning paths, marginalise them out by a plurality vot
 final answers. Samples with no extractable answer abstain.
 
 Tie-break (deterministic): among answers with the same count, the one sampled first wins
-(`components.algorithms.metrics.majority_vote`); sample order is fixed by the seed. The
+(the rule of `components.algorithms.metrics.majority_vote`); sample order is fixed by the seed. The
 completion reported is the first chain that reaches the winning answer. The policy is the
 only model used: this is the "policy's own votes" verifier in its plainest form.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-from components.algorithms.metrics import majority_vote
 from components.rewards import extract_answer
 
 from .base import Compute, Query, SearchResult, Toolkit, check_budget
@@ -28,8 +27,8 @@ def self_consistency(queries: list[Query], tools: Toolkit, budget: int) -> list[
     out = []
     for i, cands in enumerate(chains):
         answers = [extract_answer(c.text) for c in cands]
-        winner = majority_vote(answers)
+        votes = dict(Counter(a for a in answers if a is not None))  # first-seen order
+        winner = max(votes, key=votes.get) if votes else None  # max keeps the first of equal counts
         pick = answers.index(winner) if winner is not None else 0
-        votes = dict(Counter(a for a in answers if a is not None))
         out.append(SearchResult(winner, cands[pick].text, ledger[i], {"votes": votes}))
     return out

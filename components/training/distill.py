@@ -25,68 +25,17 @@ Where this departs from the textbook methods:
 """
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
 
-from components.algorithms.aggregate import get_aggregation
-from components.algorithms.distill import distill_loss, get_distill_loss
+from components.algorithms.distill import distill_loss
 from components.algorithms.sft import sft_loss
-from components.config import RejectionConfig, Section
+from components.training.configs import DistillConfig
 from components.modeling.student import check_vocab_match
 from components.seeds import derive_seed
 from components.training.loop import LoopResult, Log, Progress, Trainer, no_log, no_progress
 from components.training.rejection import RejectionStats, rejection_sample
 from components.training.sft import EncodingError, collate, encode, make_batch_fn
-
-
-class DistillConfig(Section):
-    """Distillation (seed §2.3 step 5; R1 §2.4): teacher samples, then SFT and/or token-level KD."""
-
-    samples: RejectionConfig = Field(
-        default_factory=lambda: RejectionConfig(samples_per_prompt=4, keep_per_prompt=2, limit=2000),
-        description="How the teacher's training sequences are drawn and verified (K per prompt, keep k, "
-        "verifier, format, lengths, prompt limit, sampling temperature, rollout backend).")
-    sft_weight: float = Field(1.0, ge=0, description="Weight of the student's NLL on the teacher's verified "
-                              "generations (sequence-level distillation).")
-    kd_weight: float = Field(1.0, ge=0, description="Weight of the token-level divergence to the teacher's logits.")
-    divergence: str = Field("forward-kl", description="components.algorithms DISTILL_LOSSES name: "
-                            "forward-kl | reverse-kl | jsd.")
-    beta: float = Field(0.5, gt=0, lt=1, description="JSD mixing weight of the teacher (jsd only).")
-    kd_temperature: float = Field(1.0, gt=0, description="Both models' logits are divided by this before the "
-                                  "divergence (no T^2 rescaling).")
-    loss_agg: str = Field("token-mean", description="components.algorithms AGGREGATIONS name.")
-    steps: int = Field(500, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(32, ge=1, description="Sequences per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(5e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(10, ge=0)
-    schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="LR schedule after warmup.")
-    max_grad_norm: float = Field(1.0, gt=0)
-    max_length: int = Field(128, ge=8, description="Training sequences (prompt + response) are cut to this.")
-    ckpt_every: int = Field(100, ge=1, description="Save a resumable checkpoint every N steps.")
-    log_every: int = Field(10, ge=1)
-
-    @field_validator("divergence")
-    @classmethod
-    def _known_divergence(cls, v: str) -> str:
-        get_distill_loss(v)
-        return v
-
-    @field_validator("loss_agg")
-    @classmethod
-    def _known_aggregation(cls, v: str) -> str:
-        get_aggregation(v)
-        return v
-
-    @model_validator(mode="after")
-    def _some_signal(self) -> "DistillConfig":
-        if self.sft_weight == 0 and self.kd_weight == 0:
-            raise ValueError("sft_weight and kd_weight are both 0: the student would learn nothing")
-        return self
-
 
 def teacher_samples(teacher, tokenizer, rows: list[dict], cfg: DistillConfig, seed: int, engine=None,
                     progress: bool = False) -> tuple[list[dict], RejectionStats]:

@@ -16,69 +16,18 @@ step accuracy; the held-out split is by prompt.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Mapping
 
 import torch
-from pydantic import Field, field_validator
 
 from components.algorithms import (
-    AGGREGATIONS, binary_accuracy, brier_score, expected_calibration_error, process_reward_loss)
-from components.config import LoraConfig, RolloutConfig, Section
+    binary_accuracy, brier_score, expected_calibration_error, process_reward_loss)
+from components.training.configs import PRMConfig
 from components.data.steps import split_steps
 from components.modeling.reward_models import encode_steps, step_logits, step_scores
 from components.training.grpo import pick_prompts
 from components.training.heldout import GateResult, prefixed, quality_gate, split_heldout
 from components.training.loop import Log, LoopResult, Progress, Trainer, no_log, no_progress
-from components.training.prm_labels import get_label_rule
-
-
-class PRMConfig(Section):
-    """A process reward model: Monte-Carlo step labels from the policy, then a per-token score head."""
-
-    sep: str = Field(" ", min_length=1, description="Step separator: ' ' for the arithmetic task, '\\n\\n' for "
-                     "real models.")
-    label: str = Field("hard", description="hard (1 if any continuation is correct) | soft (fraction correct).")
-    verifier: str = Field("exact_int", description="Reward function that decides a correct final answer.")
-    solutions_per_prompt: int = Field(4, ge=1, description="Solutions sampled per prompt.")
-    rollouts_per_step: int = Field(8, ge=1, description="M: continuations sampled from every step prefix.")
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(64, ge=1)
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    steps: int = Field(40, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(16, ge=1, description="Solutions per micro-batch.")
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    max_grad_norm: float = Field(1.0, gt=0)
-    max_length: int = Field(128, ge=8, description="Longer solutions (prompt + completion tokens) are dropped.")
-    loss_agg: str = Field("token-mean", description="components.algorithms AGGREGATIONS name over steps.")
-    finetune: Literal["full", "lora"] = "full"
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of prompts whose solutions are held out.")
-    min_step_accuracy: float = Field(0.0, ge=0, le=1, description="Quality gate on held-out step-label accuracy.")
-    eval_batch_size: int = Field(128, ge=1)
-    ckpt_every: int = Field(50, ge=1)
-    log_every: int = Field(10, ge=1)
-    limit: int | None = Field(None, ge=1, description="Label at most this many prompts.")
-    source: str | None = Field(None, description="Prompt/answer data instead of the curated file.")
-    system_prompt: str | None = None
-
-    @field_validator("label")
-    @classmethod
-    def _known_label(cls, v: str) -> str:
-        get_label_rule(v)
-        return v
-
-    @field_validator("loss_agg")
-    @classmethod
-    def _known_agg(cls, v: str) -> str:
-        if v not in AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {v!r}; valid names: {', '.join(sorted(AGGREGATIONS))}")
-        return v
-
 
 @dataclass(frozen=True)
 class EncodedSolution:

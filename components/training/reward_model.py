@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping
+from typing import Callable, Mapping
 
 import torch
-from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
 from components.algorithms import (
     bradley_terry_ranking_loss, kendall_tau, pairwise_accuracy, plackett_luce_loss, ranking_accuracy)
-from components.config import LoraConfig, Section
+from components.training.configs import RewardModelConfig
 from components.modeling.reward_models import outcome_scores
 from components.training.grpo import pick_prompts
 from components.training.heldout import GateResult, prefixed, quality_gate, split_heldout
@@ -60,51 +59,6 @@ def get_objective(name: str) -> ListLoss:
     except KeyError:
         raise ValueError(f"unknown reward-model objective {name!r}; valid names: {', '.join(sorted(OBJECTIVES))}"
                          ) from None
-
-
-class RewardModelConfig(Section):
-    """An outcome reward model trained on preferences (seed §2.1): a scalar head on the policy's backbone."""
-
-    objective: str = Field("bradley_terry", description="bradley_terry (pairs; all pairs of a ranking) | "
-                           "plackett_luce (rankings; a pair is K=2).")
-    margin: float = Field(0.0, ge=0, description="Bradley–Terry margin m in -log σ(r_c - r_r - m) (Llama 2); "
-                          "a row's own `margin` column overrides it.")
-    steps: int = Field(60, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(16, ge=1, description="Pairs or rankings per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    max_grad_norm: float = Field(1.0, gt=0)
-    max_length: int = Field(128, ge=8, description="Lists with a longer prompt+response (tokens) are dropped.")
-    finetune: Literal["full", "lora"] = Field("full", description="full | lora (adapters + the score head train).")
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share of distinct prompts held out for "
-                                    "evaluation when no held-out set is given.")
-    heldout_source: str | None = Field(None, description="A separate held-out file or hf:org/name (same schema).")
-    min_accuracy: float = Field(0.9, ge=0, le=1, description="Quality gate: held-out pairwise accuracy needed "
-                                "to register the reward model.")
-    eval_every: int = Field(0, ge=0, description="Evaluate on the held-out set every N steps (0: at the end only).")
-    eval_batch_size: int = Field(128, ge=1, description="Sequences per no-grad scoring batch.")
-    ckpt_every: int = Field(50, ge=1)
-    log_every: int = Field(10, ge=1)
-    limit: int | None = Field(None, ge=1, description="Use at most this many rows.")
-    source: str | None = Field(None, description="Preference data instead of the curated file.")
-    system_prompt: str | None = None
-
-    @field_validator("objective")
-    @classmethod
-    def _known_objective(cls, v: str) -> str:
-        get_objective(v)
-        return v
-
-    @model_validator(mode="after")
-    def _margin_only_for_bt(self) -> "RewardModelConfig":
-        if self.margin and self.objective != "bradley_terry":
-            raise ValueError(f"margin applies to bradley_terry only, not {self.objective}")
-        return self
-
 
 # --------------------------------------------------------------------------- loss and metrics
 

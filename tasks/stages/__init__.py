@@ -4,6 +4,11 @@
 nothing depends on who imported what first, so a Prefect worker that loads only the flow's
 entrypoint sees every stage. Adding a stage = a module here, its test, and the flow line that
 wires it.
+
+A stage module imports torch, transformers and the components that use them inside its
+functions, and takes its config class from a torch-free module (components/config.py,
+components/training/configs.py, components/evaluation/tts_config.py): loading a recipe, its
+errors, `r1flow stages` and an all-cached run never wait for torch (tests/tasks/test_recipe.py).
 """
 from __future__ import annotations
 

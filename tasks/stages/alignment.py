@@ -11,24 +11,14 @@ on the held-out preference prompts (`summary.json`), for the side-by-side compar
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Literal, get_args
 
-import torch
 from pydantic import Field
 
 from components.config import LoraConfig, RolloutConfig, Section
+from components.training.configs import DPOConfig, GRPORMConfig, OREOConfig, ORPOConfig, PPOConfig, TRPOConfig
 from components.data.prompts import render_prompt
-from components.evaluation.policy_kl import sampled_kl
-from components.generation import SamplingParams, make_engine
 from components.io import write_json
-from components.modeling.reward_models import score_outcomes
-from components.training.alignment import ALIGNMENT_METHODS, get_alignment_method
-from components.training.alignment.dpo import DPOConfig
-from components.training.alignment.grpo_rm import GRPORMConfig
-from components.training.alignment.oreo import OREOConfig
-from components.training.alignment.orpo import ORPOConfig
-from components.training.alignment.ppo import PPOConfig
-from components.training.alignment.trpo import TRPOConfig
 from components.seeds import derive_seed
 from tasks.common import finish, load_policy, publish_rows, read_rows
 from tasks.refs import ModelRef
@@ -38,8 +28,12 @@ DATA = {"preference": ("preferences.jsonl", "preference"), "prompts": ("align_pr
         "trajectory": ("align_prompts.jsonl", "prompt")}
 
 
+Method = Literal["dpo", "orpo", "ppo", "grpo_rm", "trpo", "oreo"]  # components.training.alignment.ALIGNMENT_METHODS
+METHODS = get_args(Method)
+
+
 class AlignmentConfig(Section):
-    method: Literal["dpo", "orpo", "ppo", "grpo_rm", "trpo", "oreo"] = Field(
+    method: Method = Field(
         "dpo", description="The alignment method (components.training.alignment); its section below applies.")
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     orpo: ORPOConfig = Field(default_factory=ORPOConfig)
@@ -54,7 +48,7 @@ class AlignmentConfig(Section):
     limit: int | None = Field(None, ge=1, description="Use at most this many training rows (pairs or prompts).")
     source: str | None = Field(None, description="Training rows instead of the curated file (the method's schema).")
     measure_limit: int = Field(256, ge=1, description="Held-out preference prompts for the final KL and RM score.")
-    compare: list[Literal["dpo", "orpo", "ppo", "grpo_rm", "trpo", "oreo"]] = Field(
+    compare: list[Method] = Field(
         default_factory=list, description="Also run these methods from the same policy and reward model, side by "
         "side, and log one comparison (configs/alignment_compare.yaml).")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
@@ -65,7 +59,7 @@ class AlignmentConfig(Section):
 
 def _keyed(cfg: AlignmentConfig) -> dict:
     """The chosen method's section and the shared fields: editing another method's section reruns nothing."""
-    return cfg.model_dump(mode="json", exclude=(set(ALIGNMENT_METHODS) - {cfg.method}) | {"compare"})
+    return cfg.model_dump(mode="json", exclude=(set(METHODS) - {cfg.method}) | {"compare"})
 
 
 @stage(config=AlignmentConfig, inputs=("policy", "reward_model", "reference"), optional=("reward_model", "reference"),
@@ -73,6 +67,8 @@ def _keyed(cfg: AlignmentConfig) -> dict:
        evaluate=True, keyed=_keyed)
 def alignment(ctx: StageContext, policy: ModelRef, reward_model: ModelRef | None, reference: ModelRef | None):
     """Align the policy to the preference data with the recipe's method (dpo|orpo|ppo|grpo_rm|trpo|oreo)."""
+    from components.training.alignment import get_alignment_method
+
     cfg = ctx.cfg
     method = get_alignment_method(cfg.method)
     file, schema = DATA[method.data]
@@ -114,6 +110,8 @@ def _reward_fn(ctx: StageContext, ref: ModelRef, tokenizer):
     """The reward model's score of (raw prompt, completion) pairs, as the methods call it."""
     from transformers import AutoModelForSequenceClassification
 
+    from components.modeling.reward_models import score_outcomes
+
     rm = AutoModelForSequenceClassification.from_pretrained(ref.uri, use_safetensors=True).eval()
     rm.to(next(iter(rm.parameters())).device)
     return lambda prompts, completions: score_outcomes(rm, tokenizer, prompts, completions, batch_size=128)
@@ -122,6 +120,8 @@ def _reward_fn(ctx: StageContext, ref: ModelRef, tokenizer):
 def _trajectories(ctx: StageContext, model, tokenizer, rows: list[dict], reward_fn) -> tuple[list[dict], int]:
     """OREO's offline data: `oreo_samples` completions per prompt from the starting policy, scored by the RM
     (and the number of tokens sampled for them, counted in the method's compute)."""
+    from components.generation import SamplingParams, make_engine
+
     cfg = ctx.cfg
     engine = make_engine(cfg.rollout.backend, model, tokenizer, **cfg.rollout.engine_kwargs())
     prompts = [render_prompt(tokenizer, r["prompt"]) for r in rows]
@@ -141,6 +141,10 @@ def _trajectories(ctx: StageContext, model, tokenizer, rows: list[dict], reward_
 
 def _measure(ctx: StageContext, model, tokenizer, reference, reward_fn) -> dict:
     """KL to the starting policy and the RM's mean score of greedy answers, on held-out preference prompts."""
+    import torch
+    from components.evaluation.policy_kl import sampled_kl
+    from components.generation import SamplingParams, make_engine
+
     prompts = [r["prompt"] for r in read_rows(ctx, "pref_eval.jsonl", "prompt", limit=ctx.cfg.measure_limit,
                                               name="pref_eval")]
     kl = sampled_kl(model, reference, tokenizer, prompts, samples=2, seed=derive_seed(ctx.seed, "kl"))

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 from components.config import TrainConfig
-from components.modeling.models import build_tiny_llama
 from components.modeling.tokenizer import train_tokenizer
-from components.training.sft import run_sft
 from tasks.common import finish, read_rows
 from tasks.stage import StageContext, stage
 
@@ -14,6 +12,9 @@ from tasks.stage import StageContext, stage
        distributed=True)
 def base(ctx: StageContext):
     """Train a BPE tokenizer and pretrain a tiny Llama (`model.arch`) on the generated corpus."""
+    from components.modeling.models import build_tiny_llama
+    from components.training.sft import run_sft
+
     cfg, arch = ctx.cfg, ctx.model.arch
     rows = read_rows(ctx, "pretrain.jsonl", "text", cfg.source, cfg.limit)
     tokenizer = train_tokenizer((r["text"] for r in rows), vocab_size=arch.vocab_size)

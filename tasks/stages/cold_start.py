@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from components.config import TrainConfig
-from components.training.sft import run_sft
 from tasks.common import finish, load_policy, read_rows
 from tasks.refs import ModelRef
 from tasks.stage import StageContext, stage
@@ -12,6 +11,8 @@ from tasks.stage import StageContext, stage
        reads=("cold_start.jsonl",), evaluate=True, distributed=True)
 def cold_start(ctx: StageContext, policy: ModelRef):
     """SFT on the curated worked solutions; prompt tokens are masked from the loss."""
+    from components.training.sft import run_sft
+
     cfg = ctx.cfg
     rows = read_rows(ctx, "cold_start.jsonl", "sft", cfg.source, cfg.limit)
     model, tokenizer = load_policy(ctx, policy, cfg.finetune, cfg.lora)

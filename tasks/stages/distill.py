@@ -11,12 +11,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from components.config import ArchConfig, TrainConfig
-from components.evaluation.speed import generation_speed
+from components.training.configs import DistillConfig
 from components.io import write_json
-from components.modeling.models import load_tokenizer
-from components.modeling.student import build_student, parameter_count, student_model
-from components.training.distill import DistillConfig, run_distill, teacher_samples
-from components.training.sft import run_sft
 from tasks.common import finish, load_policy, publish_rows, read_rows
 from tasks.refs import ModelRef
 from tasks.stage import StageContext, stage
@@ -35,6 +31,10 @@ class StudentBaseConfig(TrainConfig):
        inputs=("teacher",), reads=("pretrain.jsonl",), evaluate=True, distributed=True)
 def student_base(ctx: StageContext, teacher: ModelRef):
     """Pretrain a smaller Llama (`student_base.arch`) with the teacher's tokenizer on the pretraining corpus."""
+    from components.modeling.models import load_tokenizer
+    from components.modeling.student import build_student, parameter_count
+    from components.training.sft import run_sft
+
     cfg, m = ctx.cfg, ctx.model
     rows = read_rows(ctx, "pretrain.jsonl", "text", cfg.source, cfg.limit)
     tokenizer = load_tokenizer(teacher.uri, revision=m.revision, trust_remote_code=m.trust_remote_code)
@@ -47,6 +47,10 @@ def student_base(ctx: StageContext, teacher: ModelRef):
 @stage(config=DistillConfig, inputs=("teacher", "student"), passthrough="student", reads=("rl_prompts.jsonl",), evaluate=True)
 def distill(ctx: StageContext, teacher: ModelRef, student: ModelRef):
     """Train the student on the teacher's verified generations: SFT and/or KD on the teacher's logits."""
+    from components.evaluation.speed import generation_speed
+    from components.modeling.student import parameter_count, student_model
+    from components.training.distill import run_distill, teacher_samples
+
     cfg = ctx.cfg
     rows = read_rows(ctx, "rl_prompts.jsonl", "prompt_answer", cfg.samples.source, cfg.samples.limit)
     teacher_model, tokenizer = load_policy(ctx, teacher)
@@ -70,6 +74,8 @@ def distill(ctx: StageContext, teacher: ModelRef, student: ModelRef):
        passthrough="student", reads=("cold_start.jsonl",), evaluate=True, distributed=True)
 def distill_control(ctx: StageContext, student: ModelRef):
     """The control: the same student base fine-tuned on the curated cold-start data alone (no teacher)."""
+    from components.training.sft import run_sft
+
     cfg = ctx.cfg
     rows = read_rows(ctx, "cold_start.jsonl", "sft", cfg.source, cfg.limit)
     model, tokenizer = load_policy(ctx, student, cfg.finetune, cfg.lora)

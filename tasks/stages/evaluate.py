@@ -7,8 +7,6 @@ import json
 import mlflow
 
 from components.config import EvalConfig
-from components.evaluation.accuracy import evaluate as evaluate_model
-from components.evaluation.preference import evaluate_preference
 from components.io import write_json
 from tasks import tracking
 from tasks.common import load_policy, read_rows
@@ -20,6 +18,9 @@ from tasks.stage import StageContext, stage
 @stage(config=EvalConfig, inputs=("model",), reads=("eval.jsonl", "pref_eval.jsonl"))
 def evaluate(ctx: StageContext, model: ModelRef):
     """Greedy completions of the held-out problems (correctness) and preference prompts (house rules)."""
+    from components.evaluation.accuracy import evaluate as evaluate_model
+    from components.evaluation.preference import evaluate_preference
+
     cfg = ctx.cfg
     rows = read_rows(ctx, "eval.jsonl", "prompt_answer", cfg.source, cfg.limit)
     policy, tokenizer = load_policy(ctx, model)

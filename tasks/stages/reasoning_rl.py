@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from components.config import RLConfig
-from components.training.grpo import run_grpo
 from tasks import tracking
 from tasks.common import finish, load_policy, read_rows
 from tasks.refs import ModelRef
@@ -10,6 +9,8 @@ from tasks.stage import StageContext, stage
 
 
 def grpo_stage(ctx: StageContext, policy: ModelRef, data_file: str) -> ModelRef:
+    from components.training.grpo import run_grpo
+
     cfg = ctx.cfg
     rows = read_rows(ctx, data_file, "prompt_answer", cfg.source, cfg.limit)
     model, tokenizer = load_policy(ctx, policy, cfg.finetune, cfg.lora)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from components.config import RejectionConfig
-from components.training.rejection import rejection_sample
 from tasks.common import load_policy, publish_rows, read_rows
 from tasks.refs import ModelRef
 from tasks.stage import StageContext, stage
@@ -12,6 +11,8 @@ from tasks.stage import StageContext, stage
 @stage(config=RejectionConfig, inputs=("policy",), reads=("rl_prompts.jsonl",))
 def rejection_sampling(ctx: StageContext, policy: ModelRef):
     """A content-addressed dataset of the policy's accepted samples (at most k per prompt)."""
+    from components.training.rejection import rejection_sample
+
     cfg = ctx.cfg
     rows = read_rows(ctx, "rl_prompts.jsonl", "prompt_answer", cfg.source, cfg.limit)
     model, tokenizer = load_policy(ctx, policy)

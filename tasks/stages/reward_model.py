@@ -7,12 +7,7 @@ with one message, and nothing downstream runs on it.
 """
 from __future__ import annotations
 
-from components.modeling.models import load_model, load_tokenizer
-from components.modeling.reward_models import load_reward_model
-from components.training.prm import PRMConfig, prm_gate, run_prm
-from components.training.prm_labels import label_steps
-from components.training.reward_model import RewardModelConfig, reward_model_gate, run_reward_model
-from components.generation import make_engine
+from components.training.configs import PRMConfig, RewardModelConfig
 from tasks.common import finish, publish_rows, read_rows
 from tasks.console import say
 from tasks.refs import ModelRef
@@ -26,6 +21,9 @@ class QualityGateError(ValueError):
 
 
 def _backbone(ctx: StageContext, policy: ModelRef, kind: str, cfg):
+    from components.modeling.models import load_tokenizer
+    from components.modeling.reward_models import load_reward_model
+
     m = ctx.model
     tokenizer = load_tokenizer(policy.uri, revision=m.revision, trust_remote_code=m.trust_remote_code)
     model = load_reward_model(policy.uri, kind, pad_token_id=tokenizer.pad_token_id, finetune=cfg.finetune,
@@ -46,6 +44,8 @@ def _gate(ctx: StageContext, gate, step: int) -> None:
        reads=("preferences.jsonl", "rankings.jsonl"))
 def reward_model(ctx: StageContext, policy: ModelRef):
     """Outcome reward model: Bradley–Terry on pairs or Plackett–Luce on rankings, gated on held-out accuracy."""
+    from components.training.reward_model import reward_model_gate, run_reward_model
+
     cfg = ctx.cfg
     file, schema = RANKINGS[cfg.objective]
     rows = read_rows(ctx, file, schema, cfg.source, cfg.limit)
@@ -61,6 +61,11 @@ def reward_model(ctx: StageContext, policy: ModelRef):
        reads=("rl_prompts.jsonl",))
 def process_reward_model(ctx: StageContext, policy: ModelRef):
     """Process reward model: steps labelled by the policy's own rollouts (Math-Shepherd), a step verifier."""
+    from components.generation import make_engine
+    from components.modeling.models import load_model
+    from components.training.prm import prm_gate, run_prm
+    from components.training.prm_labels import label_steps
+
     cfg, m = ctx.cfg, ctx.model
     rows = read_rows(ctx, "rl_prompts.jsonl", "prompt_answer", cfg.source, cfg.limit)
     sampler = load_model(policy.uri, dtype=m.dtype, revision=m.revision, trust_remote_code=m.trust_remote_code)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pydantic import Field
 
 from components.config import TrainConfig
-from components.training.sft import run_sft
 from tasks.common import finish, load_policy, read_dataset, read_rows
 from tasks.refs import DatasetRef, ModelRef
 from tasks.stage import StageContext, stage
@@ -23,6 +22,8 @@ class SFTConfig(TrainConfig):
        passthrough="policy", reads=("general.jsonl",), evaluate=True, distributed=True)
 def sft(ctx: StageContext, policy: ModelRef, dataset: DatasetRef | None):
     """SFT on `dataset` (the rejection samples) or `sft.source`, mixed with the general chat rows."""
+    from components.training.sft import run_sft
+
     cfg = ctx.cfg
     if cfg.source is not None:
         rows = read_rows(ctx, "derived", "sft", cfg.source, cfg.limit, name="sft_source")

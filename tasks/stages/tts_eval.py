@@ -17,10 +17,7 @@ import mlflow
 from pydantic import Field
 
 from components.config import RolloutConfig
-from components.evaluation.tts_eval import TTSConfig, evaluate_tts
-from components.generation import make_engine
-from components.search.policy import make_toolkit
-from components.search.verifiers import load_outcome_verifier, load_process_verifier, process_outcome
+from components.evaluation.tts_config import TTSConfig
 from tasks.common import load_policy, read_rows
 from tasks.refs import EvalRef, ModelRef
 from tasks.stage import StageContext, stage
@@ -37,6 +34,11 @@ class TTSStageConfig(TTSConfig):
        optional=("verifier", "process_verifier"), reads=("eval.jsonl",))
 def tts_eval(ctx: StageContext, policy: ModelRef, verifier: ModelRef | None, process_verifier: ModelRef | None):
     """Accuracy against compute for every configured search strategy and budget (verifiers: the RMs)."""
+    from components.evaluation.tts_eval import evaluate_tts
+    from components.generation import make_engine
+    from components.search.policy import make_toolkit
+    from components.search.verifiers import load_outcome_verifier, load_process_verifier, process_outcome
+
     cfg = ctx.cfg
     rows = read_rows(ctx, "eval.jsonl", "prompt_answer", name="eval")
     model, tokenizer = load_policy(ctx, policy)

@@ -1,4 +1,6 @@
 """Recipes: one YAML per recipe, typed sections built from the stage registry, one-line errors."""
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,35 @@ def test_a_recipe_is_validated_once_into_typed_objects():
     recipe = load_recipe(REPO / "configs/tiny.yaml")
     assert type(recipe) is Recipe
     assert Recipe.model_validate(recipe) is recipe, "no second validation of an already typed recipe"
+
+
+def test_loading_every_recipe_imports_no_torch():
+    """`r1flow run` of an all-cached recipe, `r1flow stages` and a typo's error never wait for torch: the
+    stage sections live apart from the trainers, and stage modules import them inside their functions."""
+    code = ("import sys, pathlib; from tasks.recipe import load_recipe\n"
+            "[load_recipe(p) for p in sorted(pathlib.Path('configs').glob('*.yaml'))]\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_registry_name_a_recipe_sets_is_still_checked():
+    with pytest.raises(RecipeError, match=r"alignment.dpo.loss_type: .*unknown DPO loss 'sigmod'; choose from \['hinge'"):
+        load_recipe(None, ["alignment.dpo.loss_type=sigmod"])
+    with pytest.raises(RecipeError, match=r"distill.divergence: .*unknown distillation divergence 'kl'"):
+        load_recipe(None, ["distill.divergence=kl"])
+    with pytest.raises(RecipeError, match=r"reward_model.objective: Input should be 'bradley_terry' or 'plackett_luce'"):
+        load_recipe(None, ["reward_model.objective=elo"])
+    assert load_recipe(None, ["alignment.dpo.loss_type=ipo"]).alignment.dpo.loss_type == "ipo"
+
+
+def test_the_torch_free_names_match_their_registries():
+    from typing import get_args
+
+    from components.training.alignment import ALIGNMENT_METHODS
+    from components.training.reward_model import OBJECTIVES
+    from components.training.configs import RewardModelConfig
+    from tasks.stages.alignment import METHODS
+
+    assert set(METHODS) == set(ALIGNMENT_METHODS)
+    assert set(get_args(RewardModelConfig.model_fields["objective"].annotation)) == set(OBJECTIVES)

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
 
-from components.algorithms import DPO_LOSSES, dpo_loss
-from components.training.alignment.base import AlignmentResult, OfflineConfig, check_registered, check_rows, result
+from components.training.configs import DPOConfig
+from components.algorithms import dpo_loss
+from components.training.alignment.base import AlignmentResult, check_rows, result
 from components.training.alignment.sequences import (
     encode_pairs,
     encode_rows,
@@ -43,25 +43,6 @@ from components.training.alignment.sequences import (
 from components.training.loop import Log, Progress, Trainer, no_log, no_progress
 
 PAIR_COLUMNS = {"prompt": str, "chosen": str, "rejected": str}
-
-
-class DPOConfig(OfflineConfig):
-    """DPO on preference pairs ``{"prompt", "chosen", "rejected"}``."""
-
-    lr: float = Field(5e-6, gt=0, description="Learning rate of the policy.")
-    beta: float = Field(0.1, gt=0, description="Strength of the implicit KL to the reference (IPO: its tau).")
-    loss_type: str = Field("sigmoid", description="components.algorithms DPO_LOSSES name (sigmoid | ipo | hinge).")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO: assumed label noise (sigmoid only).")
-    nll_weight: float = Field(0.0, ge=0, description="Weight of the chosen replies' per-token NLL added to the loss "
-                              "(RPO, Pang et al. 2024; 0 = plain DPO).")
-    replay_weight: float = Field(0.0, ge=0, description="Weight of the per-token NLL of replayed reasoning rows "
-                                 "(PPO-ptx style; the stage replays the curated worked solutions; 0 = none).")
-
-    @field_validator("loss_type")
-    @classmethod
-    def _known_loss(cls, v: str) -> str:
-        return check_registered(v, DPO_LOSSES, "DPO loss")
-
 
 def run_dpo(policy, tokenizer, data: list[dict], cfg: DPOConfig, ckpt_dir: str | Path, seed: int, *,
             reference=None, reward_fn=None, critic=None, replay=None, log: Log = no_log,

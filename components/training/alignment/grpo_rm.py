@@ -18,31 +18,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
 
-from components.config import RewardItem, RLConfig
+from components.training.configs import REWARD_MODEL, GRPORMConfig
 from components.training.alignment.base import AlignmentResult, TokenCount, result
-from components.training.alignment.online import REWARD_MODEL, reward_model_reward
+from components.training.alignment.online import reward_model_reward
 from components.training.grpo import run_grpo
 from components.training.loop import Log, Progress, no_log, no_progress
-
-
-class GRPORMConfig(RLConfig):
-    """GRPO (every RLConfig field) whose rewards include the injected reward model."""
-
-    rewards: list[RewardItem] = Field(
-        default_factory=lambda: [RewardItem(name="exact_int", weight=1.0), RewardItem(name="format", weight=0.2),
-                                 RewardItem(name=REWARD_MODEL, weight=1.0)],
-        description=f"Weighted rewards; must name '{REWARD_MODEL}'. The first one is the correctness reward "
-                    "behind the logged accuracy and the pass-rate band.")
-    reward_timeout_s: float = Field(60.0, gt=0, description="Per reward call; a reward model needs longer than a rule.")
-
-    @model_validator(mode="after")
-    def _names_the_reward_model(self) -> "GRPORMConfig":
-        if REWARD_MODEL not in {r.name for r in self.rewards}:
-            raise ValueError(f"rewards must name '{REWARD_MODEL}' (the injected reward model)")
-        return self
-
 
 def run_grpo_rm(policy, tokenizer, data: list[dict], cfg: GRPORMConfig, ckpt_dir: str | Path, seed: int, *,
                 reference=None, reward_fn=None, critic=None, replay=None, log: Log = no_log, progress: Progress = no_progress,

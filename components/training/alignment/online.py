@@ -14,34 +14,15 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from pydantic import Field
-
-from components.config import RewardItem, RolloutConfig, Section
+from components.config import RewardItem
+from components.training.configs import REWARD_MODEL
 from components.generation import Rollout, SamplingParams
 from components.rewards import RewardCombiner, RewardFn, RewardResult, RewardSpec
-from components.training.alignment.base import check_rows
 from components.seeds import derive_seed
+from components.training.alignment.base import check_rows
 from components.training.grpo import encode_prompts, make_rollout_engine, pick_prompts, score
 
-REWARD_MODEL = "reward_model"
 RewardModelFn = Callable[[list[str], list[str]], list[float]]
-
-
-class SamplingFields(Section):
-    """Rollouts and rewards of an online method."""
-
-    prompts_per_step: int = Field(16, ge=1, description="Prompts sampled per iteration.")
-    samples_per_prompt: int = Field(4, ge=1, description="Completions sampled per prompt.")
-    max_new_tokens: int = Field(64, ge=1, description="Longest completion, in tokens.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature (log-probs use the same).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
-    top_k: int = Field(0, ge=0, description="Top-k sampling (0 = off).")
-    rewards: list[RewardItem] = Field(
-        default_factory=lambda: [RewardItem(name=REWARD_MODEL)],
-        description=f"Weighted rewards: '{REWARD_MODEL}' (the injected reward_fn) and/or registered rule rewards.")
-    reward_timeout_s: float = Field(60.0, gt=0, description="Per reward call; a reward model needs longer than a rule.")
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout backend.")
-    system_prompt: str | None = Field(None, description="System message rendered before every prompt.")
 
 
 def reward_model_reward(reward_fn: RewardModelFn) -> RewardFn:

@@ -34,21 +34,13 @@ Choices and departures:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
 
-from components.algorithms import (
-    AGGREGATIONS,
-    distill_loss,
-    masked_mean,
-    oreo_policy_loss,
-    oreo_value_loss,
-    token_logprobs,
-)
+from components.training.configs import OREOConfig
+from components.algorithms import distill_loss, masked_mean, oreo_policy_loss, oreo_value_loss, token_logprobs
 from components.data.steps import step_ends
-from components.training.alignment.base import AlignmentResult, OfflineConfig, check_registered, check_rows, result
+from components.training.alignment.base import AlignmentResult, check_rows, result
 from components.training.alignment.sequences import EncodedRows, encode_rows, micro_batches
 from components.training.alignment.value_model import completion_values, value_model_from
 from components.training.grpo import frozen_reference
@@ -56,24 +48,6 @@ from components.training.loop import Log, Progress, Trainer, no_log, no_progress
 from components.training.rollout_batch import RolloutBatch, completion_logits
 
 TRAJECTORY_COLUMNS = {"prompt": str, "completion": str, "reward": float}
-
-
-class OREOConfig(OfflineConfig):
-    """OREO on trajectories ``{"prompt", "completion", "reward"}``."""
-
-    lr: float = Field(5e-6, gt=0, description="Learning rate of the policy.")
-    critic_lr: float = Field(1e-4, gt=0, description="Learning rate of the value model.")
-    beta: float = Field(0.1, gt=0, description="KL-regularised MDP's beta in the soft Bellman equation.")
-    alpha: float = Field(0.01, ge=0, description="Weight of the KL(pi || pi_ref) regulariser on the policy.")
-    mode: Literal["token", "step"] = Field("token", description="Actions: single tokens or reasoning steps.")
-    step_sep: str = Field(" ", min_length=1, description="Separator between reasoning steps (mode=step).")
-    loss_agg: str = Field("seq-mean-token-mean", description="components.algorithms AGGREGATIONS name.")
-
-    @field_validator("loss_agg")
-    @classmethod
-    def _known_agg(cls, v: str) -> str:
-        return check_registered(v, AGGREGATIONS, "loss aggregation")
-
 
 def run_oreo(policy, tokenizer, data: list[dict], cfg: OREOConfig, ckpt_dir: str | Path, seed: int, *,
              reference=None, reward_fn=None, critic=None, replay=None, log: Log = no_log, progress: Progress = no_progress,

@@ -12,21 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
 
+from components.training.configs import ORPOConfig
 from components.algorithms import orpo_loss
-from components.training.alignment.base import AlignmentResult, OfflineConfig, check_rows, result
+from components.training.alignment.base import AlignmentResult, check_rows, result
 from components.training.alignment.dpo import PAIR_COLUMNS
 from components.training.alignment.sequences import encode_pairs, micro_batches, pair_rows, sequence_logps
 from components.training.loop import Log, Progress, Trainer, no_log, no_progress
-
-
-class ORPOConfig(OfflineConfig):
-    """ORPO on preference pairs ``{"prompt", "chosen", "rejected"}``."""
-
-    lr: float = Field(5e-6, gt=0, description="Learning rate of the policy.")
-    lam: float = Field(0.1, ge=0, description="Weight of the odds-ratio term against the chosen NLL (paper: 0.1).")
-
 
 def run_orpo(policy, tokenizer, data: list[dict], cfg: ORPOConfig, ckpt_dir: str | Path, seed: int, *,
              reference=None, reward_fn=None, critic=None, replay=None, log: Log = no_log, progress: Progress = no_progress,

@@ -30,11 +30,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
 
+from components.training.configs import PPOConfig
 from components.algorithms import (
-    AGGREGATIONS,
-    KL_ESTIMATORS,
     gae_advantages,
     kl_penalty_rewards,
     masked_mean,
@@ -43,41 +41,12 @@ from components.algorithms import (
     value_loss,
     whiten,
 )
-from components.training.alignment.base import AlignmentResult, OptimConfig, TokenCount, check_registered, result
-from components.training.alignment.online import OnlineRun, SamplingFields, reward_metrics, sample_and_score
+from components.training.alignment.base import AlignmentResult, TokenCount, result
+from components.training.alignment.online import OnlineRun, reward_metrics, sample_and_score
 from components.training.alignment.value_model import batch_values, completion_values, value_model_from
 from components.training.grpo import frozen_reference, minibatch_plan, optimise, reference_logprobs
 from components.training.loop import Log, Progress, Trainer, no_log, no_progress
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs
-
-
-class PPOConfig(OptimConfig, SamplingFields):
-    """PPO with a critic, GAE and a per-token KL penalty to the reference."""
-
-    steps: int = Field(50, ge=1, description="Rollout iterations.")
-    ppo_epochs: int = Field(4, ge=1, description="Optimisation passes over each rollout batch.")
-    minibatch_size: int = Field(32, ge=1, description="Sequences per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    critic_lr: float = Field(1e-4, gt=0, description="Learning rate of the critic.")
-    clip_range: float = Field(0.2, gt=0, lt=1, description="Policy ratio clip range epsilon.")
-    value_clip_range: float | None = Field(0.2, gt=0, description="Value clip range around the old values (None: off).")
-    kl_coef: float = Field(0.05, ge=0, description="beta of the per-token KL penalty in the reward.")
-    kl_estimator: str = Field("k1", description="Per-token KL estimator in the reward (k1 | k2 | k3).")
-    gamma: float = Field(1.0, ge=0, le=1, description="Discount per token.")
-    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
-    whiten_advantages: bool = Field(True, description="Normalise advantages over the batch's tokens.")
-    loss_agg: str = Field("token-mean", description="components.algorithms AGGREGATIONS name.")
-
-    @field_validator("kl_estimator")
-    @classmethod
-    def _known_kl(cls, v: str) -> str:
-        return check_registered(v, KL_ESTIMATORS, "KL estimator")
-
-    @field_validator("loss_agg")
-    @classmethod
-    def _known_agg(cls, v: str) -> str:
-        return check_registered(v, AGGREGATIONS, "loss aggregation")
-
 
 def run_ppo(policy, tokenizer, data: list[dict], cfg: PPOConfig, ckpt_dir: str | Path, seed: int, *,
             reference=None, reward_fn=None, critic=None, replay=None, log: Log = no_log, progress: Progress = no_progress,

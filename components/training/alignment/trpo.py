@@ -35,45 +35,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from pydantic import Field, field_validator
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from components.algorithms import (
-    ADVANTAGE_ESTIMATORS,
-    get_advantage_estimator,
-    masked_mean,
-    trpo_step,
-    zero_variance_groups,
-)
-from components.training.alignment.base import AlignmentResult, LoopConfig, TokenCount, check_registered, result
-from components.training.alignment.online import OnlineRun, SamplingFields, reward_metrics, sample_and_score
+from components.training.configs import TRPOConfig
+from components.algorithms import get_advantage_estimator, masked_mean, trpo_step, zero_variance_groups
+from components.training.alignment.base import AlignmentResult, TokenCount, result
+from components.training.alignment.online import OnlineRun, reward_metrics, sample_and_score
 from components.seeds import derive_seed
 from components.training.grpo import frozen_reference, reference_logprobs
 from components.training.loop import Log, Progress, Trainer, no_log, no_progress
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logits
-
-
-class TRPOConfig(LoopConfig, SamplingFields):
-    """TRPO: natural-gradient steps inside a KL trust region, group-relative advantages."""
-
-    steps: int = Field(30, ge=1, description="Rollout iterations (one TRPO step each).")
-    samples_per_prompt: int = Field(8, ge=2, description="G: completions per prompt (the advantage baseline's group).")
-    max_kl: float = Field(0.01, gt=0, description="Trust region delta: KL(pi_old || pi_new) per step, token mean.")
-    cg_iters: int = Field(10, ge=1, description="Conjugate-gradient iterations.")
-    damping: float = Field(0.1, ge=0, description="Added to the Fisher matrix's diagonal (F + damping I).")
-    backtrack_ratio: float = Field(0.8, gt=0, lt=1, description="Line-search shrink factor.")
-    max_backtracks: int = Field(10, ge=1, description="Line-search tries before the step is rejected.")
-    advantage: str = Field("grpo", description="components.algorithms ADVANTAGE_ESTIMATORS name.")
-    fisher_fraction: float = Field(0.25, gt=0, le=1, description="Share of the batch's rows (seeded) whose KL "
-                                   "gives the Fisher-vector products; the paper uses 10 %. 1 = the whole batch.")
-
-    @field_validator("advantage")
-    @classmethod
-    def _known_advantage(cls, v: str) -> str:
-        return check_registered(v, ADVANTAGE_ESTIMATORS, "advantage estimator")
-
 
 def run_trpo(policy, tokenizer, data: list[dict], cfg: TRPOConfig, ckpt_dir: str | Path, seed: int, *,
              reference=None, reward_fn=None, critic=None, replay=None, log: Log = no_log, progress: Progress = no_progress,

@@ -88,7 +88,8 @@ class ChatTok:
 
 
 def test_evaluate_tts_fits_on_dev_and_evaluates_the_grid_on_test(tmp_path):
-    from components.evaluation.tts_eval import CellSpec, ComputeOptimalConfig, TTSConfig, evaluate_tts
+    from components.evaluation.tts_config import CellSpec, ComputeOptimalConfig, TTSConfig
+    from components.evaluation.tts_eval import evaluate_tts
 
     n = 40
     script = {f"p{i}": [answer(i)] if i % 2 == 0 else [answer(i + 100), answer(i)] for i in range(n)}
