@@ -114,7 +114,7 @@ class PRMConfig(Section):
     @field_validator("loss_agg")
     @classmethod
     def _known_agg(cls, v: str) -> str:
-        return check_registered(v, "AGGREGATIONS", "aggregation")
+        return check_registered(v, "AGGREGATIONS", "loss aggregation")
 
 
 # --------------------------------------------------------------------------- alignment methods (alignment.<method>)
@@ -308,12 +308,12 @@ class DistillConfig(Section):
     @field_validator("divergence")
     @classmethod
     def _known_divergence(cls, v: str) -> str:
-        return check_registered(v, "DISTILL_LOSSES", "distillation divergence")
+        return check_registered(v, "DISTILL_LOSSES", "distillation loss")
 
     @field_validator("loss_agg")
     @classmethod
     def _known_aggregation(cls, v: str) -> str:
-        return check_registered(v, "AGGREGATIONS", "aggregation")
+        return check_registered(v, "AGGREGATIONS", "loss aggregation")
 
     @model_validator(mode="after")
     def _some_signal(self) -> "DistillConfig":

@@ -111,7 +111,7 @@ def test_loading_every_recipe_imports_no_torch():
 def test_a_registry_name_a_recipe_sets_is_still_checked():
     with pytest.raises(RecipeError, match=r"alignment.dpo.loss_type: .*unknown DPO loss 'sigmod'; choose from \['hinge'"):
         load_recipe(None, ["alignment.dpo.loss_type=sigmod"])
-    with pytest.raises(RecipeError, match=r"distill.divergence: .*unknown distillation divergence 'kl'"):
+    with pytest.raises(RecipeError, match=r"distill.divergence: .*unknown distillation loss 'kl'"):
         load_recipe(None, ["distill.divergence=kl"])
     with pytest.raises(RecipeError, match=r"reward_model.objective: Input should be 'bradley_terry' or 'plackett_luce'"):
         load_recipe(None, ["reward_model.objective=elo"])
