@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -19,13 +20,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
 @contextlib.contextmanager
-def prefect_api(prepare=None):
+def prefect_api(prepare=None, imports: tuple[str, ...] = ()):
     """Point Prefect at a server: the configured one (`r1flow server start`, PREFECT_API_URL), or a
-    private one for this command that stops with it, even when it is killed. Yields `prepare()`,
-    which runs while a private server boots (loading the recipe imports every stage: ~4 s saved)."""
+    private one for this command that stops with it, even when it is killed. Yields `prepare()`;
+    it runs, and the modules `imports` (the command's flow: Prefect, MLflow) are imported, while a
+    private server boots: an all-cached run starts its flow ~4 s sooner."""
     result = [None]
 
     def run_prepare():
+        for module in imports:
+            importlib.import_module(module)
         result[0] = prepare() if prepare else None
 
     if os.environ.get("PREFECT_API_URL"):
@@ -34,13 +38,11 @@ def prefect_api(prepare=None):
         return
     from tasks.private_server import private_prefect_server
 
-    with private_prefect_server(while_starting=run_prepare) as url:
-        os.environ["PREFECT_API_URL"] = url
+    with private_prefect_server(while_starting=run_prepare):
         try:
             yield result[0]
         finally:
             _flush_prefect_logs()  # before the server goes: else "Error logging to API"
-            os.environ.pop("PREFECT_API_URL", None)
 
 
 def _flush_prefect_logs() -> None:
@@ -107,7 +109,7 @@ def run(recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] = SetOpt, 
     """Run the recipe's pipeline end to end (cached stages are skipped)."""
     root = configure()
     try:
-        with prefect_api(lambda: load(recipe, set_)) as cfg:
+        with prefect_api(lambda: load(recipe, set_), imports=("flows.pipeline",)) as cfg:
             from flows.pipeline import r1_pipeline
 
             _quiet_prefect()
@@ -149,7 +151,7 @@ def stage(name: str = typer.Argument(..., help="Stage to run, e.g. cold_start (s
                 raise ValueError(f"{name}: takes no input, so --from has nothing to set")
             given.setdefault(spec.inputs[0], from_)
         resolve_inputs(spec, given, root)  # every typo is one line, before the flow starts
-        with prefect_api(lambda: load(recipe, set_)) as cfg:
+        with prefect_api(lambda: load(recipe, set_), imports=("flows.single_stage",)) as cfg:
             from flows.single_stage import r1_stage
 
             _quiet_prefect()

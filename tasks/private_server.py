@@ -31,11 +31,14 @@ def _die_with_parent() -> None:
 @contextlib.contextmanager
 def private_prefect_server(timeout: float = 180, while_starting: Callable[[], object] | None = None
                            ) -> Iterator[str]:
-    """A Prefect API server for this process only; yields its API URL. It stops when the block ends,
+    """A Prefect API server for this process only; yields its API URL, which is this process's
+    PREFECT_API_URL from the start of the block to its end. The server stops when the block ends,
     and the kernel stops it if this process is killed (so nothing is left behind by `kill -9`).
     `while_starting` runs in this process while the server boots (its ~4 s overlap the caller's
-    own start-up work, e.g. importing the stages); if it raises, the server is stopped."""
+    own start-up work, e.g. importing the stages and Prefect itself, which reads PREFECT_API_URL
+    when imported); if it raises, the server is stopped."""
     port = free_port()
+    url = f"http://{HOST}:{port}/api"
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
@@ -47,18 +50,20 @@ def private_prefect_server(timeout: float = 180, while_starting: Callable[[], ob
     home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
     with file_lock(home / "r1flow-server-start.lock"):  # two runs at once: one migrates the database first
         proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, preexec_fn=preexec)
+        os.environ["PREFECT_API_URL"] = url
         try:
             if while_starting is not None:
                 while_starting()
-            url = f"http://{HOST}:{port}/api"
             wait_healthy(f"{url}/health", proc, timeout)
         except BaseException:
+            os.environ.pop("PREFECT_API_URL", None)
             proc.kill()
             proc.wait()
             raise
     try:
         yield url
     finally:
+        os.environ.pop("PREFECT_API_URL", None)
         proc.terminate()
         try:
             proc.wait(timeout=15)
