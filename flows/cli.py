@@ -28,9 +28,9 @@ def prefect_api(prepare=None, imports: tuple[str, ...] = ()):
     result = [None]
 
     def run_prepare():
+        result[0] = prepare() if prepare else None  # first: a recipe's error waits for no import
         for module in imports:
             importlib.import_module(module)
-        result[0] = prepare() if prepare else None
 
     if os.environ.get("PREFECT_API_URL"):
         run_prepare()
