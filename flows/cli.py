@@ -23,14 +23,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 def prefect_api(prepare=None, imports: tuple[str, ...] = ()):
     """Point Prefect at a server: the configured one (`r1flow server start`, PREFECT_API_URL), or a
     private one for this command that stops with it, even when it is killed. Yields `prepare()`;
-    it runs, and the modules `imports` (the command's flow: Prefect, MLflow) are imported, while a
-    private server boots: an all-cached run starts its flow ~4 s sooner."""
+    it runs, the modules `imports` (the command's flow: Prefect, MLflow) are imported and the
+    MLflow store is opened while a private server boots: an all-cached run starts its flow ~4 s sooner."""
     result = [None]
 
     def run_prepare():
         result[0] = prepare() if prepare else None  # first: a recipe's error waits for no import
         for module in imports:
             importlib.import_module(module)
+        if imports:
+            from tasks.tracking import open_store
+
+            open_store()
 
     if os.environ.get("PREFECT_API_URL"):
         run_prepare()

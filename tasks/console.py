@@ -50,9 +50,9 @@ def setup() -> None:
 
 def quiet_libraries() -> None:
     """Library chatter that means nothing to a user: per-file progress bars and INFO lines."""
-    from transformers.utils import logging as hf_logging
+    from huggingface_hub.utils import disable_progress_bars  # not transformers: a cached run never imports it
 
-    hf_logging.disable_progress_bar()  # "Loading weights", "Writing model shards"
+    disable_progress_bars()  # "Loading weights", "Writing model shards": transformers reads this when imported
     # bitsandbytes on CPU warns that an optional kernels package is missing, then falls back to
     # its own kernel, which works (shared/ENVIRONMENT.md): nothing for a user to act on.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

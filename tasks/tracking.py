@@ -91,6 +91,12 @@ def _owner_gone(tags: dict) -> bool:
         return True
 
 
+def open_store() -> None:
+    """Open the tracking store now: a local SQLite store's first use imports SQLAlchemy and checks
+    its schema (~1 s), which a command does while its private Prefect server boots."""
+    MlflowClient().search_experiments(max_results=1)
+
+
 def reap_orphaned_runs() -> list:
     """Mark KILLED every RUNNING run on this machine whose owning process is gone; returns those runs."""
     client = MlflowClient()

@@ -160,14 +160,15 @@ def module_sources(module: str) -> tuple[str, ...]:
     return tuple(sorted(rel for rel in seen if _computes(rel)))
 
 
-def _files_of(module: str) -> list[str]:
+@lru_cache(maxsize=None)
+def _files_of(module: str) -> tuple[str, ...]:
     """The file of `module` and the __init__.py of each package on its dotted path (those that exist)."""
     parts, files = module.split("."), []
     for i in range(1, len(parts) + 1):
         for candidate in (Path(*parts[:i]) / "__init__.py", Path(*parts[:i]).with_suffix(".py")):
             if (PROJECT_ROOT / candidate).is_file() and (i == len(parts) or candidate.name == "__init__.py"):
                 files.append(str(candidate))
-    return files
+    return tuple(files)
 
 
 @lru_cache(maxsize=None)

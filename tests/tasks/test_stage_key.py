@@ -103,11 +103,11 @@ def test_imports_inside_functions_are_followed(monkeypatch, tmp_path):
     (tmp_path / "components" / "b.py").write_text("from .c import g\n")
     (tmp_path / "components" / "c.py").write_text("g = 1\n")
     monkeypatch.setattr(v, "PROJECT_ROOT", tmp_path)
-    v.module_sources.cache_clear(), v._imports.cache_clear()
+    v.module_sources.cache_clear(), v._imports.cache_clear(), v._files_of.cache_clear()
     try:
         assert v.module_sources("components.a") == ("components/a.py", "components/b.py", "components/c.py")
     finally:
-        v.module_sources.cache_clear(), v._imports.cache_clear()
+        v.module_sources.cache_clear(), v._imports.cache_clear(), v._files_of.cache_clear()
 
 
 def test_a_stage_is_keyed_on_the_code_it_imports_and_not_on_the_rest():
