@@ -8,23 +8,33 @@ defaults), so the registry, and torch, are imported only then.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from components.config import LoraConfig, RejectionConfig, RewardItem, RLConfig, RolloutConfig, Section
 
 
-def check_registered(value: str, registry: str, kind: str) -> str:
-    """A validator's check: `value` names an entry of the `components.algorithms` registry `registry`.
-    Imported when a recipe sets the field (pydantic does not validate defaults), so loading a recipe
-    imports no torch unless it names a variant."""
-    import components.algorithms as algorithms
+def registered(registry: str, kind: str):
+    """A str field whose value must name an entry of the `components.algorithms` registry `registry`
+    (the error lists them). Checked when a recipe sets the field (pydantic does not validate
+    defaults), so loading a recipe imports no torch unless it names a variant."""
+    def check(value: str) -> str:
+        import components.algorithms as algorithms
 
-    names = getattr(algorithms, registry)
-    if value not in names:
-        raise ValueError(f"unknown {kind} {value!r}; choose from {sorted(names)}")
-    return value
+        names = getattr(algorithms, registry)
+        if value not in names:
+            raise ValueError(f"unknown {kind} {value!r}; choose from {sorted(names)}")
+        return value
+
+    return Annotated[str, AfterValidator(check)]
+
+
+LossAggregation = registered("AGGREGATIONS", "loss aggregation")
+DPOLoss = registered("DPO_LOSSES", "DPO loss")
+KLEstimator = registered("KL_ESTIMATORS", "KL estimator")
+AdvantageEstimator = registered("ADVANTAGE_ESTIMATORS", "advantage estimator")
+DistillLoss = registered("DISTILL_LOSSES", "distillation loss")
 
 
 # --------------------------------------------------------------------------- reward models
@@ -91,7 +101,7 @@ class PRMConfig(Section):
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(128, ge=8, description="Longer solutions (prompt + completion tokens) are dropped.")
-    loss_agg: str = Field("token-mean", description="components.algorithms AGGREGATIONS name over steps.")
+    loss_agg: LossAggregation = Field("token-mean", description="components.algorithms AGGREGATIONS name over steps.")
     finetune: Literal["full", "lora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of prompts whose solutions are held out.")
@@ -110,11 +120,6 @@ class PRMConfig(Section):
 
         get_label_rule(v)
         return v
-
-    @field_validator("loss_agg")
-    @classmethod
-    def _known_agg(cls, v: str) -> str:
-        return check_registered(v, "AGGREGATIONS", "loss aggregation")
 
 
 # --------------------------------------------------------------------------- alignment methods (alignment.<method>)
@@ -172,17 +177,12 @@ class DPOConfig(OfflineConfig):
 
     lr: float = Field(5e-6, gt=0, description="Learning rate of the policy.")
     beta: float = Field(0.1, gt=0, description="Strength of the implicit KL to the reference (IPO: its tau).")
-    loss_type: str = Field("sigmoid", description="components.algorithms DPO_LOSSES name (sigmoid | ipo | hinge).")
+    loss_type: DPOLoss = Field("sigmoid", description="components.algorithms DPO_LOSSES name (sigmoid | ipo | hinge).")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO: assumed label noise (sigmoid only).")
     nll_weight: float = Field(0.0, ge=0, description="Weight of the chosen replies' per-token NLL added to the loss "
                               "(RPO, Pang et al. 2024; 0 = plain DPO).")
     replay_weight: float = Field(0.0, ge=0, description="Weight of the per-token NLL of replayed reasoning rows "
                                  "(PPO-ptx style; the stage replays the curated worked solutions; 0 = none).")
-
-    @field_validator("loss_type")
-    @classmethod
-    def _known_loss(cls, v: str) -> str:
-        return check_registered(v, "DPO_LOSSES", "DPO loss")
 
 
 class ORPOConfig(OfflineConfig):
@@ -201,12 +201,7 @@ class OREOConfig(OfflineConfig):
     alpha: float = Field(0.01, ge=0, description="Weight of the KL(pi || pi_ref) regulariser on the policy.")
     mode: Literal["token", "step"] = Field("token", description="Actions: single tokens or reasoning steps.")
     step_sep: str = Field(" ", min_length=1, description="Separator between reasoning steps (mode=step).")
-    loss_agg: str = Field("seq-mean-token-mean", description="components.algorithms AGGREGATIONS name.")
-
-    @field_validator("loss_agg")
-    @classmethod
-    def _known_agg(cls, v: str) -> str:
-        return check_registered(v, "AGGREGATIONS", "loss aggregation")
+    loss_agg: LossAggregation = Field("seq-mean-token-mean", description="components.algorithms AGGREGATIONS name.")
 
 
 class PPOConfig(OptimConfig, SamplingFields):
@@ -220,21 +215,11 @@ class PPOConfig(OptimConfig, SamplingFields):
     clip_range: float = Field(0.2, gt=0, lt=1, description="Policy ratio clip range epsilon.")
     value_clip_range: float | None = Field(0.2, gt=0, description="Value clip range around the old values (None: off).")
     kl_coef: float = Field(0.05, ge=0, description="beta of the per-token KL penalty in the reward.")
-    kl_estimator: str = Field("k1", description="Per-token KL estimator in the reward (k1 | k2 | k3).")
+    kl_estimator: KLEstimator = Field("k1", description="Per-token KL estimator in the reward (k1 | k2 | k3).")
     gamma: float = Field(1.0, ge=0, le=1, description="Discount per token.")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     whiten_advantages: bool = Field(True, description="Normalise advantages over the batch's tokens.")
-    loss_agg: str = Field("token-mean", description="components.algorithms AGGREGATIONS name.")
-
-    @field_validator("kl_estimator")
-    @classmethod
-    def _known_kl(cls, v: str) -> str:
-        return check_registered(v, "KL_ESTIMATORS", "KL estimator")
-
-    @field_validator("loss_agg")
-    @classmethod
-    def _known_agg(cls, v: str) -> str:
-        return check_registered(v, "AGGREGATIONS", "loss aggregation")
+    loss_agg: LossAggregation = Field("token-mean", description="components.algorithms AGGREGATIONS name.")
 
 
 class TRPOConfig(LoopConfig, SamplingFields):
@@ -247,14 +232,9 @@ class TRPOConfig(LoopConfig, SamplingFields):
     damping: float = Field(0.1, ge=0, description="Added to the Fisher matrix's diagonal (F + damping I).")
     backtrack_ratio: float = Field(0.8, gt=0, lt=1, description="Line-search shrink factor.")
     max_backtracks: int = Field(10, ge=1, description="Line-search tries before the step is rejected.")
-    advantage: str = Field("grpo", description="components.algorithms ADVANTAGE_ESTIMATORS name.")
+    advantage: AdvantageEstimator = Field("grpo", description="components.algorithms ADVANTAGE_ESTIMATORS name.")
     fisher_fraction: float = Field(0.25, gt=0, le=1, description="Share of the batch's rows (seeded) whose KL "
                                    "gives the Fisher-vector products; the paper uses 10 %. 1 = the whole batch.")
-
-    @field_validator("advantage")
-    @classmethod
-    def _known_advantage(cls, v: str) -> str:
-        return check_registered(v, "ADVANTAGE_ESTIMATORS", "advantage estimator")
 
 
 class GRPORMConfig(RLConfig):
@@ -287,12 +267,12 @@ class DistillConfig(Section):
     sft_weight: float = Field(1.0, ge=0, description="Weight of the student's NLL on the teacher's verified "
                               "generations (sequence-level distillation).")
     kd_weight: float = Field(1.0, ge=0, description="Weight of the token-level divergence to the teacher's logits.")
-    divergence: str = Field("forward-kl", description="components.algorithms DISTILL_LOSSES name: "
+    divergence: DistillLoss = Field("forward-kl", description="components.algorithms DISTILL_LOSSES name: "
                             "forward-kl | reverse-kl | jsd.")
     beta: float = Field(0.5, gt=0, lt=1, description="JSD mixing weight of the teacher (jsd only).")
     kd_temperature: float = Field(1.0, gt=0, description="Both models' logits are divided by this before the "
                                   "divergence (no T^2 rescaling).")
-    loss_agg: str = Field("token-mean", description="components.algorithms AGGREGATIONS name.")
+    loss_agg: LossAggregation = Field("token-mean", description="components.algorithms AGGREGATIONS name.")
     steps: int = Field(500, ge=1, description="Optimizer steps.")
     batch_size: int = Field(32, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
@@ -304,16 +284,6 @@ class DistillConfig(Section):
     max_length: int = Field(128, ge=8, description="Training sequences (prompt + response) are cut to this.")
     ckpt_every: int = Field(100, ge=1, description="Save a resumable checkpoint every N steps.")
     log_every: int = Field(10, ge=1)
-
-    @field_validator("divergence")
-    @classmethod
-    def _known_divergence(cls, v: str) -> str:
-        return check_registered(v, "DISTILL_LOSSES", "distillation loss")
-
-    @field_validator("loss_agg")
-    @classmethod
-    def _known_aggregation(cls, v: str) -> str:
-        return check_registered(v, "AGGREGATIONS", "loss aggregation")
 
     @model_validator(mode="after")
     def _some_signal(self) -> "DistillConfig":

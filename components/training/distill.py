@@ -30,9 +30,9 @@ import torch
 
 from components.algorithms.distill import distill_loss
 from components.algorithms.sft import sft_loss
-from components.training.configs import DistillConfig
 from components.modeling.student import check_vocab_match
 from components.seeds import derive_seed
+from components.training.configs import DistillConfig
 from components.training.loop import LoopResult, Log, Progress, Trainer, no_log, no_progress
 from components.training.rejection import RejectionStats, rejection_sample
 from components.training.sft import EncodingError, collate, encode, make_batch_fn

@@ -22,9 +22,9 @@ import torch
 
 from components.algorithms import (
     binary_accuracy, brier_score, expected_calibration_error, process_reward_loss)
-from components.training.configs import PRMConfig
 from components.data.steps import split_steps
 from components.modeling.reward_models import encode_steps, step_logits, step_scores
+from components.training.configs import PRMConfig
 from components.training.grpo import pick_prompts
 from components.training.heldout import GateResult, prefixed, quality_gate, split_heldout
 from components.training.loop import Log, LoopResult, Progress, Trainer, no_log, no_progress

@@ -30,8 +30,8 @@ from torch import Tensor
 
 from components.algorithms import (
     bradley_terry_ranking_loss, kendall_tau, pairwise_accuracy, plackett_luce_loss, ranking_accuracy)
-from components.training.configs import RewardModelConfig
 from components.modeling.reward_models import outcome_scores
+from components.training.configs import RewardModelConfig
 from components.training.grpo import pick_prompts
 from components.training.heldout import GateResult, prefixed, quality_gate, split_heldout
 from components.training.loop import Log, LoopResult, Progress, Trainer, no_log, no_progress

@@ -16,10 +16,10 @@ from typing import Literal, get_args
 from pydantic import Field
 
 from components.config import LoraConfig, RolloutConfig, Section
-from components.training.configs import DPOConfig, GRPORMConfig, OREOConfig, ORPOConfig, PPOConfig, TRPOConfig
 from components.data.prompts import render_prompt
 from components.io import write_json
 from components.seeds import derive_seed
+from components.training.configs import DPOConfig, GRPORMConfig, OREOConfig, ORPOConfig, PPOConfig, TRPOConfig
 from tasks.common import finish, load_policy, publish_rows, read_rows
 from tasks.refs import ModelRef
 from tasks.stage import StageContext, stage
@@ -142,6 +142,7 @@ def _trajectories(ctx: StageContext, model, tokenizer, rows: list[dict], reward_
 def _measure(ctx: StageContext, model, tokenizer, reference, reward_fn) -> dict:
     """KL to the starting policy and the RM's mean score of greedy answers, on held-out preference prompts."""
     import torch
+
     from components.evaluation.policy_kl import sampled_kl
     from components.generation import SamplingParams, make_engine
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from components.config import ArchConfig, TrainConfig
-from components.training.configs import DistillConfig
 from components.io import write_json
+from components.training.configs import DistillConfig
 from tasks.common import finish, load_policy, publish_rows, read_rows
 from tasks.refs import ModelRef
 from tasks.stage import StageContext, stage

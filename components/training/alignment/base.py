@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-
 from components.training.loop import LoopResult, Progress, no_progress
 
 @dataclass
@@ -37,7 +36,6 @@ class TokenCount:
     def __call__(self, step: int, total: int, metrics: dict) -> None:
         self.total += int(float(metrics.get("tokens", 0)))
         self.progress(step, total, metrics)
-
 
 
 def check_rows(rows: list[dict], columns: dict[str, type], what: str) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from components.training.configs import DPOConfig
 from components.algorithms import dpo_loss
 from components.training.alignment.base import AlignmentResult, check_rows, result
 from components.training.alignment.sequences import (
@@ -40,6 +39,7 @@ from components.training.alignment.sequences import (
     sequence_logps,
     sequence_logps_both,
 )
+from components.training.configs import DPOConfig
 from components.training.loop import Log, Progress, Trainer, no_log, no_progress
 
 PAIR_COLUMNS = {"prompt": str, "chosen": str, "rejected": str}

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-from components.training.configs import REWARD_MODEL, GRPORMConfig
 from components.training.alignment.base import AlignmentResult, TokenCount, result
 from components.training.alignment.online import reward_model_reward
+from components.training.configs import REWARD_MODEL, GRPORMConfig
 from components.training.grpo import run_grpo
 from components.training.loop import Log, Progress, no_log, no_progress
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from components.config import RewardItem
-from components.training.configs import REWARD_MODEL
 from components.generation import Rollout, SamplingParams
 from components.rewards import RewardCombiner, RewardFn, RewardResult, RewardSpec
 from components.seeds import derive_seed
 from components.training.alignment.base import check_rows
+from components.training.configs import REWARD_MODEL
 from components.training.grpo import encode_prompts, make_rollout_engine, pick_prompts, score
 
 RewardModelFn = Callable[[list[str], list[str]], list[float]]

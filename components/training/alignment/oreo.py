@@ -37,12 +37,12 @@ from pathlib import Path
 
 import torch
 
-from components.training.configs import OREOConfig
 from components.algorithms import distill_loss, masked_mean, oreo_policy_loss, oreo_value_loss, token_logprobs
 from components.data.steps import step_ends
 from components.training.alignment.base import AlignmentResult, check_rows, result
 from components.training.alignment.sequences import EncodedRows, encode_rows, micro_batches
 from components.training.alignment.value_model import completion_values, value_model_from
+from components.training.configs import OREOConfig
 from components.training.grpo import frozen_reference
 from components.training.loop import Log, Progress, Trainer, no_log, no_progress
 from components.training.rollout_batch import RolloutBatch, completion_logits

@@ -13,11 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from components.training.configs import ORPOConfig
 from components.algorithms import orpo_loss
 from components.training.alignment.base import AlignmentResult, check_rows, result
 from components.training.alignment.dpo import PAIR_COLUMNS
 from components.training.alignment.sequences import encode_pairs, micro_batches, pair_rows, sequence_logps
+from components.training.configs import ORPOConfig
 from components.training.loop import Log, Progress, Trainer, no_log, no_progress
 
 def run_orpo(policy, tokenizer, data: list[dict], cfg: ORPOConfig, ckpt_dir: str | Path, seed: int, *,

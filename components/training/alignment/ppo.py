@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from components.training.configs import PPOConfig
 from components.algorithms import (
     gae_advantages,
     kl_penalty_rewards,
@@ -44,6 +43,7 @@ from components.algorithms import (
 from components.training.alignment.base import AlignmentResult, TokenCount, result
 from components.training.alignment.online import OnlineRun, reward_metrics, sample_and_score
 from components.training.alignment.value_model import batch_values, completion_values, value_model_from
+from components.training.configs import PPOConfig
 from components.training.grpo import frozen_reference, minibatch_plan, optimise, reference_logprobs
 from components.training.loop import Log, Progress, Trainer, no_log, no_progress
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs

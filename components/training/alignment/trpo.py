@@ -39,11 +39,11 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from components.training.configs import TRPOConfig
 from components.algorithms import get_advantage_estimator, masked_mean, trpo_step, zero_variance_groups
+from components.seeds import derive_seed
 from components.training.alignment.base import AlignmentResult, TokenCount, result
 from components.training.alignment.online import OnlineRun, reward_metrics, sample_and_score
-from components.seeds import derive_seed
+from components.training.configs import TRPOConfig
 from components.training.grpo import frozen_reference, reference_logprobs
 from components.training.loop import Log, Progress, Trainer, no_log, no_progress
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logits
