@@ -49,6 +49,7 @@ from components.data.prompts import render_prompt  # noqa: E402
 from components.evaluation.accuracy import evaluate  # noqa: E402
 from components.rewards import exact_int, format_reward  # noqa: E402
 from components.training.grpo import run_grpo  # noqa: E402
+from components.training.precision import mixed_precision  # noqa: E402
 
 REWARD_WEIGHTS = {"exact_int": 1.0, "format": 0.2}
 
@@ -89,7 +90,8 @@ def r1flow_side(start: str, rows: list[dict], a, clock: Clock) -> None:
     model, tok = load_model(start), load_tokenizer(start)
     cfg = RLConfig(steps=100_000, prompts_per_step=a.prompts, group_size=a.G, max_new_tokens=a.max_new,
                    minibatch_size=a.prompts * a.G, lr=a.lr, beta=a.beta, pass_rate_band=(0.1, 0.9),
-                   pass_rate_samples=4, rewards=[RewardItem(name=k, weight=w) for k, w in REWARD_WEIGHTS.items()],
+                   pass_rate_samples=4, retire_solved=a.retire_solved,
+                   rewards=[RewardItem(name=k, weight=w) for k, w in REWARD_WEIGHTS.items()],
                    ckpt_every=10_000_000, log_every=1)
 
     def log(metrics, step):
@@ -98,7 +100,8 @@ def r1flow_side(start: str, rows: list[dict], a, clock: Clock) -> None:
 
     with tempfile.TemporaryDirectory() as ckpt:
         try:
-            run_grpo(model, tok, rows, cfg, ckpt, seed=a.seed, log=log)
+            with mixed_precision(a.mixed_precision, "cpu"):
+                run_grpo(model, tok, rows, cfg, ckpt, seed=a.seed, log=log)
         except Spent:
             pass
 
@@ -123,17 +126,24 @@ def trl_side(start: str, rows: list[dict], a, clock: Clock) -> None:
                 control.should_training_stop = True
 
     data = Dataset.from_list([{"prompt": render_prompt(tok, r["prompt"]), "answer": r["answer"]} for r in rows])
-    args = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="trl-grpo-"), bf16=False, use_cpu=True, report_to="none",
-        save_strategy="no", logging_steps=10**9, disable_tqdm=True,  # the clock's lines are the output max_steps=100_000, per_device_train_batch_size=a.prompts * a.G,
-        gradient_accumulation_steps=1, steps_per_generation=1, num_generations=a.G, max_completion_length=a.max_new,
-        temperature=1.0, learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, beta=a.beta, epsilon=0.2,
-        epsilon_high=0.28, loss_type="dapo", scale_rewards="group", num_iterations=1,
-        reward_weights=list(REWARD_WEIGHTS.values()), seed=a.seed, dataloader_num_workers=0, disable_dropout=True)
+    args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="trl-grpo-"), **trl_settings(a))
     trainer = GRPOTrainer(model=start, reward_funcs=[exact_int_reward, format_reward_fn], args=args,
                           train_dataset=data, processing_class=tok, callbacks=[Budget()])
     trainer.remove_callback(PrinterCallback)
     trainer.train()
+
+
+def trl_settings(a) -> dict:
+    """GRPOConfig's arguments: the r1flow side's settings in TRL's terms (one rollout batch of
+    prompts x G sequences feeds one optimizer step; the clock, not max_steps, ends training)."""
+    return dict(
+        bf16=a.mixed_precision == "bf16", use_cpu=True, report_to="none", save_strategy="no",
+        logging_steps=10**9, disable_tqdm=True,  # the clock's lines are the output
+        max_steps=100_000, per_device_train_batch_size=a.prompts * a.G, gradient_accumulation_steps=1,
+        steps_per_generation=1, num_generations=a.G, max_completion_length=a.max_new, temperature=1.0,
+        learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, beta=a.beta, epsilon=0.2,
+        epsilon_high=0.28, loss_type="dapo", scale_rewards="group", num_iterations=1,
+        reward_weights=list(REWARD_WEIGHTS.values()), seed=a.seed, dataloader_num_workers=0, disable_dropout=True)
 
 
 def reach(curve: list[tuple[float, float]], target: float) -> float | None:
@@ -158,7 +168,7 @@ def plot(curves: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--start", default="models:/default@sft", help="SFT checkpoint: a directory or models:/ URI")
     p.add_argument("--budget", type=float, default=240.0, help="training seconds per side")
@@ -175,7 +185,15 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--order", default="r1flow,trl")
     p.add_argument("--out", type=Path, default=Path("runs/bench/grpo_time_to_accuracy"))
-    a = p.parse_args()
+    p.add_argument("--retire-solved", action=argparse.BooleanOptionalAction, default=False,
+                   help="r1flow retires prompts whose G samples all came out correct (RLConfig.retire_solved)")
+    p.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
+                   help="both sides: r1flow's model.mixed_precision, TRL's bf16 (torch.autocast either way)")
+    return p
+
+
+def main() -> None:
+    a = parser().parse_args()
     torch.set_num_threads(a.threads)
     start = a.start if Path(a.start).is_dir() else local_model(a.start)
     rows = [json.loads(x) for x in Path("data/rl_prompts.jsonl").read_text().splitlines()][: a.limit]

@@ -54,7 +54,7 @@ class RunConfig(Section):
         "process holds the whole model, as in DDP: cpu_ddp.yaml for CPU tests, ddp.yaml when the model, its "
         "gradients and AdamW state (~16 bytes/parameter) fit one GPU: full fine-tuning up to ~1B, LoRA/QLoRA "
         "beyond. The sharded configs (zero2.yaml, fsdp.yaml, zero3.yaml) are refused until the trainer shards the "
-        "model. Precision comes from model.dtype, not the config's mixed_precision.",
+        "model. Precision comes from model.dtype and model.mixed_precision, not the config's mixed_precision.",
     )
 
 
@@ -107,10 +107,22 @@ class ModelConfig(Section):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(False, description="Run model code from the hub. Off unless you trust it.")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="The dtype weights are loaded and trained in (gradients and AdamW state follow it).")
+    mixed_precision: Literal["no", "bf16"] = Field(
+        "no", description="bf16: the forwards and backwards of every stage run their matmuls in bfloat16 "
+        "(torch.autocast) while weights, gradients and AdamW state stay in `dtype` (keep it float32). Pays on GPUs "
+        "and on CPUs with AVX512-BF16/AMX; rollouts decode in `dtype` either way (as vLLM does in its own dtype).")
     license: str = Field("apache-2.0", description="License of the weights, recorded in every logged model's card "
                          "(set it to the base model's license when you start from a hub model).")
     arch: ArchConfig = Field(default_factory=ArchConfig)
+
+    @model_validator(mode="after")
+    def _master_weights_in_float32(self) -> "ModelConfig":
+        if self.mixed_precision != "no" and self.dtype != "float32":
+            raise ValueError(f"mixed_precision {self.mixed_precision} keeps the weights in dtype, which must then be "
+                             f"float32 (got {self.dtype}); set one or the other")
+        return self
 
 
 class LoraConfig(Section):
@@ -198,6 +210,9 @@ class RLConfig(Section):
         None, description="Keep only prompts whose pre-estimated pass rate lies in [low, high].")
     pass_rate_samples: int | None = Field(None, ge=1, description="Samples per prompt that estimate its pass rate "
                                           "(default: group_size); the estimate costs prompts x this many rollouts.")
+    retire_solved: bool = Field(False, description="Retire a prompt for the rest of the run once all G of its samples "
+                                "in an iteration are correct (first reward > 0.5): later iterations sample prompts that "
+                                "still have something to teach. At least prompts_per_step prompts stay active.")
     rewards: list[RewardItem] = Field(
         default_factory=lambda: [RewardItem(name="exact_int", weight=1.0), RewardItem(name="format", weight=0.2)])
     reward_timeout_s: float = Field(5.0, gt=0)

@@ -87,6 +87,10 @@ class Stage:
         return current_pipeline().call(self, inputs, label=label)
 
 
+# code every stage runs inside without importing it (tasks/stage_task.py, tasks/launch.py)
+RUNS_INSIDE = ("components/training/precision.py",)
+
+
 def stage(*, config: type[Section], defaults: dict | None = None, inputs: tuple[str, ...] = (),
           optional: tuple[str, ...] = (), passthrough: str | None = None, reads: tuple[str, ...] = (),
           code: tuple[str, ...] = (), evaluate: bool = False, keyed: Callable | None = None,
@@ -97,7 +101,8 @@ def stage(*, config: type[Section], defaults: dict | None = None, inputs: tuple[
     def wrap(fn: Callable) -> Stage:
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         return Stage(fn.__name__, fn, config, dict(defaults or {}), tuple(inputs), tuple(optional), passthrough,
-                     tuple(reads), module_sources(fn.__module__) + tuple(code), evaluate, doc, keyed, distributed)
+                     tuple(reads), module_sources(fn.__module__) + RUNS_INSIDE + tuple(code), evaluate, doc, keyed,
+                     distributed)
     return wrap
 
 

@@ -186,7 +186,9 @@ class TransformersEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
+            # decoding runs in the model's dtype even inside a mixed-precision stage (see
+            # components/training/precision.py): on CPU, bf16 autocast slows these small matmuls
+            with torch.inference_mode(), torch.autocast(self.model.device.type, enabled=False):
                 for rows in batches:
                     out = self._generate_batch(rows, prompt_ids, params, seed, prefix_cache, prefill)
                     for r, (toks, lps, reason, text) in zip(rows, out):

@@ -2,8 +2,10 @@
 
 One iteration, read top to bottom in `grpo_iteration`:
 
-  1. pick `prompts_per_step` prompts: a seeded per-epoch shuffle, a pure function of
-     (seed, iteration), so a resumed run sees exactly the prompts an unbroken run would;
+  1. pick `prompts_per_step` prompts from the `PromptPool`: a seeded per-epoch shuffle, a pure
+     function of (seed, iteration) unless `retire_solved` retires prompts all of whose samples
+     came out correct; the pool's state is checkpointed, so a resumed run sees exactly the
+     prompts an unbroken run would;
   2. sample G = `group_size` completions per prompt with the rollout engine; every request's
      random stream is keyed by a seed derived from (seed, iteration);
   3. score them with the weighted `RewardCombiner` (a reward that raises or times out only
@@ -98,11 +100,12 @@ def run_grpo(policy, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log:
     prompt_ids = encode_prompts(tokenizer, rows, cfg.system_prompt)
     engine = engine or make_rollout_engine(cfg.rollout, policy, tokenizer, cfg.prompts_per_step * cfg.group_size)
     reference = frozen_reference(policy, reference, cfg.beta)  # before resuming: the initial policy
-    pool = (select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir, log, progress)
-            if cfg.pass_rate_band else list(range(len(rows))))
+    selected = (select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir, log, progress)
+                if cfg.pass_rate_band else list(range(len(rows))))
+    pool = PromptPool(selected, seed, keep_at_least=cfg.prompts_per_step)
 
     trainer = Trainer({"policy": policy}, cfg, ckpt_dir, log=log, progress=progress, require_update=True,
-                      what="GRPO")
+                      what="GRPO", state={"prompt_pool": pool})
 
     def iteration(it: int) -> dict:
         metrics, samples = grpo_iteration(it, trainer, policy, reference, engine, combiner, rows, prompt_ids,
@@ -112,7 +115,7 @@ def run_grpo(policy, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log:
         return metrics
 
     result = trainer.run(iteration, stop_after=stop_after, after_resume=lambda: engine.update_weights(policy))
-    return GRPOResult(**vars(result), prompts=len(pool))
+    return GRPOResult(**vars(result), prompts=len(selected))
 
 
 def make_rollout_engine(rollout, policy, tokenizer, rows_per_call: int):
@@ -130,7 +133,7 @@ def grpo_iteration(it, trainer, policy, reference, engine, combiner, rows, promp
                    pad_id) -> tuple[dict, list[dict]]:
     """Sample, score and optimise once; returns (metrics, table rows)."""
     t0 = time.perf_counter()
-    picks = [pool[i] for i in pick_prompts(len(pool), cfg.prompts_per_step, seed, it)]
+    picks = pool.pick(cfg.prompts_per_step)
     rollout = engine.generate([prompt_ids[i] for i in picks], sampling_params(cfg, derive_seed(seed, "rollout", it)))
     t_generate = time.perf_counter() - t0
 
@@ -141,6 +144,10 @@ def grpo_iteration(it, trainer, policy, reference, engine, combiner, rows, promp
     keep_group = ~flat if cfg.skip_zero_variance else torch.ones_like(flat)
     keep = keep_group.repeat_interleave(cfg.group_size).nonzero().flatten().tolist()
     metrics = rollout_metrics(rollout, scores, combiner.names[0], keep_group)
+    if cfg.retire_solved:
+        solved = (torch.tensor(scores.components[combiner.names[0]]) > 0.5).view(-1, cfg.group_size).all(dim=1)
+        pool.retire([p for p, done in zip(picks, solved.tolist()) if done])
+        metrics.update({"prompts/retired": len(pool.retired), "prompts/active": pool.active()})
 
     t1 = time.perf_counter()
     if keep:  # else: nothing to learn from this batch; the iteration still counts
@@ -178,6 +185,53 @@ def pick_prompts(n: int, k: int, seed: int, it: int) -> list[int]:
         return orders[epoch]
 
     return [order(i // n)[i % n] for i in range((it - 1) * k, it * k)]
+
+
+class PromptPool:
+    """The prompts iterations draw from: `pick_prompts`'s stream (every prompt once per epoch, in a
+    seeded order) with retired prompts skipped. A prompt is retired (`retire`, with
+    `retire_solved`) once all G of its samples in an iteration were correct: its groups would
+    carry no signal again, and the samples go to prompts that still have something to teach.
+    Retiring stops at `keep_at_least` active prompts, so an iteration never draws a prompt twice.
+
+    Its state (the stream position and the retired set) is part of every checkpoint (`Trainer`'s
+    ``state``), so a resumed run draws exactly the prompts an unbroken one would. With nothing
+    retired, iteration `it` draws ``pick_prompts(len(indices), k, seed, it)``.
+    """
+
+    def __init__(self, indices: list[int], seed: int, keep_at_least: int):
+        self.indices, self.seed, self.keep_at_least = list(indices), seed, keep_at_least
+        self.cursor, self.retired = 0, set()
+        self._orders: dict[int, list[int]] = {}
+
+    def active(self) -> int:
+        return len(self.indices) - len(self.retired)
+
+    def pick(self, k: int) -> list[int]:
+        """The next `k` active prompts (row indices)."""
+        n, out = len(self.indices), []
+        while len(out) < k:
+            epoch, at = divmod(self.cursor, n)
+            if epoch not in self._orders:
+                g = torch.Generator().manual_seed(derive_seed(self.seed, "prompts", epoch))
+                self._orders = {epoch: torch.randperm(n, generator=g).tolist()}
+            row = self.indices[self._orders[epoch][at]]
+            self.cursor += 1
+            if row not in self.retired:
+                out.append(row)
+        return out
+
+    def retire(self, rows: list[int]) -> None:
+        for row in rows:
+            if self.active() <= self.keep_at_least:
+                return
+            self.retired.add(row)
+
+    def state_dict(self) -> dict:
+        return {"cursor": self.cursor, "retired": sorted(self.retired)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cursor, self.retired = state["cursor"], set(state["retired"])
 
 
 def sampling_params(cfg, seed: int) -> SamplingParams:

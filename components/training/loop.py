@@ -15,7 +15,8 @@ iteration computes:
 An iteration may take any number of optimizer steps (PPO/GRPO epochs over a rollout batch, or
 none when every group was dropped); the LR schedule counts iterations. A run killed after
 iteration k and started again with the same arguments resumes from the newest complete
-checkpoint and ends with the same weights as an uninterrupted run.
+checkpoint and ends with the same weights as an uninterrupted run (a method's own run state,
+such as GRPO's prompt pool, rides in the checkpoints through `Trainer(..., state=...)`).
 
 With several modules (PPO's policy and critic), each parameter group is clipped to
 `max_grad_norm` on its own, so a large critic gradient never shrinks the policy's step.
@@ -67,6 +68,14 @@ class Progress(Protocol):
 
 def no_progress(step: int, total: int, metrics: dict, phase: str = "train") -> None:
     """The do-nothing progress display."""
+
+
+class Stateful(Protocol):
+    """Run state beside the weights (e.g. GRPO's prompt pool) that a checkpoint saves and a resume restores."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 class NoUpdateError(RuntimeError):
@@ -124,8 +133,9 @@ class Trainer:
 
     def __init__(self, modules: Mapping[str, torch.nn.Module], cfg, ckpt_dir: str | Path, *, log: Log = no_log,
                  progress: Progress = no_progress, lrs: Mapping[str, float] | None = None,
-                 require_update: bool = False, what: str = "training"):
+                 require_update: bool = False, what: str = "training", state: Mapping[str, Stateful] | None = None):
         self.modules, self.cfg, self.ckpt_dir = dict(modules), cfg, Path(ckpt_dir)
+        self.state = dict(state or {})  # more of the run's state that each checkpoint holds (JSON)
         self.log, self.progress, self.require_update, self.what = log, progress, require_update, what
         groups = []
         for name, module in self.modules.items():
@@ -284,6 +294,8 @@ class Trainer:
                         "torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1])},
                        tmp / "state.pt")
             (tmp / "meta.json").write_text(json.dumps({"step": step, "updates": self.updates}))
+            if self.state:
+                (tmp / "state.json").write_text(json.dumps({k: v.state_dict() for k, v in self.state.items()}))
         for old in sorted(self.ckpt_dir.glob("step-*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -304,4 +316,8 @@ class Trainer:
         random.setstate((3, tuple(state["python_rng"]), None))
         meta = json.loads((latest / "meta.json").read_text())
         self.updates = meta.get("updates", 0)
+        if self.state:
+            saved = json.loads((latest / "state.json").read_text())
+            for name, holder in self.state.items():
+                holder.load_state_dict(saved[name])
         return meta["step"]

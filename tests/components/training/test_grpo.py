@@ -12,7 +12,7 @@ from components.generation import Rollout, SamplingParams, make_engine
 from components.training.loop import NoUpdateError
 from tests.conftest import temporary_rewards
 from components.seeds import derive_seed
-from components.training.grpo import minibatch_plan, pick_prompts, run_grpo
+from components.training.grpo import PromptPool, minibatch_plan, pick_prompts, run_grpo
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs, length_buckets
 
 
@@ -88,6 +88,22 @@ def test_prompt_picks_are_a_pure_function_of_seed_and_iteration():
     assert sorted(sum(picks, [])[:10]) == list(range(10)), "every prompt once per epoch"
     assert pick_prompts(10, 4, seed=4, it=1) != picks[0]
     assert derive_seed(1, "rollout", 2) != derive_seed(1, "rollout", 3)
+
+
+def test_the_prompt_pool_draws_the_pure_stream_until_prompts_retire():
+    rows = [10 + i for i in range(10)]  # the pool holds row indices (those the pass-rate band kept)
+    pool = PromptPool(rows, seed=3, keep_at_least=4)
+    assert [pool.pick(4) for _ in range(3)] == [[rows[i] for i in pick_prompts(10, 4, seed=3, it=it)]
+                                                 for it in (1, 2, 3)]
+    pool.retire([10, 11, 12])
+    later = sum((pool.pick(4) for _ in range(5)), [])
+    assert not {10, 11, 12} & set(later) and set(later) == set(rows) - {10, 11, 12}
+    # retiring stops at keep_at_least active prompts: an iteration never draws one prompt twice
+    pool.retire(rows)
+    assert pool.active() == 4 and len(set(pool.pick(4))) == 4
+    restored = PromptPool(rows, seed=3, keep_at_least=4)
+    restored.load_state_dict(pool.state_dict())
+    assert [restored.pick(4) for _ in range(3)] == [pool.pick(4) for _ in range(3)]
 
 
 def test_minibatch_plan_covers_every_row_once_per_epoch():
@@ -200,6 +216,29 @@ def test_killed_run_resumes_to_the_same_weights(tiny_model, tiny_tokenizer, tmp_
     assert second.resumed_from == 2 and sorted(logged) == [3, 4]
     assert same_weights(weights(straight), weights(restarted))
     assert not same_weights(weights(straight), weights(tiny_model)), "training changed the weights"
+
+
+def test_solved_prompts_retire_and_a_resumed_run_draws_what_an_unbroken_one_would(tiny_model, tiny_tokenizer,
+                                                                                      tmp_path):
+    rows = [{"prompt": f"{i}*{i}", "answer": str(i * i), "difficulty": d}
+            for i, d in enumerate(["easy", "mid", "easy", "mid", "mid", "easy", "mid", "mid"])]
+    cfg = rl_config(steps=6, prompts_per_step=2, ckpt_every=1, table_every=1, retire_solved=True,
+                    rewards=[RewardItem(name="test_by_difficulty")])
+    straight, tables = copy.deepcopy(tiny_model), {}
+    logged, log = collect()
+    run_grpo(straight, tiny_tokenizer, rows, cfg, tmp_path / "a", seed=1, log=log,
+             table=lambda r, step: tables.__setitem__(step, {x["prompt"] for x in r}))
+    easy = {r["prompt"] for r in rows if r["difficulty"] == "easy"}
+    assert logged[6]["prompts/retired"] == 3 and logged[6]["prompts/active"] == 5
+    drawn = [p for step in sorted(tables) for p in tables[step]]
+    assert all(drawn.count(p) == 1 for p in easy), "an easy prompt is solved when first drawn, then never again"
+    assert sum(drawn.count(p) for p in set(drawn) - easy) > len(set(drawn) - easy), "the others come back"
+    run_grpo(copy.deepcopy(tiny_model), tiny_tokenizer, rows, cfg, tmp_path / "b", seed=1, stop_after=4)
+    restarted, resumed_tables = copy.deepcopy(tiny_model), {}
+    run_grpo(restarted, tiny_tokenizer, rows, cfg, tmp_path / "b", seed=1,
+             table=lambda r, step: resumed_tables.__setitem__(step, {x["prompt"] for x in r}))
+    assert sorted(resumed_tables) == [5, 6] and all(resumed_tables[s] == tables[s] for s in (5, 6))
+    assert same_weights(weights(straight), weights(restarted))
 
 
 def test_a_raising_reward_does_not_stop_training(tiny_model, tiny_tokenizer, tmp_path):

@@ -1,0 +1,39 @@
+"""Mixed precision (`model.mixed_precision`): matmuls in bfloat16, everything that accumulates in float32.
+
+Inside `mixed_precision("bf16")` every forward and backward runs its matmuls and attention in
+bfloat16 (`torch.autocast`): the weights, their gradients and AdamW's state stay in the model's
+own dtype (float32), and the ops autocast keeps in float32 (norms, softmax, losses) stay there.
+A stage runs entirely inside it (tasks/stage_task.py), so a policy's training forward and the
+no-grad forwards it is compared with (old and reference log-probs) share one numerical path.
+Rollouts opt out (`components.generation.engine`): sampling decodes in the model's dtype, as
+vLLM decodes in its own, and held-out evaluation is unaffected.
+
+On CPU this pays only with AVX512-BF16 or AMX (otherwise bfloat16 matmuls are emulated and
+slower); on GPUs it is the usual way to train.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+
+import torch
+
+MODES = ("no", "bf16")
+
+
+@contextmanager
+def mixed_precision(mode: str, device_type: str | None = None):
+    """Run the body under `mode` ("no" or "bf16") on `device_type` (default: the training device's)."""
+    if mode not in MODES:
+        raise ValueError(f"mixed_precision: {mode!r} is not one of {MODES}")
+    if device_type is None:
+        from components.modeling.models import default_device
+
+        device_type = torch.device(default_device()).type
+    # No weight-cast cache: autocast keeps the bf16 copy of a weight until its OUTERMOST region
+    # exits, and a stage-long region would train on the copies of the first forward's weights
+    # forever (optimizer steps would never reach the forwards). Casting afresh per use costs
+    # what a per-step region costs: each weight is cast once per forward.
+    context = (torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False) if mode == "bf16"
+               else nullcontext())
+    with context:
+        yield

@@ -1,0 +1,26 @@
+"""The benchmarks compare like with like: their settings, checked without running them (TRL is a bench extra)."""
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_time_to_accuracy_gives_trl_the_r1flow_sides_batch_and_settings():
+    bench = load("grpo_time_to_accuracy")
+    a = bench.parser().parse_args([])
+    trl = bench.trl_settings(a)
+    # one rollout batch of prompts x G sequences feeds one optimizer step, as on the r1flow side
+    assert trl["per_device_train_batch_size"] == a.prompts * a.G == 512 and trl["num_generations"] == a.G
+    assert trl["gradient_accumulation_steps"] == 1 and trl["steps_per_generation"] == 1
+    assert trl["num_iterations"] == 1 and trl["max_steps"] >= 100_000  # the clock ends training, not a step count
+    assert (trl["learning_rate"], trl["beta"], trl["epsilon"], trl["epsilon_high"]) == (a.lr, a.beta, 0.2, 0.28)
+    assert trl["max_completion_length"] == a.max_new and trl["bf16"] is False
+    bf16 = bench.trl_settings(bench.parser().parse_args(["--mixed-precision", "bf16"]))
+    assert bf16["bf16"] is True
