@@ -18,7 +18,9 @@ Settings, identical on both sides unless listed below: G = 8 samples per prompt,
 per step, one optimizer step per rollout batch, at most 64 new tokens, temperature 1, lr 1e-4
 constant, beta 0.02 (k3 KL to the frozen start model), clip 0.2 / 0.28, token-mean loss,
 rewards exact_int (1.0) + format (0.2), torch threads --threads (1: the setting that was stable
-on the shared 2-core machine).
+on the shared 2-core machine), and --mixed-precision (default bf16: matmuls in bfloat16 under
+torch.autocast, float32 weights; r1flow's model.mixed_precision, TRL's bf16=True; this CPU has
+AVX512-BF16. `--mixed-precision no` runs both in float32).
 What differs, and why (each is part of what r1flow is):
   * r1flow samples with its own rollout engine (batched KV-cache decoding, per-sequence early
     stop); TRL calls `model.generate`.
@@ -26,6 +28,8 @@ What differs, and why (each is part of what r1flow is):
     trains only on prompts it solves sometimes (pass-rate band [0.1, 0.9]); TRL trains on all.
   * r1flow drops groups whose rewards are all equal (no gradient, DAPO); TRL trains on them
     with zero advantage (its KL term still acts).
+  * with --retire-solved (off by default, as in the default recipe), r1flow retires a prompt once
+    all G of its samples came out correct; TRL keeps drawing every prompt.
 Defaults reproduce the figure in the README.
 """
 from __future__ import annotations
@@ -40,7 +44,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks.console import quiet_libraries  # noqa: E402
+
+quiet_libraries()  # before transformers is imported: the clock's lines are the output
 
 import torch  # noqa: E402
 
@@ -187,7 +196,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/bench/grpo_time_to_accuracy"))
     p.add_argument("--retire-solved", action=argparse.BooleanOptionalAction, default=False,
                    help="r1flow retires prompts whose G samples all came out correct (RLConfig.retire_solved)")
-    p.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
+    p.add_argument("--mixed-precision", choices=("no", "bf16"), default="bf16",
                    help="both sides: r1flow's model.mixed_precision, TRL's bf16 (torch.autocast either way)")
     return p
 

@@ -212,7 +212,9 @@ class RLConfig(Section):
                                           "(default: group_size); the estimate costs prompts x this many rollouts.")
     retire_solved: bool = Field(False, description="Retire a prompt for the rest of the run once all G of its samples "
                                 "in an iteration are correct (first reward > 0.5): later iterations sample prompts that "
-                                "still have something to teach. At least prompts_per_step prompts stay active.")
+                                "still have something to teach. At least prompts_per_step prompts stay active. Over "
+                                "several passes it can hurt: the default recipe's GRPO fell below its SFT start with it "
+                                "(README, Performance).")
     rewards: list[RewardItem] = Field(
         default_factory=lambda: [RewardItem(name="exact_int", weight=1.0), RewardItem(name="format", weight=0.2)])
     reward_timeout_s: float = Field(5.0, gt=0)

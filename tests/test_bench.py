@@ -21,6 +21,7 @@ def test_time_to_accuracy_gives_trl_the_r1flow_sides_batch_and_settings():
     assert trl["gradient_accumulation_steps"] == 1 and trl["steps_per_generation"] == 1
     assert trl["num_iterations"] == 1 and trl["max_steps"] >= 100_000  # the clock ends training, not a step count
     assert (trl["learning_rate"], trl["beta"], trl["epsilon"], trl["epsilon_high"]) == (a.lr, a.beta, 0.2, 0.28)
-    assert trl["max_completion_length"] == a.max_new and trl["bf16"] is False
-    bf16 = bench.trl_settings(bench.parser().parse_args(["--mixed-precision", "bf16"]))
-    assert bf16["bf16"] is True
+    # the precision is matched: r1flow's model.mixed_precision is TRL's bf16
+    assert trl["max_completion_length"] == a.max_new and trl["bf16"] is (a.mixed_precision == "bf16")
+    fp32 = bench.trl_settings(bench.parser().parse_args(["--mixed-precision", "no"]))
+    assert fp32["bf16"] is False

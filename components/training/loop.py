@@ -317,6 +317,9 @@ class Trainer:
         meta = json.loads((latest / "meta.json").read_text())
         self.updates = meta.get("updates", 0)
         if self.state:
+            if not (latest / "state.json").exists():
+                raise RuntimeError(f"{self.what}: checkpoint {latest} holds no run state ({', '.join(self.state)}); "
+                                   "it was written by another version: delete the folder to start over")
             saved = json.loads((latest / "state.json").read_text())
             for name, holder in self.state.items():
                 holder.load_state_dict(saved[name])
