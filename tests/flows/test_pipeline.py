@@ -242,6 +242,21 @@ def test_single_stage_from_a_registry_alias(trained, project):
     assert set(report["metrics"]) == {"cold_start"} and report["metrics"]["cold_start"]["n"] == 24
 
 
+def test_the_recipes_mixed_precision_reaches_the_stages_training_forwards(trained, project, monkeypatch):
+    import torch
+
+    from components.training import sft
+    from flows.single_stage import r1_stage
+
+    seen, real = [], sft.sft_loss_fn
+    monkeypatch.setattr(sft, "sft_loss_fn", lambda model, batch: seen.append(torch.is_autocast_enabled("cpu"))
+                        or real(model, batch))
+    recipe = load_recipe(project / "configs/tiny.yaml", ["cold_start.steps=2", "model.mixed_precision=bf16"])
+    report = r1_stage("cold_start", recipe, {"policy": "models:/tiny@base"}, str(project))
+    assert len(seen) == 2 and all(seen), "every training forward of the stage ran under bf16 autocast"
+    assert report["metrics"]["cold_start"]["n"] == 24
+
+
 def test_sft_stage_on_user_data_from_a_local_model(trained, project):
     from flows.single_stage import r1_stage
 
