@@ -180,11 +180,16 @@ def pick_prompts(n: int, k: int, seed: int, it: int) -> list[int]:
 
     def order(epoch: int) -> list[int]:
         if epoch not in orders:
-            g = torch.Generator().manual_seed(derive_seed(seed, "prompts", epoch))
-            orders[epoch] = torch.randperm(n, generator=g).tolist()
+            orders[epoch] = epoch_order(n, seed, epoch)
         return orders[epoch]
 
     return [order(i // n)[i % n] for i in range((it - 1) * k, it * k)]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The seeded order in which epoch `epoch` visits prompts 0..n-1."""
+    g = torch.Generator().manual_seed(derive_seed(seed, "prompts", epoch))
+    return torch.randperm(n, generator=g).tolist()
 
 
 class PromptPool:
@@ -213,8 +218,7 @@ class PromptPool:
         while len(out) < k:
             epoch, at = divmod(self.cursor, n)
             if epoch not in self._orders:
-                g = torch.Generator().manual_seed(derive_seed(self.seed, "prompts", epoch))
-                self._orders = {epoch: torch.randperm(n, generator=g).tolist()}
+                self._orders = {epoch: epoch_order(n, self.seed, epoch)}  # only the current epoch's
             row = self.indices[self._orders[epoch][at]]
             self.cursor += 1
             if row not in self.retired:
