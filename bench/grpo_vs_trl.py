@@ -164,6 +164,18 @@ def run_r1flow(model_dir: Path, rows, a, drop_flat: bool = True) -> dict:
                 kept=sum(m["groups_kept_frac"] for m in logs.values()) / len(logs))
 
 
+def trl_settings(a) -> dict:
+    """GRPOConfig's arguments: the r1flow sides' settings in TRL's terms (prompts x G sequences
+    per rollout batch, one optimizer step each, `a.steps` of them)."""
+    return dict(
+        bf16=False, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
+        max_steps=a.steps, per_device_train_batch_size=a.prompts * a.G, gradient_accumulation_steps=1,
+        steps_per_generation=1, num_generations=a.G, max_completion_length=a.max_new, temperature=1.0,
+        learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, beta=a.beta, epsilon=0.2,
+        epsilon_high=0.28, loss_type="dapo", scale_rewards="group", num_iterations=1,
+        reward_weights=list(REWARD_WEIGHTS.values()), seed=a.seed, dataloader_num_workers=0, disable_dropout=True)
+
+
 def run_trl(model_dir: Path, rows, a) -> dict:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -178,14 +190,7 @@ def run_trl(model_dir: Path, rows, a) -> dict:
 
     data = Dataset.from_list([{"prompt": render_prompt(tok, r["prompt"]), "answer": r["answer"]} for r in rows])
     out_dir = tempfile.mkdtemp(prefix="trl-grpo-")
-    args = GRPOConfig(
-        output_dir=out_dir, bf16=False, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
-        max_steps=a.steps, per_device_train_batch_size=a.prompts * a.G, gradient_accumulation_steps=1,
-        steps_per_generation=1, num_generations=a.G, max_completion_length=a.max_new, temperature=1.0,
-        learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, beta=a.beta, epsilon=0.2,
-        epsilon_high=0.28, loss_type="dapo", scale_rewards="group", num_iterations=1,
-        reward_weights=list(REWARD_WEIGHTS.values()), seed=a.seed, dataloader_num_workers=0, disable_dropout=True,
-    )
+    args = GRPOConfig(output_dir=out_dir, **trl_settings(a))
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=[exact_int_reward, format_reward_fn], args=args,
                           train_dataset=data, processing_class=tok)
     counter = {"tokens": 0, "seconds": 0.0}
@@ -217,7 +222,7 @@ def run_trl(model_dir: Path, rows, a) -> dict:
 # --------------------------------------------------------------------------- report
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=60, help="optimizer steps (= rollout iterations)")
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
@@ -232,7 +237,11 @@ def main() -> None:
     p.add_argument("--order", default="r1flow,r1flow-all,trl",
                    help="sides, in this order; r1flow-all trains on every group like TRL (no zero-variance dropping)")
     p.add_argument("--model-dir", type=Path, help="reuse (or create) the warmed-up start model here")
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = parser().parse_args()
     torch.set_num_threads(a.threads)
 
     model_dir = a.model_dir or Path(tempfile.mkdtemp(prefix="grpo-bench-model-"))

@@ -25,3 +25,12 @@ def test_time_to_accuracy_gives_trl_the_r1flow_sides_batch_and_settings():
     assert trl["max_completion_length"] == a.max_new and trl["bf16"] is (a.mixed_precision == "bf16")
     fp32 = bench.trl_settings(bench.parser().parse_args(["--mixed-precision", "no"]))
     assert fp32["bf16"] is False
+
+
+def test_grpo_vs_trl_gives_trl_the_same_steps_batch_and_settings():
+    bench = load("grpo_vs_trl")
+    a = bench.parser().parse_args([])
+    trl = bench.trl_settings(a)
+    assert trl["max_steps"] == a.steps == 60 and trl["per_device_train_batch_size"] == a.prompts * a.G
+    assert trl["num_generations"] == a.G and trl["steps_per_generation"] == 1 and trl["num_iterations"] == 1
+    assert (trl["learning_rate"], trl["beta"], trl["max_completion_length"]) == (a.lr, a.beta, a.max_new)
