@@ -185,7 +185,6 @@ def main(payload: str) -> None:
     import torch.distributed
 
     from components.training import distributed as dist
-    from components.training.precision import mixed_precision
     from tasks import tracking
     from tasks.console import quiet_libraries
 
@@ -197,18 +196,16 @@ def main(payload: str) -> None:
         mlflow.set_tracking_uri(p["tracking_uri"])
         mlflow.set_registry_uri(p["registry_uri"])
         inputs = {name: decode_ref(value) for name, value in p["inputs"].items()}
-        ctx = rank_context(p, spec)
-        with mixed_precision(ctx.model.mixed_precision):  # as the one-process stage runs (tasks/stage_task.py)
-            if dist.is_main():
-                # the parent's stage run (MLflow ends it at this process's exit; the parent's end, later, sets its status)
-                mlflow.start_run(run_id=p["run_id"])
-                write_json(p["result"], encode_ref(spec.fn(ctx, **inputs)))
-            else:
-                # The datasets a stage reads and the model it writes are recorded by rank 0 alone: tasks/common.py
-                # calls these through the module, so here they do nothing (finish also writes nothing off rank 0).
-                for name in ("log_dataset", "log_table", "log_model"):
-                    setattr(tracking, name, _record_nothing)
-                spec.fn(ctx, **inputs)
+        if dist.is_main():
+            # the parent's stage run (MLflow ends it at this process's exit; the parent's end, later, sets its status)
+            mlflow.start_run(run_id=p["run_id"])
+            write_json(p["result"], encode_ref(spec.run(rank_context(p, spec), inputs)))
+        else:
+            # The datasets a stage reads and the model it writes are recorded by rank 0 alone: tasks/common.py
+            # calls these through the module, so here they do nothing (finish also writes nothing off rank 0).
+            for name in ("log_dataset", "log_table", "log_model"):
+                setattr(tracking, name, _record_nothing)
+            spec.run(rank_context(p, spec), inputs)
         dist.barrier()
     finally:
         torch.distributed.destroy_process_group()

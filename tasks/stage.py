@@ -79,6 +79,14 @@ class Stage:
     def default_config(self) -> Section:
         return self.config(**self.defaults)
 
+    def run(self, ctx: StageContext, inputs: dict) -> Any:
+        """Call the stage function on its inputs, under the recipe's mixed precision (every process
+        that runs a stage calls this: tasks/stage_task.py, and each rank in tasks/launch.py)."""
+        from components.training.precision import mixed_precision  # torch: only when a stage runs
+
+        with mixed_precision(ctx.model.mixed_precision):
+            return self.fn(ctx, **{name: inputs.get(name) for name in self.inputs})
+
     def __call__(self, label: str | None = None, **inputs):
         """Run inside the current pipeline (see `tasks.pipeline.pipeline`); `label` names a second
         use of the same stage in one run (its summary row and MLflow run)."""
@@ -87,7 +95,7 @@ class Stage:
         return current_pipeline().call(self, inputs, label=label)
 
 
-# code every stage runs inside without importing it (tasks/stage_task.py, tasks/launch.py)
+# code every stage runs inside without its module importing it (`Stage.run`)
 RUNS_INSIDE = ("components/training/precision.py",)
 
 

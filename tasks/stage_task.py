@@ -58,10 +58,7 @@ def stage_task(name: str, cfg: Section, model: ModelConfig, run: RunConfig, inpu
             if runs_data_parallel(spec, run):
                 result = launch_stage(spec, ctx, inputs, run, label)
             else:
-                from components.training.precision import mixed_precision  # torch: only when a stage runs
-
-                with mixed_precision(model.mixed_precision):
-                    result = spec.fn(ctx, **{n: inputs.get(n) for n in spec.inputs})
+                result = spec.run(ctx, inputs)
             # the stage's own work: its function's time less what it spent writing to MLflow
             compute = time.perf_counter() - t_fn - (tracking.seconds_spent() - tracked)
     finally:

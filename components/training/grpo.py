@@ -145,7 +145,7 @@ def grpo_iteration(it, trainer, policy, reference, engine, combiner, rows, promp
     keep = keep_group.repeat_interleave(cfg.group_size).nonzero().flatten().tolist()
     metrics = rollout_metrics(rollout, scores, combiner.names[0], keep_group)
     if cfg.retire_solved:
-        solved = (torch.tensor(scores.components[combiner.names[0]]) > 0.5).view(-1, cfg.group_size).all(dim=1)
+        solved = correct_by_prompt(scores, combiner.names[0], cfg.group_size).all(dim=1)
         pool.retire([p for p, done in zip(picks, solved.tolist()) if done])
         metrics.update({"prompts/retired": len(pool.retired), "prompts/active": pool.active()})
 
@@ -265,8 +265,7 @@ def select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir:
             return saved["kept"]
     params = dataclasses.replace(sampling_params(cfg, derive_seed(seed, "pass-rate")), n=probes)
     rollout = engine.generate(prompt_ids, params, progress=progress)
-    correct = torch.tensor(score(combiner, rollout, rows).components[combiner.names[0]]) > 0.5
-    rates = correct.float().view(-1, probes).mean(dim=1)
+    rates = correct_by_prompt(score(combiner, rollout, rows), combiner.names[0], probes).float().mean(dim=1)
     kept = ((rates >= lo) & (rates <= hi)).nonzero().flatten().tolist()
     log({"prompts/total": len(rows), "prompts/kept": len(kept), "prompts/too_hard": int((rates < lo).sum()),
          "prompts/too_easy": int((rates > hi).sum()), "prompts/mean_pass_rate": float(rates.mean())}, 0)
@@ -289,6 +288,11 @@ def score(combiner: RewardCombiner, rollout, picked_rows: list[dict]) -> RewardR
     columns["prompts"] = [row["prompt"] for row in per_completion]
     columns["completion_lengths"] = [len(c) for c in rollout.completion_ids]
     return combiner(rollout.texts, **columns)
+
+
+def correct_by_prompt(scores: RewardResult, correctness: str, n: int) -> torch.Tensor:
+    """[prompts, n] bool: which of each prompt's n samples the correctness reward accepts (> 0.5)."""
+    return (torch.tensor(scores.components[correctness]) > 0.5).view(-1, n)
 
 
 def rollout_metrics(rollout, scores: RewardResult, correctness: str, keep_group: torch.Tensor) -> dict:

@@ -16,6 +16,7 @@ from typing import Any
 
 from components.training.loop import LoopResult, Progress, no_progress
 
+
 @dataclass
 class AlignmentResult(LoopResult):
     tokens_generated: int = 0  # completion tokens sampled by this process (offline methods: 0)
