@@ -241,6 +241,17 @@ def test_solved_prompts_retire_and_a_resumed_run_draws_what_an_unbroken_one_woul
     assert same_weights(weights(straight), weights(restarted))
 
 
+def test_a_checkpoint_without_the_pool_state_is_refused_not_resumed_from_scratch(tiny_model, tiny_tokenizer,
+                                                                                    tmp_path):
+    cfg = rl_config(steps=4, ckpt_every=1)
+    run_grpo(copy.deepcopy(tiny_model), tiny_tokenizer, ROWS, cfg, tmp_path, seed=1, stop_after=2)
+    latest = sorted(tmp_path.glob("step-*"))[-1]
+    (latest / "state.json").unlink()  # as a checkpoint written by a version without the prompt pool
+    with pytest.raises(RuntimeError, match="holds no run state \\(prompt_pool\\).*delete the folder"):
+        run_grpo(copy.deepcopy(tiny_model), tiny_tokenizer, ROWS, cfg, tmp_path, seed=1)
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000001", "step-00000002"]
+
+
 def test_a_raising_reward_does_not_stop_training(tiny_model, tiny_tokenizer, tmp_path):
     before = weights(tiny_model)
     logged, log = collect()
