@@ -13,10 +13,10 @@ never silently ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.data.arithmetic import LEVELS
 
@@ -27,6 +27,26 @@ class RecipeError(ValueError):
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def registered(registry: str, kind: str):
+    """A str field whose value must name an entry of the `components.algorithms` registry `registry`
+    (the error lists them). Checked when a recipe sets the field (pydantic does not validate
+    defaults), so loading a recipe imports no torch unless it names a variant."""
+    def check(value: str) -> str:
+        import components.algorithms as algorithms
+
+        names = getattr(algorithms, registry)
+        if value not in names:
+            raise ValueError(f"unknown {kind} {value!r}; choose from {sorted(names)}")
+        return value
+
+    return Annotated[str, AfterValidator(check)]
+
+
+LossAggregation = registered("AGGREGATIONS", "loss aggregation")
+AdvantageEstimator = registered("ADVANTAGE_ESTIMATORS", "advantage estimator")
+PolicyLoss = registered("POLICY_LOSSES", "policy loss")
 
 
 class RunConfig(Section):
@@ -74,6 +94,11 @@ class DataConfig(Section):
     direct_answer_fraction: float = Field(
         0.3, ge=0, le=1, description="Share of pretraining documents that are chat turns with a direct answer."
     )
+    pretrain_level_weights: dict[int, int] = Field(
+        default_factory=dict,
+        description="Relative weight of each level among the pretraining documents (integer >= 1; a level not named "
+        "weighs 1). The facts of the hardest level are what a tiny base learns last: {4: 3} gives level 4 half the corpus.",
+    )
 
     @field_validator("levels")
     @classmethod
@@ -82,6 +107,13 @@ class DataConfig(Section):
         if bad or not v:
             raise ValueError(f"unknown level(s) {bad or v}; choose from {sorted(LEVELS)}")
         return v
+
+    @model_validator(mode="after")
+    def _weights_name_levels(self) -> "DataConfig":
+        bad = {lv: w for lv, w in self.pretrain_level_weights.items() if lv not in self.levels or w < 1}
+        if bad:
+            raise ValueError(f"pretrain_level_weights {bad}: keys must be among levels {self.levels}, weights >= 1")
+        return self
 
 
 class ArchConfig(Section):
@@ -202,9 +234,9 @@ class RLConfig(Section):
     clip_high: float = Field(0.28, gt=0, description="Upper clip range (DAPO clip-higher).")
     beta: float = Field(0.04, ge=0, description="KL coefficient to the frozen reference (0 = no reference).")
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    policy_loss: str = Field("clip", description="components.algorithms POLICY_LOSSES name (clip | vanilla).")
-    loss_agg: str = Field("token-mean", description="components.algorithms AGGREGATIONS name.")
-    advantage: str = Field("grpo", description="components.algorithms ADVANTAGE_ESTIMATORS name.")
+    policy_loss: PolicyLoss = Field("clip", description="components.algorithms POLICY_LOSSES name (clip | vanilla).")
+    loss_agg: LossAggregation = Field("token-mean", description="components.algorithms AGGREGATIONS name.")
+    advantage: AdvantageEstimator = Field("grpo", description="components.algorithms ADVANTAGE_ESTIMATORS name.")
     skip_zero_variance: bool = Field(True, description="Drop groups whose rewards are all equal (DAPO).")
     pass_rate_band: tuple[float, float] | None = Field(
         None, description="Keep only prompts whose pre-estimated pass rate lies in [low, high].")

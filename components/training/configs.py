@@ -8,32 +8,16 @@ defaults), so the registry, and torch, are imported only then.
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from components.config import LoraConfig, RejectionConfig, RewardItem, RLConfig, RolloutConfig, Section
-
-
-def registered(registry: str, kind: str):
-    """A str field whose value must name an entry of the `components.algorithms` registry `registry`
-    (the error lists them). Checked when a recipe sets the field (pydantic does not validate
-    defaults), so loading a recipe imports no torch unless it names a variant."""
-    def check(value: str) -> str:
-        import components.algorithms as algorithms
-
-        names = getattr(algorithms, registry)
-        if value not in names:
-            raise ValueError(f"unknown {kind} {value!r}; choose from {sorted(names)}")
-        return value
-
-    return Annotated[str, AfterValidator(check)]
+from components.config import (AdvantageEstimator, LoraConfig, LossAggregation, RejectionConfig, RewardItem, RLConfig,
+                               RolloutConfig, Section, registered)
 
 
-LossAggregation = registered("AGGREGATIONS", "loss aggregation")
 DPOLoss = registered("DPO_LOSSES", "DPO loss")
 KLEstimator = registered("KL_ESTIMATORS", "KL estimator")
-AdvantageEstimator = registered("ADVANTAGE_ESTIMATORS", "advantage estimator")
 DistillLoss = registered("DISTILL_LOSSES", "distillation loss")
 
 

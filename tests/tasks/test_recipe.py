@@ -116,6 +116,11 @@ def test_a_registry_name_a_recipe_sets_is_still_checked():
     with pytest.raises(RecipeError, match=r"reward_model.objective: Input should be 'bradley_terry' or 'plackett_luce'"):
         load_recipe(None, ["reward_model.objective=elo"])
     assert load_recipe(None, ["alignment.dpo.loss_type=ipo"]).alignment.dpo.loss_type == "ipo"
+    with pytest.raises(RecipeError, match=r"reasoning_rl.policy_loss: .*unknown policy loss 'clipped'; choose from "):
+        load_recipe(None, ["reasoning_rl.policy_loss=clipped"])
+    with pytest.raises(RecipeError, match=r"reasoning_rl.advantage: .*unknown advantage estimator 'dr_grpo'"):
+        load_recipe(None, ["reasoning_rl.advantage=dr_grpo"])
+    assert load_recipe(None, ["reasoning_rl.advantage=dr-grpo"]).reasoning_rl.advantage == "dr-grpo"
 
 
 def test_the_torch_free_names_match_their_registries():
