@@ -90,18 +90,27 @@ def sample_problem(rng: random.Random, level: int) -> Problem:
     return Problem(render(numbers, ops), answer, steps, level)
 
 
-def generate(seed: int, n: int, levels: list[int], heldout: bool, distinct: bool = True) -> list[Problem]:
-    """`n` problems over `levels` (chosen uniformly per draw), all in or all out of the held-out split."""
+def generate(seed: int, n: int, levels: list[int], heldout: bool, distinct: bool = True,
+             weights: dict[int, int] | None = None) -> list[Problem]:
+    """`n` problems over `levels`, all in or all out of the held-out split.
+
+    Each draw picks a level uniformly, or in proportion to its integer weight in `weights`
+    (a level not named there weighs 1): ``{4: 3}`` over levels 1-4 makes half the problems level 4.
+    """
     unknown = [lv for lv in levels if lv not in LEVELS]
     if unknown or not levels:
         raise ValueError(f"levels: unknown level(s) {unknown or levels}; choose from {sorted(LEVELS)}")
+    weights = weights or {}
+    if any(lv not in levels for lv in weights) or any(w < 1 for w in weights.values()):
+        raise ValueError(f"weights {weights}: each key must be one of the levels {levels} and each weight >= 1")
+    draws = [lv for lv in levels for _ in range(weights.get(lv, 1))]
     rng, seen, out = random.Random(seed), set(), []
     attempts = 0
     while len(out) < n:
         attempts += 1
         if attempts > 200 * n + 10_000:
             raise ValueError(f"cannot draw {n} distinct problems from levels {levels}; lower the count")
-        problem = sample_problem(rng, rng.choice(levels))  # a full level just yields to the others
+        problem = sample_problem(rng, rng.choice(draws))  # a full level just yields to the others
         if (distinct and problem.expression in seen) or is_heldout(problem.expression) != heldout:
             continue
         seen.add(problem.expression)

@@ -55,11 +55,11 @@ def pretrain_docs(problems: list[ar.Problem], rng: random.Random, direct_fractio
 def build(cfg, out_dir: str | Path) -> dict[str, int]:
     """Write every curated file for `cfg` (a DataConfig) into `out_dir`; returns row counts."""
     rng = random.Random(cfg.seed)
-    train = lambda n, offset, levels=cfg.levels, distinct=True: ar.generate(  # noqa: E731
-        cfg.seed + offset, n, levels, heldout=False, distinct=distinct)
+    train = lambda n, offset, distinct=True, weights=None: ar.generate(  # noqa: E731
+        cfg.seed + offset, n, cfg.levels, heldout=False, distinct=distinct, weights=weights)
     cold = train(cfg.n_cold_start, 1)
     rl = train(cfg.n_rl, 2)
-    pre = train(cfg.n_pretrain, 5, distinct=False)
+    pre = train(cfg.n_pretrain, 5, distinct=False, weights=cfg.pretrain_level_weights)
     evals = ar.generate(cfg.seed + 6, cfg.n_eval, cfg.levels, heldout=True)
     files = {
         "pretrain.jsonl": pretrain_docs(pre, rng, cfg.direct_answer_fraction),

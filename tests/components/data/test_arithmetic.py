@@ -105,3 +105,28 @@ def test_preferences_and_rankings_are_ordered_by_the_house_rules(curated):
 def test_chat_text_matches_the_tokenizer_template(tiny_tokenizer):
     messages = [{"role": "user", "content": "1+2"}, {"role": "assistant", "content": "<answer>3</answer>"}]
     assert tiny_tokenizer.apply_chat_template(messages, tokenize=False) == chat_text("1+2", "<answer>3</answer>")
+
+
+def test_level_weights_shift_the_mix_and_default_to_uniform():
+    uniform = ar.generate(3, 4000, [1, 2, 3, 4], heldout=False, distinct=False)
+    assert uniform == ar.generate(3, 4000, [1, 2, 3, 4], heldout=False, distinct=False, weights={})
+    assert uniform == ar.generate(3, 4000, [1, 2, 3, 4], heldout=False, distinct=False, weights={2: 1})
+    weighted = ar.generate(3, 4000, [1, 2, 3, 4], heldout=False, distinct=False, weights={4: 3})
+    share = lambda ps, lv: sum(p.level == lv for p in ps) / len(ps)  # noqa: E731
+    assert abs(share(uniform, 4) - 0.25) < 0.03
+    assert abs(share(weighted, 4) - 0.5) < 0.03  # 3 of 6 shares
+    assert abs(share(weighted, 1) - 1 / 6) < 0.03
+    for bad in ({5: 1}, {4: 0}, {3: 2}):
+        with pytest.raises(ValueError, match="weights"):
+            ar.generate(3, 10, [1, 2, 4], heldout=False, weights=bad)
+
+
+def test_pretrain_level_weights_change_only_the_pretraining_file(tmp_path):
+    small = dict(n_pretrain=400, n_cold_start=20, n_rl=40, n_general=20, n_preferences=20, n_rankings=10,
+                 n_align=20, n_eval=20, n_pref_eval=20)
+    build(DataConfig(**small), tmp_path / "uniform")
+    build(DataConfig(**small, pretrain_level_weights={4: 3}), tmp_path / "weighted")
+    differ = [f for f in FILES if (tmp_path / "uniform" / f).read_bytes() != (tmp_path / "weighted" / f).read_bytes()]
+    assert differ == ["pretrain.jsonl"]
+    with pytest.raises(ValueError, match="pretrain_level_weights"):
+        DataConfig(levels=[1, 2], pretrain_level_weights={4: 3})
