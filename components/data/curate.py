@@ -36,6 +36,11 @@ def chat_text(prompt: str, reply: str) -> str:
     return f"<|user|>{prompt}<|end|><|assistant|>{reply}<|end|>"
 
 
+def plain_text(problem: ar.Problem) -> str:
+    """A worked equation as the pretraining corpus writes it: ``7+3*4: 3*4=12 7+12=19``."""
+    return f"{problem.expression}: {' '.join(problem.steps)}"
+
+
 def pretrain_docs(problems: list[ar.Problem], rng: random.Random, direct_fraction: float) -> list[dict]:
     """Worked equations in plain text, and chat turns that answer directly without steps.
 
@@ -48,7 +53,7 @@ def pretrain_docs(problems: list[ar.Problem], rng: random.Random, direct_fractio
         if rng.random() < direct_fraction:
             docs.append({"text": chat_text(p.expression, f"<answer>{p.answer}</answer>")})
         else:
-            docs.append({"text": f"{p.expression}: {' '.join(p.steps)}"})
+            docs.append({"text": plain_text(p)})
     return docs
 
 
