@@ -29,14 +29,22 @@ def parser() -> argparse.ArgumentParser:
 def problems_of(path: str):
     from components.data.arithmetic import Problem, parse, solve
 
+    if not Path(path).is_file():
+        raise SystemExit(f"{path}: no such file (held-out problems, one JSON object per line)")
     out = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        row = json.loads(line)
-        parsed = parse(row["prompt"])
+        try:
+            row = json.loads(line)
+            prompt, level = row["prompt"], int(row["level"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"{path}:{n}: expected {{\"prompt\": str, \"level\": int, ...}} ({e})") from None
+        parsed = parse(prompt)
         if parsed is None:
-            raise SystemExit(f"{path}:{n}: prompt {row['prompt']!r} is not an arithmetic expression")
+            raise SystemExit(f"{path}:{n}: prompt {prompt!r} is not an arithmetic expression")
         answer, steps = solve(*parsed)
-        out.append(Problem(row["prompt"], answer, steps, int(row["level"])))
+        out.append(Problem(prompt, answer, steps, level))
+    if not out:
+        raise SystemExit(f"{path}: no problems")
     return out
 
 
@@ -51,10 +59,11 @@ def main() -> None:
     from components.evaluation.facts import step_facts, summarize
 
     torch.set_num_threads(a.threads)
-    problems = problems_of(a.eval)
     for path in a.models:
         if not Path(path, "config.json").exists():
             raise SystemExit(f"{path}: not a model directory (no config.json)")
+    problems = problems_of(a.eval)
+    for path in a.models:
         t0 = time.perf_counter()
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)

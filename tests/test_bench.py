@@ -34,3 +34,22 @@ def test_grpo_vs_trl_gives_trl_the_same_steps_batch_and_settings():
     assert trl["max_steps"] == a.steps == 60 and trl["per_device_train_batch_size"] == a.prompts * a.G
     assert trl["num_generations"] == a.G and trl["steps_per_generation"] == 1 and trl["num_iterations"] == 1
     assert (trl["learning_rate"], trl["beta"], trl["max_completion_length"]) == (a.lr, a.beta, a.max_new)
+
+
+def test_fact_probe_reads_the_held_out_problems_and_names_a_bad_line(tmp_path):
+    import pytest
+
+    bench = load("fact_probe")
+    good = tmp_path / "eval.jsonl"
+    good.write_text('{"prompt": "7+3*4", "answer": "19", "level": 2}\n')
+    [p] = bench.problems_of(str(good))
+    assert (p.answer, p.steps, p.level) == (19, ("3*4=12", "7+12=19"), 2)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+2", "level": 1}\n{"prompt": "1+2"}\n')
+    with pytest.raises(SystemExit, match=r"bad.jsonl:2: expected"):
+        bench.problems_of(str(bad))
+    bad.write_text('{"prompt": "one plus two", "level": 1}\n')
+    with pytest.raises(SystemExit, match=r"bad.jsonl:1: prompt 'one plus two' is not an arithmetic expression"):
+        bench.problems_of(str(bad))
+    with pytest.raises(SystemExit, match="no such file"):
+        bench.problems_of(str(tmp_path / "missing.jsonl"))
