@@ -39,10 +39,22 @@ def record_heldout(registered: str, metrics: dict, held_out: str) -> None:
     """Tag a model version with its held-out accuracy (± s.e., n) and the set it was measured on."""
     name, version = parse(registered)
     client = MlflowClient()
-    for key in ("accuracy", "accuracy_se", "n"):
-        if key in metrics:
-            client.set_model_version_tag(name, version, f"{HELDOUT}.{key}", repr(float(metrics[key])))
-    client.set_model_version_tag(name, version, f"{HELDOUT}.set", held_out)
+    tags = {f"{HELDOUT}.{key}": repr(float(metrics[key])) for key in ("accuracy", "accuracy_se", "n") if key in metrics}
+    for key, value in (tags | {f"{HELDOUT}.set": held_out}).items():
+        _set_version_tag(client, name, version, key, value)
+
+
+def _set_version_tag(client: MlflowClient, name: str, version: str, key: str, value: str, tries: int = 3) -> None:
+    """Set a version tag; two pipelines tagging the same (cached) version at once can collide in
+    the SQL store's insert-or-update (a UNIQUE constraint error for the loser), and setting it
+    again then updates the row the other one inserted."""
+    for attempt in range(tries):
+        try:
+            client.set_model_version_tag(name, version, key, value)
+            return
+        except MlflowException as e:
+            if "UNIQUE constraint failed" not in str(e) or attempt == tries - 1:
+                raise
 
 
 def gate(registered: str) -> dict[str, str]:

@@ -82,3 +82,34 @@ def test_parse_rejects_alias_uris():
     assert champion.parse("models:/tiny/12") == ("tiny", "12")
     with pytest.raises(ValueError, match="models:/NAME/VERSION"):
         champion.parse("models:/tiny@champion")
+
+
+def test_a_tag_collision_with_a_second_pipeline_is_retried_and_other_errors_are_not(registry, monkeypatch):
+    """Two pipelines tagging the same cached version at once: the SQL store's insert-or-update
+    can fail for the loser with a UNIQUE constraint error (seen in test_concurrency); setting the
+    tag again updates the row the other pipeline wrote."""
+    from mlflow.exceptions import MlflowException
+
+    uri = registry(None)
+    real, calls = MlflowClient.set_model_version_tag, []
+
+    def collide_once(self, name, version, key, value):
+        calls.append(key)
+        if len(calls) == 1:
+            real(self, name, version, key, value)  # the other pipeline's write ...
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: model_version_tags.key")
+        return real(self, name, version, key, value)
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", collide_once)
+    champion.record_heldout(uri, {"accuracy": 0.4, "accuracy_se": 0.01, "n": 100}, HELDOUT)
+    name, version = champion.parse(uri)
+    tags = MlflowClient().get_model_version(name, version).tags
+    assert tags[f"{champion.HELDOUT}.accuracy"] == "0.4" and tags[f"{champion.HELDOUT}.set"] == HELDOUT
+    assert calls[:2] == [f"{champion.HELDOUT}.accuracy"] * 2  # the colliding tag was set again
+
+    def broken(self, name, version, key, value):
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: model version not found")
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", broken)
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):
+        champion.record_heldout(uri, {"accuracy": 0.4}, HELDOUT)
