@@ -10,7 +10,6 @@ on a base meets: a policy with the right plan still needs every fact right.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,24 +26,23 @@ def parser() -> argparse.ArgumentParser:
 
 
 def problems_of(path: str):
+    """The held-out problems of a {prompt, level} file, read by the project's loader (its errors name file and row)."""
     from components.data.arithmetic import Problem, parse, solve
+    from components.data.loaders import DataError, load_records
 
-    if not Path(path).is_file():
-        raise SystemExit(f"{path}: no such file (held-out problems, one JSON object per line)")
+    try:
+        rows = load_records(path, "prompt")
+    except DataError as e:
+        raise SystemExit(str(e)) from None
     out = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        try:
-            row = json.loads(line)
-            prompt, level = row["prompt"], int(row["level"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"{path}:{n}: expected {{\"prompt\": str, \"level\": int, ...}} ({e})") from None
-        parsed = parse(prompt)
+    for n, row in enumerate(rows, 1):
+        parsed, level = parse(row["prompt"]), row.get("level")
         if parsed is None:
-            raise SystemExit(f"{path}:{n}: prompt {prompt!r} is not an arithmetic expression")
+            raise SystemExit(f"{path}: row {n}: prompt {row['prompt']!r} is not an arithmetic expression")
+        if not isinstance(level, int):
+            raise SystemExit(f"{path}: row {n}: column 'level': expected an integer, got {level!r}")
         answer, steps = solve(*parsed)
-        out.append(Problem(prompt, answer, steps, level))
-    if not out:
-        raise SystemExit(f"{path}: no problems")
+        out.append(Problem(row["prompt"], answer, steps, level))
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components.data.arithmetic import LEVELS
+from components.data.arithmetic import LEVELS, level_draws
 
 
 class RecipeError(ValueError):
@@ -110,9 +110,10 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _weights_name_levels(self) -> "DataConfig":
-        bad = {lv: w for lv, w in self.pretrain_level_weights.items() if lv not in self.levels or w < 1}
-        if bad:
-            raise ValueError(f"pretrain_level_weights {bad}: keys must be among levels {self.levels}, weights >= 1")
+        try:
+            level_draws(self.levels, self.pretrain_level_weights)
+        except ValueError as e:
+            raise ValueError(f"pretrain_level_weights: {e}") from None
         return self
 
 

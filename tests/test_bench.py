@@ -46,10 +46,10 @@ def test_fact_probe_reads_the_held_out_problems_and_names_a_bad_line(tmp_path):
     assert (p.answer, p.steps, p.level) == (19, ("3*4=12", "7+12=19"), 2)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "1+2", "level": 1}\n{"prompt": "1+2"}\n')
-    with pytest.raises(SystemExit, match=r"bad.jsonl:2: expected"):
+    with pytest.raises(SystemExit, match=r"bad.jsonl: row 2: column 'level': expected an integer, got None"):
         bench.problems_of(str(bad))
     bad.write_text('{"prompt": "one plus two", "level": 1}\n')
-    with pytest.raises(SystemExit, match=r"bad.jsonl:1: prompt 'one plus two' is not an arithmetic expression"):
+    with pytest.raises(SystemExit, match=r"bad.jsonl: row 1: prompt 'one plus two' is not an arithmetic expression"):
         bench.problems_of(str(bad))
-    with pytest.raises(SystemExit, match="no such file"):
+    with pytest.raises(SystemExit, match="missing.jsonl: file not found"):
         bench.problems_of(str(tmp_path / "missing.jsonl"))

@@ -90,6 +90,13 @@ def sample_problem(rng: random.Random, level: int) -> Problem:
     return Problem(render(numbers, ops), answer, steps, level)
 
 
+def level_draws(levels: list[int], weights: dict[int, int]) -> list[int]:
+    """The levels a draw picks from uniformly: each level repeated its weight's times (unnamed: once)."""
+    if any(lv not in levels for lv in weights) or any(w < 1 for w in weights.values()):
+        raise ValueError(f"weights {weights}: each key must be one of the levels {levels} and each weight >= 1")
+    return [lv for lv in levels for _ in range(weights.get(lv, 1))]
+
+
 def generate(seed: int, n: int, levels: list[int], heldout: bool, distinct: bool = True,
              weights: dict[int, int] | None = None) -> list[Problem]:
     """`n` problems over `levels`, all in or all out of the held-out split.
@@ -100,10 +107,7 @@ def generate(seed: int, n: int, levels: list[int], heldout: bool, distinct: bool
     unknown = [lv for lv in levels if lv not in LEVELS]
     if unknown or not levels:
         raise ValueError(f"levels: unknown level(s) {unknown or levels}; choose from {sorted(LEVELS)}")
-    weights = weights or {}
-    if any(lv not in levels for lv in weights) or any(w < 1 for w in weights.values()):
-        raise ValueError(f"weights {weights}: each key must be one of the levels {levels} and each weight >= 1")
-    draws = [lv for lv in levels for _ in range(weights.get(lv, 1))]
+    draws = level_draws(levels, weights or {})
     rng, seen, out = random.Random(seed), set(), []
     attempts = 0
     while len(out) < n:

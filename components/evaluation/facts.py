@@ -26,9 +26,7 @@ class StepFact:
     known: bool
 
 
-def _op_of(step: str) -> str:
-    lhs = step.split("=", 1)[0]
-    return next(c for i, c in enumerate(lhs) if c in "+-*" and i > 0)  # i > 0: a leading minus is a sign
+_STEP = re.compile(r"(-?\d+)([+\-*])(\d+)")  # a step's left side: a leading minus is a sign
 
 
 def step_facts(model, tokenizer, problems: list[Problem]) -> list[list[StepFact]]:
@@ -45,14 +43,14 @@ def step_facts(model, tokenizer, problems: list[Problem]) -> list[list[StepFact]
             pred = model(torch.tensor([ids], device=model.device)).logits[0].argmax(-1).tolist()
         facts, pos = [], len(p.expression) + 2
         for step in p.steps:
-            lhs, rhs = step.split("=", 1)
+            lhs, _ = step.split("=", 1)
             start, end = pos + len(lhs) + 1, pos + len(step)
             result = [i for i, (a, b) in enumerate(offsets) if start <= a and b <= end and b > a]
             if not result or result[0] == 0:
                 raise ValueError(f"{p.expression}: the result of step {step!r} has no tokens to predict")
             known = all(pred[i - 1] == ids[i] for i in result)
-            large = max(abs(int(x)) for x in re.findall(r"-?\d+", lhs)) > 9
-            facts.append(StepFact(p.level, _op_of(step), large, known))
+            a, op, b = _STEP.fullmatch(lhs).groups()
+            facts.append(StepFact(p.level, op, max(abs(int(a)), int(b)) > 9, known))
             pos += len(step) + 1
         out.append(facts)
     return out
