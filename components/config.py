@@ -182,8 +182,10 @@ class RolloutConfig(Section):
         return {"batch_size": self.batch_size}
 
 
-class TrainConfig(Section):
-    """Optimisation settings shared by every supervised stage (base, cold_start, sft)."""
+class Optimization(Section):
+    """A supervised trainer's loop and AdamW settings (components.training.loop.Trainer), shared by the sections
+    of every stage that trains on fixed rows: base, cold_start, sft, reward models, distillation. A section
+    redeclares a field only to change its default or what it means there."""
 
     steps: int = Field(100, ge=1, description="Optimizer steps.")
     batch_size: int = Field(32, ge=1, description="Sequences per micro-batch.")
@@ -191,16 +193,21 @@ class TrainConfig(Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="LR schedule after warmup.")
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(128, ge=8, description="Sequences are truncated to this many tokens.")
+    ckpt_every: int = Field(50, ge=1, description="Save a resumable checkpoint every N steps.")
+    log_every: int = Field(10, ge=1)
+
+
+class TrainConfig(Optimization):
+    """Supervised fine-tuning and pretraining of one causal LM (base, cold_start, sft)."""
+
     pack: bool = Field(True, description="Pack each micro-batch's sequences into rows of max_length tokens (same "
                        "loss, no padding); turn off for a model whose attention ignores position_ids.")
     finetune: Literal["full", "lora", "qlora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     merge_lora: bool = Field(True, description="Merge adapters into a plain model directory after training.")
-    ckpt_every: int = Field(50, ge=1, description="Save a resumable checkpoint every N steps.")
-    log_every: int = Field(10, ge=1)
     limit: int | None = Field(None, ge=1, description="Use at most this many training rows.")
     source: str | None = Field(
         None, description="Train on this data instead of the curated file: a local jsonl/json/parquet/csv "

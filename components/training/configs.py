@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from components.config import (AdvantageEstimator, LoraConfig, LossAggregation, RejectionConfig, RewardItem, RLConfig,
-                               RolloutConfig, Section, registered)
+from components.config import (AdvantageEstimator, LoraConfig, LossAggregation, Optimization, RejectionConfig,
+                               RewardItem, RLConfig, RolloutConfig, Section, registered)
 
 
 DPOLoss = registered("DPO_LOSSES", "DPO loss")
@@ -24,7 +24,7 @@ DistillLoss = registered("DISTILL_LOSSES", "distillation loss")
 # --------------------------------------------------------------------------- reward models
 
 
-class RewardModelConfig(Section):
+class RewardModelConfig(Optimization):
     """An outcome reward model trained on preferences (seed §2.1): a scalar head on the policy's backbone."""
 
     objective: Literal["bradley_terry", "plackett_luce"] = Field(  # components.training.reward_model.OBJECTIVES
@@ -34,12 +34,6 @@ class RewardModelConfig(Section):
                           "a row's own `margin` column overrides it.")
     steps: int = Field(60, ge=1, description="Optimizer steps.")
     batch_size: int = Field(16, ge=1, description="Pairs or rankings per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(128, ge=8, description="Lists with a longer prompt+response (tokens) are dropped.")
     finetune: Literal["full", "lora"] = Field("full", description="full | lora (adapters + the score head train).")
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -50,8 +44,6 @@ class RewardModelConfig(Section):
                                 "to register the reward model.")
     eval_every: int = Field(0, ge=0, description="Evaluate on the held-out set every N steps (0: at the end only).")
     eval_batch_size: int = Field(128, ge=1, description="Sequences per no-grad scoring batch.")
-    ckpt_every: int = Field(50, ge=1)
-    log_every: int = Field(10, ge=1)
     limit: int | None = Field(None, ge=1, description="Use at most this many rows.")
     source: str | None = Field(None, description="Preference data instead of the curated file.")
     system_prompt: str | None = None
@@ -63,7 +55,7 @@ class RewardModelConfig(Section):
         return self
 
 
-class PRMConfig(Section):
+class PRMConfig(Optimization):
     """A process reward model: Monte-Carlo step labels from the policy, then a per-token score head."""
 
     sep: str = Field(" ", min_length=1, description="Step separator: ' ' for the arithmetic task, '\\n\\n' for "
@@ -78,12 +70,6 @@ class PRMConfig(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     steps: int = Field(40, ge=1, description="Optimizer steps.")
     batch_size: int = Field(16, ge=1, description="Solutions per micro-batch.")
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(128, ge=8, description="Longer solutions (prompt + completion tokens) are dropped.")
     loss_agg: LossAggregation = Field("token-mean", description="components.algorithms AGGREGATIONS name over steps.")
     finetune: Literal["full", "lora"] = "full"
@@ -91,8 +77,6 @@ class PRMConfig(Section):
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of prompts whose solutions are held out.")
     min_step_accuracy: float = Field(0.0, ge=0, le=1, description="Quality gate on held-out step-label accuracy.")
     eval_batch_size: int = Field(128, ge=1)
-    ckpt_every: int = Field(50, ge=1)
-    log_every: int = Field(10, ge=1)
     limit: int | None = Field(None, ge=1, description="Label at most this many prompts.")
     source: str | None = Field(None, description="Prompt/answer data instead of the curated file.")
     system_prompt: str | None = None
@@ -241,7 +225,7 @@ class GRPORMConfig(RLConfig):
 # --------------------------------------------------------------------------- distillation
 
 
-class DistillConfig(Section):
+class DistillConfig(Optimization):
     """Distillation (seed §2.3 step 5; R1 §2.4): teacher samples, then SFT and/or token-level KD."""
 
     samples: RejectionConfig = Field(
@@ -258,16 +242,10 @@ class DistillConfig(Section):
                                   "divergence (no T^2 rescaling).")
     loss_agg: LossAggregation = Field("token-mean", description="components.algorithms AGGREGATIONS name.")
     steps: int = Field(500, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(32, ge=1, description="Sequences per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     lr: float = Field(5e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(10, ge=0)
-    schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="LR schedule after warmup.")
-    max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(128, ge=8, description="Training sequences (prompt + response) are cut to this.")
     ckpt_every: int = Field(100, ge=1, description="Save a resumable checkpoint every N steps.")
-    log_every: int = Field(10, ge=1)
 
     @model_validator(mode="after")
     def _some_signal(self) -> "DistillConfig":
