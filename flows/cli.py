@@ -55,10 +55,19 @@ def _flush_prefect_logs() -> None:
         APILogHandler().flush()
 
 
-def _interrupted() -> None:
-    typer.secho("interrupted: run the same command again to resume (finished stages are cached, "
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a Prefect cancellation, a pod eviction): stop as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def _interrupted(e: KeyboardInterrupt) -> None:
+    what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+    typer.secho(f"{what}: run the same command again to resume (finished stages are cached, "
                 "a stage in progress resumes from its last checkpoint)", fg="yellow", err=True)
-    raise typer.Exit(130)
+    raise typer.Exit(code)
 
 
 def _quiet_prefect() -> None:
@@ -119,8 +128,8 @@ def run(recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] = SetOpt, 
             report = r1_pipeline(cfg, str(root))
     except USER_ERRORS as e:
         fail(e)
-    except KeyboardInterrupt:
-        _interrupted()
+    except KeyboardInterrupt as e:
+        _interrupted(e)
     _print_report({**report, "experiment": cfg.run.experiment}, as_json, root)
 
 
@@ -161,8 +170,8 @@ def stage(name: str = typer.Argument(..., help="Stage to run, e.g. cold_start (s
             report = r1_stage(name, cfg, given, str(root))
     except USER_ERRORS as e:
         fail(e)
-    except KeyboardInterrupt:
-        _interrupted()
+    except KeyboardInterrupt as e:
+        _interrupted(e)
     _print_report({**report, "experiment": cfg.run.experiment}, as_json, root)
 
 
@@ -216,8 +225,8 @@ def evaluate(models: List[str] = typer.Argument(..., help="Models to score: dire
             report = r1_evaluate(list(models), cfg, str(root))
     except USER_ERRORS as e:
         fail(e)
-    except KeyboardInterrupt:
-        _interrupted()
+    except KeyboardInterrupt as e:
+        _interrupted(e)
     _print_report({**report, "experiment": cfg.run.experiment}, as_json, root)
 
 
@@ -247,8 +256,8 @@ def tts(models: List[str] = typer.Argument(..., help="Models to search with: dir
             report = r1_tts(list(models), cfg, process_verifier or "", verifier or "", str(root))
     except USER_ERRORS as e:
         fail(e)
-    except KeyboardInterrupt:
-        _interrupted()
+    except KeyboardInterrupt as e:
+        _interrupted(e)
     _print_report({**report, "experiment": cfg.run.experiment}, as_json, root)
 
 
@@ -258,6 +267,9 @@ register_ops(app)
 
 
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)  # Prefect's flow engine chains to it after marking its run crashed
     try:
         app()
     except SystemExit as e:

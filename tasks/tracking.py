@@ -63,7 +63,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 def run(name: str, experiment: str, *, parent_run_id: str | None = None, params: dict | None = None,
         tags: dict | None = None) -> Iterator[str]:
     """Start (nested under `parent_run_id` if given) an MLflow run; yields its id. An exception
-    ends it FAILED with the error as the tag `r1flow.error` (KILLED for Ctrl-C)."""
+    ends it FAILED with the error as the tag `r1flow.error` (KILLED for Ctrl-C and SIGTERM)."""
     tags = {**owner_tags(), **{k: str(v) for k, v in (tags or {}).items()}}
     r = mlflow.start_run(run_name=name, experiment_id=experiment_id(experiment), nested=parent_run_id is not None,
                          parent_run_id=parent_run_id, tags=tags)
@@ -72,10 +72,12 @@ def run(name: str, experiment: str, *, parent_run_id: str | None = None, params:
             mlflow.log_params(flatten(params))
         yield r.info.run_id
     except BaseException as e:
+        from prefect.exceptions import TerminationSignal  # here: importing Prefect reads PREFECT_API_URL
+
         MlflowClient().set_tag(r.info.run_id, ERROR_TAG, f"{type(e).__name__}: {e}"[:4000])
         while (active := mlflow.active_run()) is not None and active.info.run_id != r.info.run_id:
             mlflow.end_run("FAILED")  # a run the stage left open
-        mlflow.end_run("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        mlflow.end_run("KILLED" if isinstance(e, (KeyboardInterrupt, TerminationSignal)) else "FAILED")
         raise
     mlflow.end_run("FINISHED")
 

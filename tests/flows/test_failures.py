@@ -7,6 +7,7 @@
 - A stage that raises: its MLflow run is FAILED with the error as a tag, its Prefect task Failed,
   nothing is registered, and the rerun resumes from the last checkpoint.
 - `kill -9` of `r1flow stage` during training: the Prefect API server it started goes too.
+- SIGTERM of `r1flow stage` during training: stopped as on Ctrl-C, its MLflow runs KILLED.
 """
 from __future__ import annotations
 
@@ -195,3 +196,31 @@ def test_kill_9_of_r1flow_takes_its_prefect_server_along_and_the_next_start_mark
         os.environ["MLFLOW_TRACKING_URI"] = before
     assert {r.info.run_id for r in reaped} == {r.info.run_id for r in left}
     assert {MlflowClient(uri).get_run(r.info.run_id).info.status for r in left} == {"KILLED"}
+
+
+def test_sigterm_stops_r1flow_like_ctrl_c_its_runs_killed_and_its_server_gone(project, policy):
+    """`kill PID`, a Prefect cancellation or a pod eviction send SIGTERM: one line saying so, exit
+    143 at once, the MLflow runs ended KILLED (not left RUNNING), the private Prefect server gone."""
+    args = ["stage", "cold_start", "configs/tiny.yaml", "--policy", policy, "--set", "cold_start.steps=100000",
+            "--set", "cold_start.ckpt_every=5", "--set", "run.output_dir=runs-sigterm", "--set", "run.name=sigterm"]
+    log = project / "sigterm.log"
+    proc = spawn(project, log, *args)
+    try:
+        wait_for(lambda: list((project / "runs-sigterm" / "stages").glob(".ckpt-cold_start-*/step-*")), 300,
+                 "training to reach a checkpoint")
+        family = tree(proc.pid)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+        wait_for(lambda: not alive(family), 60, "r1flow's children to stop")
+    finally:
+        stop_tree(proc, signal.SIGKILL)
+    assert "terminated (SIGTERM): run the same command again to resume" in log.read_text()
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("r1flow-tiny").experiment_id])
+    pipeline = [r for r in runs if r.info.run_name.startswith("sigterm-")]
+    assert len(pipeline) == 1, [r.info.run_name for r in runs]
+    mine = pipeline + [r for r in runs if r.data.tags.get("mlflow.parentRunId") == pipeline[0].info.run_id]
+    assert {r.data.tags["r1flow.kind"] for r in mine} == {"pipeline", "stage"}
+    assert {r.info.status for r in mine} == {"KILLED"}
