@@ -4,8 +4,8 @@ Checks the claims the README makes, on a fresh copy of the project:
 - each reasoning stage (base → cold_start → rejection sampling + sft → GRPO) beats the one
   before it on held-out accuracy by more than three standard errors of the difference;
 - alignment raises the true preference rate by more than three standard errors while held-out
-  accuracy drops by at most 3 points (the issue's target is 2; measured: 2.6 from the 300-step
-  GRPO reasoner, 1.6 from the 200-step one, whose own gain was only 2.8 s.e.: see the README);
+  accuracy drops by at most 2 points (the alignment issue's target; measured: +33.5 points,
+  12.3 s.e., for 0.7 points of accuracy: see the README);
 - the distilled student, at most a third of the teacher's parameters, keeps at least 85 % of
   the aligned teacher's accuracy and beats the same student trained on curated data alone by
   more than three standard errors;
@@ -47,7 +47,7 @@ def test_default_recipe_meets_its_claims(tmp_path):
     for before, after in zip(REASONING, REASONING[1:]):
         assert gain_in_se(m[before], m[after]) > 3, f"{after} does not beat {before}: {m[before]} vs {m[after]}"
     assert gain_in_se(m["reasoning_rl"], m["alignment"], "preference_rate") > 3
-    assert m["reasoning_rl"]["accuracy"] - m["alignment"]["accuracy"] <= 0.03
+    assert m["reasoning_rl"]["accuracy"] - m["alignment"]["accuracy"] <= 0.02
     assert m["distill"]["accuracy"] >= 0.85 * m["alignment"]["accuracy"]
     assert gain_in_se(m["distill_control"], m["distill"]) > 3
     ran = {r["label"] for r in report["stages"]}
