@@ -278,15 +278,17 @@ def main() -> None:
 
 
 def _exit_now(code) -> None:
-    """Exit as Python would, without its final teardown: wait for non-daemon threads, run the
-    atexit handlers (logging, MLflow, Prefect), flush, then `os._exit`. Freeing torch, MLflow and
+    """Exit as Python would, without its final teardown: wait for non-daemon threads (not after
+    Ctrl-C or SIGTERM: a stage running in a worker thread is abandoned, its MLflow run reaped as
+    KILLED by the next start), run the atexit handlers (logging, MLflow, Prefect), flush, then `os._exit`. Freeing torch, MLflow and
     Prefect module by module takes ~2 s after the work is done (measured on an all-cached run)."""
     import atexit
     import threading
 
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    if code not in (130, 143):  # interrupted: a task still running in a worker thread is abandoned
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
     atexit._run_exitfuncs()  # the handlers Python would run at exit (private name, stable since 2.x)
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)

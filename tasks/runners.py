@@ -16,16 +16,30 @@ from pydantic import Field, field_validator
 from components.config import Section
 
 
-def _threads(cfg: "RunnerConfig"):
+def _thread_pool(max_workers: int):
+    """Prefect's thread-pool runner, except that leaving it on Ctrl-C or SIGTERM does not wait for
+    the task running in a worker thread to finish (Prefect's waits: a stage for minutes). The
+    process is exiting; the stage resumes from its last checkpoint on the next run."""
+    from prefect.exceptions import TerminationSignal
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
+    class InterruptibleThreadPool(ThreadPoolTaskRunner):
+        def __exit__(self, exc_type, exc_value, traceback) -> None:
+            interrupted = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, TerminationSignal))
+            if interrupted and self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None  # so Prefect's __exit__ does not shut it down again, waiting
+            super().__exit__(exc_type, exc_value, traceback)
+
+    return InterruptibleThreadPool(max_workers=max_workers)
+
+
+def _threads(cfg: "RunnerConfig"):
+    return _thread_pool(cfg.max_workers)
 
 
 def _sequential(cfg: "RunnerConfig"):
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    return ThreadPoolTaskRunner(max_workers=1)
+    return _thread_pool(1)
 
 
 def _dask(cfg: "RunnerConfig"):

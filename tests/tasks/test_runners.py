@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import importlib.util
+import signal
+import threading
+import time
 
 import pytest
+from prefect.exceptions import TerminationSignal
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import RecipeError
@@ -20,6 +24,30 @@ def test_threads_with_workers_from_the_recipe():
     recipe = load_recipe(None, ["runner.task_runner=threads", "runner.max_workers=3"])
     runner = get_task_runner(recipe.runner)
     assert isinstance(runner, ThreadPoolTaskRunner) and runner._max_workers == 3
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, lambda: TerminationSignal(signal.SIGTERM)])
+def test_leaving_the_pool_on_ctrl_c_or_sigterm_does_not_wait_for_the_task_running_in_it(interruption):
+    """Prefect's own runner waits for a running task on exit: a stage kept `r1flow` alive for
+    minutes after SIGTERM. Ours abandons it (the process exits; the stage resumes from its checkpoint)."""
+    runner, release = get_task_runner(RunnerConfig()), threading.Event()
+    with pytest.raises((KeyboardInterrupt, TerminationSignal)):
+        with runner:
+            started = threading.Event()
+            runner._executor.submit(lambda: (started.set(), release.wait(60)))  # what a running task holds
+            started.wait(10)
+            t0 = time.monotonic()
+            raise interruption()
+    waited = time.monotonic() - t0
+    release.set()
+    assert waited < 5
+
+
+def test_leaving_the_pool_normally_waits_for_its_tasks():
+    runner, done = get_task_runner(RunnerConfig()), []
+    with runner:
+        runner._executor.submit(lambda: (time.sleep(0.5), done.append(1)))
+    assert done == [1]
 
 
 def test_an_unknown_runner_names_the_choices():
