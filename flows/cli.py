@@ -55,6 +55,9 @@ def _flush_prefect_logs() -> None:
         APILogHandler().flush()
 
 
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as a shell reports them
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (`kill`, a Prefect cancellation, a pod eviction): stop as on Ctrl-C."""
 
@@ -64,7 +67,8 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def _interrupted(e: KeyboardInterrupt) -> None:
-    what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+    what, code = (("terminated (SIGTERM)", EXIT_TERMINATED) if isinstance(e, Terminated)
+                  else ("interrupted", EXIT_INTERRUPTED))
     typer.secho(f"{what}: run the same command again to resume (finished stages are cached, "
                 "a stage in progress resumes from its last checkpoint)", fg="yellow", err=True)
     raise typer.Exit(code)
@@ -280,12 +284,13 @@ def main() -> None:
 def _exit_now(code) -> None:
     """Exit as Python would, without its final teardown: wait for non-daemon threads (not after
     Ctrl-C or SIGTERM: a stage running in a worker thread is abandoned, its MLflow run reaped as
-    KILLED by the next start), run the atexit handlers (logging, MLflow, Prefect), flush, then `os._exit`. Freeing torch, MLflow and
-    Prefect module by module takes ~2 s after the work is done (measured on an all-cached run)."""
+    KILLED by the next start), run the atexit handlers (logging, MLflow, Prefect), flush, then
+    `os._exit`. Freeing torch, MLflow and Prefect module by module takes ~2 s after the work is
+    done (measured on an all-cached run)."""
     import atexit
     import threading
 
-    if code not in (130, 143):  # interrupted: a task still running in a worker thread is abandoned
+    if code not in (EXIT_INTERRUPTED, EXIT_TERMINATED):
         for thread in threading.enumerate():
             if thread is not threading.current_thread() and not thread.daemon:
                 thread.join()
