@@ -53,3 +53,35 @@ def test_fact_probe_reads_the_held_out_problems_and_names_a_bad_line(tmp_path):
         bench.problems_of(str(bad))
     with pytest.raises(SystemExit, match="missing.jsonl: file not found"):
         bench.problems_of(str(tmp_path / "missing.jsonl"))
+
+
+def test_profile_loops_times_and_ranks_the_operators_of_each_hot_loop(tmp_path, tiny_model, tiny_tokenizer, capsys):
+    import json
+
+    import pytest
+
+    bench = load("profile_loops")
+    model_dir, data = tmp_path / "model", tmp_path / "data"
+    tiny_model.save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    data.mkdir()
+    (data / "pretrain.jsonl").write_text("".join(json.dumps({"text": f"{i}+1: {i}+1={i + 1}"}) + "\n"
+                                                 for i in range(16)))
+    (data / "rl_prompts.jsonl").write_text('{"prompt": "1+2", "answer": "3"}\n{"prompt": "3*4-5", "answer": "7"}\n')
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        out = bench.main([str(model_dir), "--data", str(data), "--repeats", "1", "--docs", "8", "--prompts", "2",
+                          "--top", "3", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    for loop, title in [("pretrain", "pretraining step"), ("rollout", "rollout"), ("grpo", "GRPO pass")]:
+        ops = out[loop]["ops"]
+        assert out[loop]["median_s"] > 0 and len(ops) == 3 and title in printed
+        assert [ms for _, ms, _ in ops] == sorted((ms for _, ms, _ in ops), reverse=True)
+        assert 0 < sum(share for _, _, share in ops) <= 1 + 1e-9
+    assert "aten::mm" in {op for op, _, _ in out["grpo"]["ops"]}  # a training pass is matrix products first
+    with pytest.raises(SystemExit, match="nowhere"):
+        bench.main([str(tmp_path / "nowhere"), "--data", str(data)])
