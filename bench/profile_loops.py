@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
         opt.zero_grad(set_to_none=True)
 
     model.train()
-    print(f"pretraining batch: {len(docs)} documents packed into {tuple(batch['input_ids'].shape)} tokens")
+    print(f"pretraining batch: {a.docs} documents packed into {tuple(batch['input_ids'].shape)} tokens")
     out["pretrain"] = measure("pretraining step", pretrain_step, a.repeats, a.top)
 
     ids = tok([render_prompt(tok, row["prompt"]) for row in prompts], add_special_tokens=False)["input_ids"]
