@@ -1,16 +1,18 @@
 """Where the default recipe's hot loops spend their time, operator by operator (torch.profiler).
 
-    .venv/bin/python bench/profile_loops.py runs/stages/sft-<key>/model [--threads 2] [--compile]
+    .venv/bin/python bench/profile_loops.py runs/stages/sft-<key>/model [RECIPE] [--set ...] [--compile]
 
-On one model directory (the recipe's `sft` model is what GRPO starts from), three loops as the
-default recipe runs them:
+On one model directory (the recipe's `sft` model is what GRPO starts from), three loops with the
+recipe's own settings (`base` and `reasoning_rl` of RECIPE, default configs/default.yaml; `--set`
+overrides them as `r1flow run` does) and data (`data.dir`):
 
-  pretraining step  one packed micro-batch of 64 pretraining documents (rows of 128 tokens):
-                    forward, backward, AdamW (the base stage repeats it 1,500 times);
-  rollout           64 RL prompts x G = 8 samples of up to 64 new tokens through the rollout
-                    engine in batches of 256 rows (one GRPO iteration's sampling);
-  GRPO pass         256 of those rows as one training minibatch: the policy's forward and
-                    backward (length buckets), then the frozen reference's no-grad forward.
+  pretraining step  one packed micro-batch of `base.batch_size` pretraining documents (rows of
+                    `base.max_length` tokens): forward, backward, AdamW (the base stage's step);
+  rollout           `prompts_per_step` RL prompts x `group_size` samples through the stage's
+                    rollout engine (one GRPO iteration's sampling);
+  GRPO pass         `minibatch_size` of those rows as one training minibatch: the frozen
+                    reference's no-grad forward (beta > 0), then the stage's loss, forward and
+                    backward (components/training/grpo.py).
 
 For each: the median wall time of `--repeats` runs and the operators with the most self CPU
 time in one more, profiled, run. `--compile` also runs `--compile-steps` pretraining steps, each
@@ -33,12 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model directory (safetensors + tokenizer)")
-    p.add_argument("--data", default="data", help="folder with pretrain.jsonl and rl_prompts.jsonl")
+    p.add_argument("recipe", nargs="?", default="configs/default.yaml", help="recipe whose settings and data to use")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="section.field=value (repeatable)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="timed runs per loop (the median is reported)")
     p.add_argument("--top", type=int, default=8, help="operators listed per loop")
-    p.add_argument("--docs", type=int, default=64, help="pretraining documents per micro-batch (recipe: 64)")
-    p.add_argument("--prompts", type=int, default=64, help="prompts per rollout (recipe: 64, x G = 8)")
     p.add_argument("--compile", action="store_true", help="also time the pretraining step under torch.compile")
     p.add_argument("--compile-steps", type=int, default=60)
     return p
@@ -71,62 +72,76 @@ def measure(name: str, fn, repeats: int, k: int) -> dict:
     return {"median_s": statistics.median(times), "ops": ops}
 
 
+def pretrain_step(model, optimizer, batch) -> None:
+    """One step of the base stage: the packed batch's token-mean NLL, backward, AdamW."""
+    from components.training.sft import sft_loss_fn
+
+    loss, _ = sft_loss_fn(model, batch)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def main(argv=None) -> dict:
     a = parser().parse_args(argv)
+    from components.config import RecipeError
+    from tasks.recipe import load_recipe
+
+    try:
+        recipe = load_recipe(a.recipe, a.overrides)
+    except RecipeError as e:
+        raise SystemExit(str(e)) from None
+    base, rl, data = recipe.base, recipe.reasoning_rl, Path(recipe.data.dir)
+
     import torch
 
     from components.data.loaders import DataError, load_records
-    from components.data.prompts import render_prompt
-    from components.generation import SamplingParams, TransformersEngine
     from components.modeling.models import ModelLoadError, load_model, load_tokenizer
-    from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs
-    from components.training.sft import encode, pack, sft_loss_fn
+    from components.training.grpo import (encode_prompts, make_rollout_engine, minibatch_loss, reference_logprobs,
+                                          sampling_params)
+    from components.training.rollout_batch import RolloutBatch
+    from components.training.sft import encode, pack
 
     torch.set_num_threads(a.threads)
+    batches_wanted = max(a.compile_steps, 1) if a.compile else 1
     try:
         model, tok = load_model(a.model), load_tokenizer(a.model)
-        docs = load_records(Path(a.data) / "pretrain.jsonl", "text",
-                            limit=a.docs * (max(a.compile_steps, 1) if a.compile else 1))
-        prompts = load_records(Path(a.data) / "rl_prompts.jsonl", "prompt", limit=a.prompts)
+        docs = load_records(data / "pretrain.jsonl", "text", limit=base.batch_size * batches_wanted)
+        prompts = load_records(data / "rl_prompts.jsonl", "prompt_answer", limit=rl.prompts_per_step)
     except (DataError, ModelLoadError) as e:
         raise SystemExit(str(e)) from None
     out = {}
 
-    batches = [pack([encode(tok, row, 128) for row in docs[s : s + a.docs]], 128, tok.pad_token_id)
-               for s in range(0, len(docs), a.docs)]
-    batch = batches[0]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    width = base.max_length
+    batches = [pack([encode(tok, row, width) for row in docs[s : s + base.batch_size]], width, tok.pad_token_id)
+               for s in range(0, len(docs), base.batch_size)]
+    learner = copy.deepcopy(model).train()  # its AdamW steps must not change the model the rollout samples from
+    optimizer = torch.optim.AdamW(learner.parameters(), lr=base.lr)
+    print(f"pretraining batch: {base.batch_size} documents packed into {tuple(batches[0]['input_ids'].shape)} tokens")
+    out["pretrain"] = measure("pretraining step", lambda: pretrain_step(learner, optimizer, batches[0]),
+                              a.repeats, a.top)
+    del learner, optimizer
 
-    def pretrain_step(m=model, batch=batch):
-        loss, _ = sft_loss_fn(m, batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    model.train()
-    print(f"pretraining batch: {a.docs} documents packed into {tuple(batch['input_ids'].shape)} tokens")
-    out["pretrain"] = measure("pretraining step", pretrain_step, a.repeats, a.top)
-
-    ids = tok([render_prompt(tok, row["prompt"]) for row in prompts], add_special_tokens=False)["input_ids"]
-    engine = TransformersEngine(model, tok, batch_size=256)
-    params = SamplingParams(n=8, temperature=1.0, max_new_tokens=64, seed=0)
+    ids = encode_prompts(tok, prompts, rl.system_prompt)
+    engine = make_rollout_engine(rl.rollout, model, tok, rl.prompts_per_step * rl.group_size)
+    params = sampling_params(rl, seed=0)
     out["rollout"] = measure("rollout", lambda: engine.generate(ids, params), a.repeats, a.top)
     rollout = engine.generate(ids, params)
     print(f"  ({rollout.num_generated_tokens} tokens sampled per rollout)")
 
-    rows = list(range(min(256, len(rollout.completion_ids))))
-    adv = torch.linspace(-1, 1, len(rows))
-    mb = RolloutBatch.from_rollout(rollout, rows, adv, tok.pad_token_id, model.device)
+    rows = list(range(min(rl.minibatch_size, len(rollout.completion_ids))))
+    mb = RolloutBatch.from_rollout(rollout, rows, torch.linspace(-1, 1, len(rows)), tok.pad_token_id, model.device)
     reference = copy.deepcopy(model).requires_grad_(False).eval()
 
     def grpo_pass():
+        if rl.beta > 0:
+            mb.ref_logp = reference_logprobs(model, reference, mb, rl.temperature, rl.minibatch_size)
         model.train()
-        logp, _ = completion_logprobs(model, mb, 1.0, with_entropy=True)
-        (-(logp * mb.advantages[:, None]).sum() / mb.completion_mask.sum()).backward()
+        loss, _ = minibatch_loss(model, mb, rl)
+        loss.backward()
         model.zero_grad(set_to_none=True)
-        batch_logprobs(reference, mb, 1.0, 256)
 
-    out["grpo"] = measure("GRPO pass (policy forward + backward, reference forward)", grpo_pass, a.repeats, a.top)
+    out["grpo"] = measure("GRPO pass (reference forward, policy forward + backward)", grpo_pass, a.repeats, a.top)
 
     if a.compile:
         import torch._inductor.config
@@ -137,11 +152,11 @@ def main(argv=None) -> dict:
             m = copy.deepcopy(model).train()
             if name == "compiled":
                 m.forward = torch.compile(m.forward)
-            opt = torch.optim.AdamW(m.parameters(), lr=1e-5)
+            optimizer = torch.optim.AdamW(m.parameters(), lr=base.lr)
             steps = []
-            for b in batches:
+            for batch in batches:
                 t = time.perf_counter()
-                pretrain_step(m, b)
+                pretrain_step(m, optimizer, batch)
                 steps.append(time.perf_counter() - t)
             sides[name] = steps
         eager, comp = sides["eager"], sides["compiled"]

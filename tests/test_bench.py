@@ -70,18 +70,26 @@ def test_profile_loops_times_and_ranks_the_operators_of_each_hot_loop(tmp_path, 
     (data / "rl_prompts.jsonl").write_text('{"prompt": "1+2", "answer": "3"}\n{"prompt": "3*4-5", "answer": "7"}\n')
     import torch
 
+    small = ["--set", f"data.dir={data}", "--set", "base.batch_size=8", "--set", "reasoning_rl.prompts_per_step=2"]
     threads = torch.get_num_threads()
     try:
-        out = bench.main([str(model_dir), "--data", str(data), "--repeats", "1", "--docs", "8", "--prompts", "2",
-                          "--top", "3", "--threads", "1"])
+        out = bench.main([str(model_dir), *small, "--repeats", "1", "--top", "3", "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
+    assert "pretraining batch: 8 documents" in printed  # the recipe's sizes, as overridden
     for loop, title in [("pretrain", "pretraining step"), ("rollout", "rollout"), ("grpo", "GRPO pass")]:
         ops = out[loop]["ops"]
         assert out[loop]["median_s"] > 0 and len(ops) == 3 and title in printed
         assert [ms for _, ms, _ in ops] == sorted((ms for _, ms, _ in ops), reverse=True)
         assert 0 < sum(share for _, _, share in ops) <= 1 + 1e-9
     assert "aten::mm" in {op for op, _, _ in out["grpo"]["ops"]}  # a training pass is matrix products first
+    # wrong inputs: one line naming what is wrong
     with pytest.raises(SystemExit, match="nowhere"):
-        bench.main([str(tmp_path / "nowhere"), "--data", str(data)])
+        bench.main([str(tmp_path / "nowhere"), *small])
+    with pytest.raises(SystemExit, match="missing/pretrain.jsonl: file not found"):
+        bench.main([str(model_dir), "--set", f"data.dir={tmp_path / 'missing'}"])
+    with pytest.raises(SystemExit, match="nope.yaml: recipe file not found"):
+        bench.main([str(model_dir), str(tmp_path / "nope.yaml")])
+    with pytest.raises(SystemExit, match="batch_size"):
+        bench.main([str(model_dir), "--set", "base.batch_size=0"])
