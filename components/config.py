@@ -173,13 +173,15 @@ class RolloutConfig(Section):
     backend: Literal["transformers", "vllm"] = Field(
         "transformers", description="transformers (any device, in-process) | vllm (CUDA; pip install 'r1flow[vllm]').")
     batch_size: int = Field(256, ge=1, description="Rows (prompt x sample) per generation batch (transformers).")
+    workers: int = Field(1, ge=1, le=64, description="Processes that decode batches side by side on CPU, this one "
+                         "included (transformers; components/generation/workers.py): helpers of one thread each.")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM's share of GPU memory.")
 
     def engine_kwargs(self) -> dict:
         """Keyword arguments for `components.generation.make_engine` under this backend."""
         if self.backend == "vllm":
             return {"gpu_memory_utilization": self.gpu_memory_utilization}
-        return {"batch_size": self.batch_size}
+        return {"batch_size": self.batch_size, "workers": self.workers}
 
 
 class Optimization(Section):

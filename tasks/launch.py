@@ -117,11 +117,20 @@ def accelerate_config(run: RunConfig) -> tuple[Path, bool]:
 def _run_forwarding(command: list[str], env: dict) -> tuple[int, list[str]]:
     """Run `command`, copying its output to this process's stderr line by line (progress stays
     visible); returns (exit code, the last TAIL_LINES lines)."""
+    from tasks.private_server import die_with_parent
+    from tasks.servers import kill_group
+
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-        for line in proc.stdout:
-            tail.append(line)
-            sys.stderr.write(line)
+    preexec = die_with_parent if sys.platform.startswith("linux") else None  # even if this process is SIGKILLed
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True, preexec_fn=preexec) as proc:
+        try:
+            for line in proc.stdout:
+                tail.append(line)
+                sys.stderr.write(line)
+        except BaseException:  # Ctrl-C or SIGTERM here: the launched processes stop now, not when the stage ends
+            kill_group(proc.pid, grace=10)
+            raise
     return proc.returncode, list(tail)
 
 

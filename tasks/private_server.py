@@ -22,7 +22,7 @@ from tasks.locks import file_lock
 from tasks.servers import HOST, free_port, wait_healthy
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGTERM me when my parent dies (Linux prctl PR_SET_PDEATHSIG)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
@@ -46,7 +46,7 @@ def private_prefect_server(timeout: float = 180, while_starting: Callable[[], ob
     command = [sys.executable, "-m", "uvicorn", "--app-dir", str(site), "--factory",
                "prefect.server.api.server:create_app", "--host", HOST, "--port", str(port), "--log-level", "error",
                "--lifespan", "on"]  # what Prefect's own ephemeral server runs
-    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    preexec = die_with_parent if sys.platform.startswith("linux") else None
     home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
     with file_lock(home / "r1flow-server-start.lock"):  # two runs at once: one migrates the database first
         proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, preexec_fn=preexec)

@@ -166,7 +166,7 @@ def start(root: Path, ports: dict[str, int | None], host: str = HOST, timeout: f
     except BaseException:  # none of the servers this call launched is left without a state file
         for item in launched:
             if not isinstance(item, ServerState) and read_state(root, item[0].name) is None:
-                _kill_group(item[1].pid, grace=10)
+                kill_group(item[1].pid, grace=10)
         raise
 
 
@@ -194,7 +194,7 @@ def _await(root: Path, spec: Server, proc: subprocess.Popen, host: str, port: in
     try:
         wait_healthy(f"http://{host}:{port}{spec.health}", proc, timeout, log)
     except BaseException:
-        _kill_group(proc.pid, grace=10)
+        kill_group(proc.pid, grace=10)
         raise
     state = ServerState(spec.name, proc.pid, psutil.Process(proc.pid).create_time(), host, port,
                         spec.url(host, port), str(log))
@@ -209,7 +209,7 @@ def stop(root: Path, name: str, grace: float = 20) -> ServerState | None:
     state = read_state(root, name)
     if state is None:
         return None
-    _kill_group(state.pid, grace)
+    kill_group(state.pid, grace)
     deadline = time.monotonic() + grace
     while not port_free(state.host, state.port) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -217,7 +217,7 @@ def stop(root: Path, name: str, grace: float = 20) -> ServerState | None:
     return state
 
 
-def _kill_group(pid: int, grace: float) -> None:
+def kill_group(pid: int, grace: float) -> None:
     """SIGTERM the process group led by `pid`, SIGKILL what is left after `grace` seconds."""
     try:
         members = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]

@@ -40,6 +40,8 @@ class RolloutEngine(Protocol):
 
     def update_weights(self, model) -> None: ...
 
+    def close(self) -> None: ...
+
 
 # ---------------------------------------------------------------------------------------
 # KV cache with in-place growth
@@ -130,9 +132,11 @@ class TransformersEngine:
     """In-process batched sampler over a Hugging Face causal LM (shares the module)."""
 
     def __init__(self, model, tokenizer, batch_size: int = 256, device=None, compact_after: float = 3.0,
-                 inplace_cache: bool | None = None):
+                 inplace_cache: bool | None = None, workers: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -143,6 +147,20 @@ class TransformersEngine:
         # the stock concatenating DynamicCache on CPU, where SDPA over the strided views of
         # a preallocated buffer measured slower than the concatenation it saves.
         self.inplace_cache = inplace_cache
+        # workers > 1: helper processes decode whole batches beside this one (CPU only; workers.py)
+        self._pool = None
+        if workers > 1:
+            if self._device.type != "cpu":
+                raise ValueError(f"rollout workers > 1 decode on CPU processes; the model is on {self._device}")
+            from .workers import WorkerPool
+
+            self._pool = WorkerPool(model, tokenizer, workers, {"batch_size": batch_size,
+                                    "compact_after": compact_after, "inplace_cache": inplace_cache})
+
+    def close(self) -> None:
+        """Stop the helper processes, if any (also done when the engine is collected or the process exits)."""
+        if self._pool is not None:
+            self._pool.close()
 
     # -- public API --------------------------------------------------------------------
 
@@ -189,8 +207,7 @@ class TransformersEngine:
             # decoding runs in the model's dtype even inside a mixed-precision stage (see
             # components/training/precision.py): on CPU, bf16 autocast slows these small matmuls
             with torch.inference_mode(), torch.autocast(self.model.device.type, enabled=False):
-                for rows in batches:
-                    out = self._generate_batch(rows, prompt_ids, params, seed, prefix_cache, prefill)
+                for rows, out in self._decode(batches, prompt_ids, params, seed, prefix_cache, prefill):
                     for r, (toks, lps, reason, text) in zip(rows, out):
                         completions[r], logprobs[r], reasons[r], texts[r] = toks, lps, reason, text
                     tok_s = sum(map(len, completions)) / (time.perf_counter() - start)
@@ -219,6 +236,26 @@ class TransformersEngine:
         )
 
     # -- internals ---------------------------------------------------------------------
+
+    def _decode(self, batches, prompt_ids, params, seed, prefix_cache, prefill):
+        """Yield (rows, results) per batch: all in this process, or spread over the helper processes
+        (not with a prefix cache, which lives here)."""
+        if self._pool is None or prefix_cache is not None or len(batches) < 2:
+            for rows in batches:
+                yield rows, self._generate_batch(rows, prompt_ids, params, seed, prefix_cache, prefill)
+            return
+
+        def local(rows):
+            counts = [0, 0]
+            return self._generate_batch(rows, prompt_ids, params, seed, prefill=counts), counts
+
+        def remote(rows):  # only the prompts the batch needs travel
+            return rows, {r // params.n: prompt_ids[r // params.n] for r in rows}, params, seed
+
+        for i, (out, counts) in self._pool.map(self.model, batches, local, remote):
+            prefill[0] += counts[0]
+            prefill[1] += counts[1]
+            yield batches[i], out
 
     def _encode(self, prompts) -> list[list[int]]:
         if isinstance(prompts, (str, bytes)):

@@ -132,6 +132,10 @@ class VLLMEngine:
                 continue
         return None
 
+    def close(self) -> None:
+        """Drop the vLLM engine: its GPU memory is freed once nothing else holds it."""
+        self.llm = None
+
     def update_weights(self, model) -> None:
         """Load the policy's current weights into the running vLLM model."""
         state = {k: v.detach() for k, v in model.state_dict().items()}

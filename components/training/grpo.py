@@ -58,6 +58,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -98,7 +99,10 @@ def run_grpo(policy, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log:
     combiner = RewardCombiner([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in cfg.rewards],
                               cfg.reward_timeout_s, extra=extra_rewards)
     prompt_ids = encode_prompts(tokenizer, rows, cfg.system_prompt)
-    engine = engine or make_rollout_engine(cfg.rollout, policy, tokenizer, cfg.prompts_per_step * cfg.group_size)
+    if engine is None:
+        with closing(make_rollout_engine(cfg.rollout, policy, tokenizer, cfg.prompts_per_step * cfg.group_size)) as own:
+            return run_grpo(policy, tokenizer, rows, cfg, ckpt_dir, seed, log, reference, own, table, progress,
+                            stop_after, extra_rewards)
     reference = frozen_reference(policy, reference, cfg.beta)  # before resuming: the initial policy
     selected = (select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir, log, progress)
                 if cfg.pass_rate_band else list(range(len(rows))))

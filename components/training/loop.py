@@ -200,7 +200,13 @@ class Trainer:
                 p.grad = torch.zeros_like(p)
         keys = sorted(sums)
         values = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=device) for k in keys])
-        dist.all_reduce_sum_([p.grad for p in self.params if p.grad is not None] + [values])
+        grads = [p.grad for p in self.params if p.grad is not None]
+        flat = {dtype: torch.cat([g.reshape(-1) for g in grads if g.dtype == dtype]) for dtype in {g.dtype for g in grads}}
+        dist.all_reduce_sum_([*flat.values(), values])  # one message per dtype, not one per parameter
+        offsets = dict.fromkeys(flat, 0)
+        for g in grads:
+            g.copy_(flat[g.dtype][offsets[g.dtype]: offsets[g.dtype] + g.numel()].view_as(g))
+            offsets[g.dtype] += g.numel()
         return dict(zip(keys, values.unbind()))
 
     def _clip(self) -> dict:

@@ -8,8 +8,11 @@ happen before anything is launched.
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
+import psutil
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -93,6 +96,27 @@ def test_sharded_configs_are_refused():
 def test_a_failed_launch_keeps_its_last_lines():
     code, tail = _run_forwarding([sys.executable, "-c", "import sys; print('a', flush=True); sys.exit('boom')"], {})
     assert code == 1 and "".join(tail) == "a\nboom\n"
+
+
+def test_an_interrupted_launch_stops_the_launched_processes(capsys):
+    # Ctrl-C or SIGTERM (r1flow's handler raises) while the stage runs in its processes: the
+    # launcher and what it started stop now, not when the stage would have ended
+    script = ("import subprocess, sys, time; c = subprocess.Popen(['sleep', '600']); "
+              "print('pids', c.pid, flush=True); time.sleep(600)")
+    signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 3.0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _run_forwarding([sys.executable, "-c", script], {"PATH": os.environ["PATH"]})
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    grandchild = int(capsys.readouterr().err.split("pids")[1].split()[0])
+    assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 @pytest.mark.slow  # ~80 s: the Prefect test server, the tiny project's data, two launches of 2 processes

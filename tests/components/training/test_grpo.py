@@ -7,12 +7,12 @@ import copy
 import pytest
 import torch
 
-from components.config import LoraConfig, RLConfig, RewardItem
+from components.config import LoraConfig, RLConfig, RewardItem, RolloutConfig
 from components.generation import Rollout, SamplingParams, make_engine
 from components.training.loop import NoUpdateError
 from tests.conftest import temporary_rewards
 from components.seeds import derive_seed
-from components.training.grpo import PromptPool, minibatch_plan, pick_prompts, run_grpo
+from components.training.grpo import PromptPool, make_rollout_engine, minibatch_plan, pick_prompts, run_grpo
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs, length_buckets
 
 
@@ -216,6 +216,23 @@ def test_killed_run_resumes_to_the_same_weights(tiny_model, tiny_tokenizer, tmp_
     assert second.resumed_from == 2 and sorted(logged) == [3, 4]
     assert same_weights(weights(straight), weights(restarted))
     assert not same_weights(weights(straight), weights(tiny_model)), "training changed the weights"
+
+
+def test_rollout_workers_train_the_weights_one_process_trains(tiny_model, tiny_tokenizer, tmp_path):
+    # a helper process decodes some of every iteration's batches (rollout.workers: 2)
+    cfg = rl_config(steps=3, rollout=RolloutConfig(batch_size=8, workers=2))
+    one = copy.deepcopy(tiny_model)
+    run_grpo(one, tiny_tokenizer, ROWS, rl_config(steps=3, rollout=RolloutConfig(batch_size=8)), tmp_path / "a", seed=3)
+    two = copy.deepcopy(tiny_model)
+    engine = make_rollout_engine(cfg.rollout, two, tiny_tokenizer, cfg.prompts_per_step * cfg.group_size)
+    try:
+        assert engine._pool.wait_ready(timeout=120)
+        run_grpo(two, tiny_tokenizer, ROWS, cfg, tmp_path / "b", seed=3, engine=engine)
+        assert engine._pool.helper_batches >= 3, "the helper decoded no batch of some iteration"
+    finally:
+        engine.close()
+    assert same_weights(weights(one), weights(two))
+    assert not same_weights(weights(one), weights(tiny_model))
 
 
 def test_solved_prompts_retire_and_a_resumed_run_draws_what_an_unbroken_one_would(tiny_model, tiny_tokenizer,
