@@ -1,8 +1,10 @@
-"""Rollout throughput: r1flow's TransformersEngine vs a plain `model.generate` loop.
+"""Rollout throughput: r1flow's TransformersEngine vs a plain `model.generate` loop, and the engine
+with `--workers` processes (`rollout.workers`: helper processes of one thread each decode whole
+batches beside this one; `--workers 1` leaves that side out).
 
 Run by hand (not a test):
 
-    .venv/bin/python bench/rollout.py [--threads 2] [--repeats 3]
+    .venv/bin/python bench/rollout.py [--threads 2] [--repeats 5] [--workers 2]
 
 A ~2M-parameter Llama (hidden 192, 5 layers, random init) with the project's tokenizer;
 64 chat-templated arithmetic prompts x G=8 samples, max_new_tokens=48, temperature 1.0.
@@ -80,20 +82,21 @@ def run_generate_loop(model, tok, prompts, G, max_new, batch_rows, seed):
     return n_tokens, time.perf_counter() - start
 
 
-def run_engine(model, tok, prompts, G, max_new, batch_rows, seed):
-    engine = TransformersEngine(model, tok, batch_size=batch_rows)
+def run_engine(model, tok, prompts, G, max_new, batch_rows, seed, engine=None):
+    engine = engine or TransformersEngine(model, tok, batch_size=batch_rows)
     r = engine.generate(prompts, SamplingParams(n=G, temperature=1.0, max_new_tokens=max_new, seed=seed))
     return r.num_generated_tokens, r.wall_time_s
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--G", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--batch-rows", type=int, default=256)
-    args = ap.parse_args()
+    ap.add_argument("--workers", type=int, default=2, help="processes of the third side (1: no third side)")
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     model, tok, prompts = build()
@@ -105,8 +108,14 @@ def main():
     warm = prompts[: max(1, args.batch_rows // args.G)]
     run_generate_loop(model, tok, warm, args.G, args.max_new_tokens, args.batch_rows, 0)
     run_engine(model, tok, warm, args.G, args.max_new_tokens, args.batch_rows, 0)
+    pooled = None
+    if args.workers > 1:  # made once, as a GRPO run does; its helpers start before the timed runs
+        pooled = TransformersEngine(model, tok, batch_size=args.batch_rows, workers=args.workers)
+        if not pooled._pool.wait_ready(timeout=300):
+            sys.exit("bench/rollout.py: the rollout workers did not start within 300 s")
+        run_engine(model, tok, warm, args.G, args.max_new_tokens, args.batch_rows, 0, pooled)
 
-    base, ours = [], []
+    base, ours, multi = [], [], []
     for rep in range(args.repeats):
         n, t = run_generate_loop(model, tok, prompts, args.G, args.max_new_tokens, args.batch_rows, rep)
         base.append(n / t)
@@ -114,11 +123,21 @@ def main():
         n, t = run_engine(model, tok, prompts, args.G, args.max_new_tokens, args.batch_rows, rep)
         ours.append(n / t)
         print(f"  [{rep}] r1flow engine       : {n:6d} tokens in {t:6.2f}s = {n / t:8.1f} tok/s")
+        if pooled is not None:
+            n, t = run_engine(model, tok, prompts, args.G, args.max_new_tokens, args.batch_rows, rep, pooled)
+            multi.append(n / t)
+            print(f"  [{rep}] r1flow, {args.workers} processes: {n:6d} tokens in {t:6.2f}s = {n / t:8.1f} tok/s")
     b, o = statistics.median(base), statistics.median(ours)
     bb, ob = max(base), max(ours)
     print(f"model.generate loop: median {b:8.1f} tok/s | best {bb:8.1f} tok/s  ({args.repeats} runs)")
     print(f"r1flow engine      : median {o:8.1f} tok/s | best {ob:8.1f} tok/s  ({args.repeats} runs)")
     print(f"speed-up           : median {o / b:.2f}x | best-vs-best {ob / bb:.2f}x")
+    if pooled is not None:
+        m, mb = statistics.median(multi), max(multi)
+        print(f"r1flow, {args.workers} processes: median {m:8.1f} tok/s | best {mb:8.1f} tok/s  ({args.repeats} runs)")
+        print(f"processes vs one  : median {m / o:.2f}x | best-vs-best {mb / ob:.2f}x "
+              f"(vs model.generate: median {m / b:.2f}x)")
+        pooled.close()
     print("(best-of-N is the robust figure on a shared CPU; medians swing with other load)")
 
 if __name__ == "__main__":

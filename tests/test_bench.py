@@ -93,3 +93,23 @@ def test_profile_loops_times_and_ranks_the_operators_of_each_hot_loop(tmp_path, 
         bench.main([str(model_dir), str(tmp_path / "nope.yaml")])
     with pytest.raises(SystemExit, match="batch_size"):
         bench.main([str(model_dir), "--set", "base.batch_size=0"])
+
+
+def test_rollout_bench_times_three_sides_and_the_processes_sample_the_same_tokens(capsys):
+    import re
+
+    import torch
+
+    bench = load("rollout")
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--repeats", "2", "--G", "2", "--max-new-tokens", "6", "--batch-rows", "16", "--threads", "1",
+                    "--workers", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    runs = {side: [int(n) for n in re.findall(rf"\] {side}\s*: *(\d+) tokens", printed)]
+            for side in ("model.generate loop", "r1flow engine", "r1flow, 2 processes")}
+    assert all(len(v) == 2 for v in runs.values()), printed
+    assert runs["r1flow engine"] == runs["r1flow, 2 processes"], "the same seeds sample the same tokens"
+    assert re.search(r"processes vs one  : median \d+\.\d\dx", printed)
