@@ -123,7 +123,9 @@ def main(argv=None) -> dict:
     del learner, optimizer
 
     ids = encode_prompts(tok, prompts, rl.system_prompt)
-    engine = make_rollout_engine(rl.rollout, model, tok, rl.prompts_per_step * rl.group_size)
+    # in this process only: the profiler sees one process (rollout.workers' helpers are bench/rollout.py's side)
+    one = rl.rollout.model_copy(update={"workers": 1})
+    engine = make_rollout_engine(one, model, tok, rl.prompts_per_step * rl.group_size)
     params = sampling_params(rl, seed=0)
     out["rollout"] = measure("rollout", lambda: engine.generate(ids, params), a.repeats, a.top)
     rollout = engine.generate(ids, params)

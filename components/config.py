@@ -174,7 +174,7 @@ class RolloutConfig(Section):
         "transformers", description="transformers (any device, in-process) | vllm (CUDA; pip install 'r1flow[vllm]').")
     batch_size: int = Field(256, ge=1, description="Rows (prompt x sample) per generation batch (transformers).")
     workers: int = Field(1, ge=1, le=64, description="Processes that decode batches side by side on CPU, this one "
-                         "included (transformers; components/generation/workers.py): helpers of one thread each.")
+                         "included (transformers; components/generation/workers.py), each on threads / workers threads.")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM's share of GPU memory.")
 
     def engine_kwargs(self) -> dict:

@@ -1,20 +1,21 @@
 """Helper processes that decode whole batches: CPU sampling on every core (`rollout.workers`).
 
-On a CPU, a small policy's matrix products are too small for a second thread to speed decoding
-up: the recipe's 1M-parameter model sampled a 64 x 8 rollout in 0.78 s on one thread and 0.75 s
-on two, while two processes of one thread each decoded it in the time of one each
-(README, Performance). So with `workers: N` the `TransformersEngine` starts N - 1 helper
-processes, each holding a copy of the policy, and a `generate` call hands whole batches to
-whichever process is free; the calling process decodes its share itself on
-threads / N threads. A batch's tokens depend only on its rows, the weights and the per-row
-random keys (`sampling.row_keys`), not on which process decodes it or with how many threads
-(the float rounding of matrix products may differ between thread counts; in the measured runs
-every token came out the same).
+Threads split each matrix product of a decode step; a small policy's products are too small to
+keep many threads busy, while processes split the rows and keep theirs whole. With `workers: N`
+the `TransformersEngine` starts N - 1 helper processes of threads / N threads each (one on the
+2-core machine), each holding a copy of the policy, and a `generate` call hands whole batches to
+whichever process is free; the calling process decodes its share itself on the threads left
+(threads / busy processes). On the 2-core development machine two threads already decode about
+twice as fast as one, so two processes gain 1.17x there (`bench/rollout.py`, README,
+Performance). A batch's tokens depend only on its rows, the weights and the per-row random keys
+(`sampling.row_keys`), not on which process decodes it: the float rounding of matrix products
+may differ between thread counts, but in the measured runs every token came out the same (the
+recipe's GRPO ended at the bit-identical model).
 
 * The weights travel to a helper before its first batch of every `generate` call (a
   `torch.save` of the state dict, read back with `weights_only=True`), so a helper never
   samples from weights the caller has changed since; a LoRA policy sends its merged weights.
-* Helpers start in the background when the engine is made (spawned: importing torch takes a
+* Helpers start in the background when the engine is made (fresh interpreters: importing torch takes a
   few seconds); until one reports ready, the caller decodes every batch itself.
 * A helper exits when its pipe closes: when the engine is closed or collected, when the parent
   exits, and when the parent is killed (even with SIGKILL). It ignores Ctrl-C, which the
@@ -121,7 +122,9 @@ class WorkerPool:
         if workers < 2:
             raise ValueError(f"a worker pool needs workers >= 2, got {workers}")
         self.threads = torch.get_num_threads()
-        spec = (base_config(model), next(model.parameters()).dtype, getattr(model, "generation_config", None))
+        # the machine's threads shared out: each helper gets threads / workers, this process the rest
+        spec = (base_config(model), next(model.parameters()).dtype, getattr(model, "generation_config", None),
+                max(1, self.threads // workers))
         self.helpers = [_Helper(spec, tokenizer, engine_kwargs) for _ in range(workers - 1)]
         self._call = 0
         self.helper_batches = 0  # batches the helpers decoded so far
@@ -183,15 +186,15 @@ def serve(fd: int) -> None:
     """A helper's main loop: build the policy's copy, then decode batches until the pipe closes.
     Each batch's reply is (its rows' results, [prompt tokens computed, prompt tokens reused])."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
     conn = mpc.Connection(fd)
     try:
         spec, tokenizer, engine_kwargs = conn.recv()
+        config, dtype, generation_config, threads = spec
+        torch.set_num_threads(threads)
         from transformers import AutoModelForCausalLM
 
         from .engine import TransformersEngine
 
-        config, dtype, generation_config = spec
         model = AutoModelForCausalLM.from_config(config).to(dtype).eval()
         if generation_config is not None:  # the EOS ids the engine stops on
             model.generation_config = generation_config

@@ -201,7 +201,8 @@ class Trainer:
         keys = sorted(sums)
         values = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=device) for k in keys])
         grads = [p.grad for p in self.params if p.grad is not None]
-        flat = {dtype: torch.cat([g.reshape(-1) for g in grads if g.dtype == dtype]) for dtype in {g.dtype for g in grads}}
+        flat = {dtype: torch.cat([g.reshape(-1) for g in grads if g.dtype == dtype])
+                for dtype in {g.dtype for g in grads}}
         dist.all_reduce_sum_([*flat.values(), values])  # one message per dtype, not one per parameter
         offsets = dict.fromkeys(flat, 0)
         for g in grads:

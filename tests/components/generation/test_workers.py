@@ -150,3 +150,27 @@ def alive(pid: int) -> bool:
     # a zombie (exited, not yet reaped by its init) counts as gone
     stat = Path(f"/proc/{pid}/stat")
     return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+def test_a_lora_policy_is_sampled_with_its_adapters_merged(model, tok):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # adapters that change the samples (B starts at zero)
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p))
+    lora.eval()
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=24, seed=2)
+    engine = TransformersEngine(lora, tok, batch_size=4, workers=2)
+    try:
+        assert engine._pool.wait_ready(timeout=120)
+        got = engine.generate(prompts(tok), params)
+        assert engine._pool.helper_batches > 0
+    finally:
+        engine.close()
+    want = TransformersEngine(lora, tok, batch_size=4).generate(prompts(tok), params)
+    plain = TransformersEngine(model, tok, batch_size=4).generate(prompts(tok), params)
+    assert got.completion_ids == want.completion_ids != plain.completion_ids
