@@ -6,7 +6,6 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from components.generation import PrefixCache, SamplingParams, TransformersEngine
-from components.modeling.tokenizer import train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -63,11 +62,6 @@ def test_eviction_drops_least_recently_used_leaves():
     assert cache.num_bytes <= 0.9 * cache.max_bytes and cache.num_tokens == 5
     with pytest.raises(ValueError, match="max_bytes"):
         PrefixCache(max_bytes=0)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return train_tokenizer(["1+2=3 <think>1+2=3 3*4=12</think><answer>15</answer>"] * 10)
 
 
 @pytest.fixture(scope="module")

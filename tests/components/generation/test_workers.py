@@ -19,32 +19,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from components.config import RolloutConfig
 from components.generation import SamplingParams, TransformersEngine, make_engine
 from components.generation.workers import WorkerError
-from components.modeling.tokenizer import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[3]
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return train_tokenizer(["1+2=3 <think>1+2=3 3*4=12</think><answer>15</answer>"] * 10)
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=True,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +83,17 @@ def test_a_dead_helper_is_an_error_in_the_caller(model, tok):
             engine.generate(prompts(tok), SamplingParams(n=4, max_new_tokens=8, seed=0))
     finally:
         engine.close()
+
+
+def test_an_error_in_a_helper_is_raised_in_the_caller_with_its_traceback(tok, pooled):
+    # the longest prompt's batch goes to the helper first; only that prompt holds a token id
+    # past the vocabulary, so only the helper fails
+    good = tok("1+2", add_special_tokens=False)["input_ids"]
+    bad = good * 4 + [len(tok) + 1000]
+    with pytest.raises(WorkerError, match=r"(?s)failed:.*IndexError"):
+        pooled.generate([bad, good], SamplingParams(n=4, max_new_tokens=4, seed=0))
+    again = pooled.generate([good, good], SamplingParams(n=4, max_new_tokens=4, seed=0))  # still serves
+    assert len(again.completion_ids) == 8
 
 
 def test_close_stops_the_helpers_and_bad_values_are_refused(model, tok):
