@@ -1,6 +1,6 @@
 """Rollout throughput: r1flow's TransformersEngine vs a plain `model.generate` loop, and the engine
-with `--workers` processes (`rollout.workers`: helper processes of one thread each decode whole
-batches beside this one; `--workers 1` leaves that side out).
+with `--workers` processes (`rollout.workers`: helper processes of threads / workers threads each
+decode whole batches beside this one; `--workers 1` leaves that side out).
 
 Run by hand (not a test):
 

@@ -177,6 +177,13 @@ class RolloutConfig(Section):
                          "included (transformers; components/generation/workers.py), each on threads / workers threads.")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM's share of GPU memory.")
 
+    @model_validator(mode="after")
+    def _workers_are_transformers_processes(self) -> "RolloutConfig":
+        if self.workers > 1 and self.backend != "transformers":
+            raise ValueError(f"workers: {self.workers} helper processes are the transformers backend's (CPU); "
+                             f"the {self.backend} backend runs its own, so leave workers at 1")
+        return self
+
     def engine_kwargs(self) -> dict:
         """Keyword arguments for `components.generation.make_engine` under this backend."""
         if self.backend == "vllm":

@@ -34,8 +34,8 @@ import sys
 import time
 import traceback
 import weakref
-from pathlib import Path
 from collections import deque
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -226,5 +226,5 @@ def _send(conn, msg) -> bool:
     try:
         conn.send(msg)
         return True
-    except (BrokenPipeError, EOFError, OSError):
+    except (EOFError, OSError):  # the parent is gone
         return False

@@ -95,14 +95,14 @@ def run_grpo(policy, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log:
     """
     if not rows:
         raise ValueError("GRPO needs at least one prompt row")
+    if engine is None:  # the engine this run makes, it closes (rollout helper processes stop with it)
+        with closing(make_rollout_engine(cfg.rollout, policy, tokenizer, cfg.prompts_per_step * cfg.group_size)) as own:
+            return run_grpo(policy, tokenizer, rows, cfg, ckpt_dir, seed, log, reference, own, table, progress,
+                            stop_after, extra_rewards)
     ckpt_dir = Path(ckpt_dir)
     combiner = RewardCombiner([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in cfg.rewards],
                               cfg.reward_timeout_s, extra=extra_rewards)
     prompt_ids = encode_prompts(tokenizer, rows, cfg.system_prompt)
-    if engine is None:
-        with closing(make_rollout_engine(cfg.rollout, policy, tokenizer, cfg.prompts_per_step * cfg.group_size)) as own:
-            return run_grpo(policy, tokenizer, rows, cfg, ckpt_dir, seed, log, reference, own, table, progress,
-                            stop_after, extra_rewards)
     reference = frozen_reference(policy, reference, cfg.beta)  # before resuming: the initial policy
     selected = (select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir, log, progress)
                 if cfg.pass_rate_band else list(range(len(rows))))

@@ -105,6 +105,8 @@ def test_close_stops_the_helpers_and_bad_values_are_refused(model, tok):
         TransformersEngine(model, tok, workers=0)
     with pytest.raises(ValueError, match="less than or equal to 64"):
         RolloutConfig(workers=65)
+    with pytest.raises(ValueError, match="the vllm backend runs its own, so leave workers at 1"):
+        RolloutConfig(backend="vllm", workers=2)
 
 
 def test_helpers_exit_when_their_parent_is_killed(tmp_path):
