@@ -6,6 +6,7 @@ evaluation measures exactly what the RL stages optimise.
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import closing
 from dataclasses import dataclass, field
 
 from components.algorithms.metrics import accuracy_with_ci
@@ -30,13 +31,12 @@ def evaluate(model, tokenizer, rows: list[dict], *, max_new_tokens: int, batch_s
     """
     if not rows:
         raise ValueError("evaluation set is empty")
-    if rollout is not None:
-        engine = make_engine(rollout.backend, model, tokenizer, **rollout.engine_kwargs())
-    else:
-        engine = make_engine("transformers", model, tokenizer, batch_size=batch_size)
+    backend, kwargs = (rollout.backend, rollout.engine_kwargs()) if rollout is not None else \
+        ("transformers", {"batch_size": batch_size})
     prompts = [render_prompt(tokenizer, r["prompt"], system_prompt) for r in rows]
-    rollout = engine.generate(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens),
-                              progress=progress)
+    with closing(make_engine(backend, model, tokenizer, **kwargs)) as engine:
+        rollout = engine.generate(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens),
+                                  progress=progress)
     answers = [r["answer"] for r in rows]
     correct = get_reward(correctness)(rollout.texts, answer=answers)
     formatted = get_reward("format")(rollout.texts, answer=answers)

@@ -7,6 +7,7 @@ by, and it never trains anything.
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import closing
 
 from components.algorithms.metrics import accuracy_with_ci
 from components.data import house_rules as hr
@@ -40,10 +41,11 @@ def evaluate_preference(model, tokenizer, rows: list[dict], *, max_new_tokens: i
     if not rows:
         raise ValueError("preference evaluation set is empty")
     kwargs = rollout.engine_kwargs() if rollout is not None else {"batch_size": 128}
-    engine = make_engine(rollout.backend if rollout is not None else "transformers", model, tokenizer, **kwargs)
     prompts = [r["prompt"] for r in rows]
-    out = engine.generate([render_prompt(tokenizer, p, system_prompt) for p in prompts],
-                          SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens), progress=progress)
+    with closing(make_engine(rollout.backend if rollout is not None else "transformers", model, tokenizer,
+                             **kwargs)) as engine:
+        out = engine.generate([render_prompt(tokenizer, p, system_prompt) for p in prompts],
+                              SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens), progress=progress)
     metrics = preference_metrics(prompts, out.texts, [r.get("kind") for r in rows])
     table = [{"prompt": p, "kind": r.get("kind"), "completion": c, "true_preference": hr.true_preference(p, c)}
              for p, r, c in zip(prompts[:table_rows], rows, out.texts)]

@@ -20,7 +20,8 @@
 from __future__ import annotations
 
 import time
-from typing import Protocol, runtime_checkable
+from contextlib import AbstractContextManager, closing, nullcontext
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -501,3 +502,9 @@ def make_engine(backend: str, model, tokenizer, **kwargs) -> RolloutEngine:
     except KeyError:
         raise ValueError(f"unknown rollout backend {backend!r}; choose one of {sorted(ENGINES)}") from None
     return cls(model, tokenizer, **kwargs)
+
+
+def owned(engine: RolloutEngine | None, make: Callable[[], RolloutEngine]) -> AbstractContextManager:
+    """`with owned(engine, make) as e:` -- `engine` itself when one was passed in (whoever made it
+    closes it), else a new one from `make()`, closed when the block ends."""
+    return nullcontext(engine) if engine is not None else closing(make())

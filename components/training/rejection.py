@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from components.data.prompts import render_prompt
-from components.generation import SamplingParams, make_engine
+from components.generation import SamplingParams, make_engine, owned
 from components.rewards import get_reward
 from components.seeds import derive_seed
 
@@ -135,11 +135,11 @@ def rejection_sample(model, tokenizer, rows: list[dict], cfg, seed: int, engine=
     for i, row in enumerate(rows):
         _check_row(row, i)
     k = cfg.samples_per_prompt
-    engine = engine or make_engine(cfg.rollout.backend, model, tokenizer, **cfg.rollout.engine_kwargs())
     prompts = [render_prompt(tokenizer, row["prompt"], cfg.system_prompt) for row in rows]
     params = SamplingParams(n=k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                             seed=derive_seed(seed, "rejection_sampling"))
-    rollout = engine.generate(prompts, params, progress=progress)
+    with owned(engine, lambda: make_engine(cfg.rollout.backend, model, tokenizer, **cfg.rollout.engine_kwargs())) as e:
+        rollout = e.generate(prompts, params, progress=progress)
     if len(rollout.texts) != len(rows) * k:
         raise ValueError(f"rollout engine returned {len(rollout.texts)} samples for {len(rows)} prompts x {k}")
     completions: list[list[str]] = [[] for _ in rows]

@@ -11,6 +11,7 @@ on the held-out preference prompts (`summary.json`), for the side-by-side compar
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from typing import Literal, get_args
 
 from pydantic import Field
@@ -123,11 +124,11 @@ def _trajectories(ctx: StageContext, model, tokenizer, rows: list[dict], reward_
     from components.generation import SamplingParams, make_engine
 
     cfg = ctx.cfg
-    engine = make_engine(cfg.rollout.backend, model, tokenizer, **cfg.rollout.engine_kwargs())
     prompts = [render_prompt(tokenizer, r["prompt"]) for r in rows]
-    rollout = engine.generate(prompts, SamplingParams(n=cfg.oreo_samples, temperature=1.0, max_new_tokens=64,
-                                                      seed=derive_seed(ctx.seed, "oreo-trajectories")),
-                              progress=ctx.progress)
+    with closing(make_engine(cfg.rollout.backend, model, tokenizer, **cfg.rollout.engine_kwargs())) as engine:
+        rollout = engine.generate(prompts, SamplingParams(n=cfg.oreo_samples, temperature=1.0, max_new_tokens=64,
+                                                          seed=derive_seed(ctx.seed, "oreo-trajectories")),
+                                  progress=ctx.progress)
     raw = [rows[i]["prompt"] for i in rollout.prompt_index]
     rewards = reward_fn(raw, rollout.texts)
     trajectories = [{"prompt": p, "completion": c, "reward": float(r)}

@@ -7,6 +7,8 @@ with one message, and nothing downstream runs on it.
 """
 from __future__ import annotations
 
+from contextlib import closing
+
 from components.training.configs import PRMConfig, RewardModelConfig
 from tasks.common import finish, publish_rows, read_rows
 from tasks.console import say
@@ -70,11 +72,11 @@ def process_reward_model(ctx: StageContext, policy: ModelRef):
     rows = read_rows(ctx, "rl_prompts.jsonl", "prompt_answer", cfg.source, cfg.limit)
     sampler = load_model(policy.uri, dtype=m.dtype, revision=m.revision, trust_remote_code=m.trust_remote_code)
     model, tokenizer = _backbone(ctx, policy, "process", cfg)
-    engine = make_engine(cfg.rollout.backend, sampler, tokenizer, **cfg.rollout.engine_kwargs())
-    labelled, stats = label_steps(engine, tokenizer, rows, cfg, ctx.seed)
+    with closing(make_engine(cfg.rollout.backend, sampler, tokenizer, **cfg.rollout.engine_kwargs())) as engine:
+        labelled, stats = label_steps(engine, tokenizer, rows, cfg, ctx.seed)
     ctx.log(stats.as_metrics(), 0)
     publish_rows(ctx, labelled, "prm_labels", schema="prm")
-    del engine, sampler
+    del sampler
     result = run_prm(model, tokenizer, labelled, cfg, ctx.ckpt_dir, ctx.seed, log=ctx.log, progress=ctx.progress)
     _gate(ctx, prm_gate(result.heldout, cfg), cfg.steps)
     return finish(ctx, model, tokenizer, kind="token_classifier")

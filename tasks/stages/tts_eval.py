@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import closing
 from typing import Literal
 
 import mlflow
@@ -42,14 +43,14 @@ def tts_eval(ctx: StageContext, policy: ModelRef, verifier: ModelRef | None, pro
     cfg = ctx.cfg
     rows = read_rows(ctx, "eval.jsonl", "prompt_answer", name="eval")
     model, tokenizer = load_policy(ctx, policy)
-    engine = make_engine(cfg.rollout.backend, model, tokenizer, **cfg.rollout.engine_kwargs())
     score_steps = load_process_verifier(process_verifier.uri, tokenizer) if process_verifier else None
     score = load_outcome_verifier(verifier.uri, tokenizer) if verifier else None
     if score is None and score_steps is not None:
         score = process_outcome(score_steps, cfg.outcome_agg, cfg.search.step_sep)
-    tools = make_toolkit(engine, tokenizer, cfg.search, system_prompt=cfg.system_prompt, score=score,
-                         score_steps=score_steps)
-    result = evaluate_tts(rows, tools, tokenizer, cfg, ctx.out_dir / "tts", log=ctx.log, progress=ctx.progress)
+    with closing(make_engine(cfg.rollout.backend, model, tokenizer, **cfg.rollout.engine_kwargs())) as engine:
+        tools = make_toolkit(engine, tokenizer, cfg.search, system_prompt=cfg.system_prompt, score=score,
+                             score_steps=score_steps)
+        result = evaluate_tts(rows, tools, tokenizer, cfg, ctx.out_dir / "tts", log=ctx.log, progress=ctx.progress)
     mlflow.log_artifacts(str(ctx.out_dir / "tts"), "tts")
     metrics = {}
     for r in result["rows"]:

@@ -71,6 +71,10 @@ class OnlineRun:
     def device(self):
         return next(self.policy.parameters()).device
 
+    def close(self) -> None:
+        """Stop the rollout engine's helpers (rollout.workers > 1) or drop its vLLM engine."""
+        self.engine.close()
+
 
 @dataclass
 class Sampled:

@@ -26,6 +26,7 @@ Where this departs from the textbook:
 """
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -59,8 +60,9 @@ def run_ppo(policy, tokenizer, data: list[dict], cfg: PPOConfig, ckpt_dir: str |
     counter = TokenCount(progress)
     trainer = Trainer({"policy": policy, "critic": critic}, cfg, ckpt_dir, log=log, progress=counter,
                       lrs={"critic": cfg.critic_lr}, require_update=True, what="PPO")
-    loop = trainer.run(lambda it: ppo_iteration(it, run, trainer, critic, reference),
-                       stop_after=stop_after, after_resume=lambda: run.engine.update_weights(policy))
+    with closing(run):
+        loop = trainer.run(lambda it: ppo_iteration(it, run, trainer, critic, reference),
+                           stop_after=stop_after, after_resume=lambda: run.engine.update_weights(policy))
     return result(loop, tokens_generated=counter.total, critic=critic)
 
 

@@ -31,6 +31,7 @@ Choices and departures:
 from __future__ import annotations
 
 import math
+from contextlib import closing
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -57,8 +58,9 @@ def run_trpo(policy, tokenizer, data: list[dict], cfg: TRPOConfig, ckpt_dir: str
     counter = TokenCount(progress)
     trainer = Trainer({"policy": policy}, optimizer_free(cfg), ckpt_dir, log=log, progress=counter,
                       require_update=True, what="TRPO")
-    loop = trainer.run(lambda it: trpo_iteration(it, run, trainer, reference), stop_after=stop_after,
-                       after_resume=lambda: run.engine.update_weights(policy))
+    with closing(run):
+        loop = trainer.run(lambda it: trpo_iteration(it, run, trainer, reference), stop_after=stop_after,
+                           after_resume=lambda: run.engine.update_weights(policy))
     return result(loop, tokens_generated=counter.total)
 
 

@@ -35,6 +35,10 @@ class SolvingEngine:
 
     def __init__(self, shift: int = 0):
         self.shift = shift
+        self.closed = False
+
+    def close(self):
+        self.closed = True
 
     def generate(self, prompts, params, progress=False):
         from components.data import arithmetic as ar
@@ -61,8 +65,10 @@ def test_a_known_correct_completion_scores_as_correct_through_the_same_path(tiny
 
     rows = [{"prompt": p.expression, "answer": str(p.answer), "level": p.level}
             for p in ar.generate(3, 6, [2, 3], heldout=True)]
-    monkeypatch.setattr(module, "make_engine", lambda *a, **k: SolvingEngine(shift))
+    engine = SolvingEngine(shift)
+    monkeypatch.setattr(module, "make_engine", lambda *a, **k: engine)
     result = evaluate(tiny_model, tiny_tokenizer, rows, max_new_tokens=64, table_rows=6)
+    assert engine.closed, "evaluate left the engine it made open"
     assert result.metrics["accuracy"] == accuracy and result.metrics["format_rate"] == 1.0
     assert [r["correct"] for r in result.table] == [accuracy] * 6
     if shift == 0:

@@ -169,3 +169,35 @@ def test_a_lora_policy_is_sampled_with_its_adapters_merged(model, tok):
     want = TransformersEngine(lora, tok, batch_size=4).generate(prompts(tok), params)
     plain = TransformersEngine(model, tok, batch_size=4).generate(prompts(tok), params)
     assert got.completion_ids == want.completion_ids != plain.completion_ids
+
+
+def test_a_function_that_makes_its_engine_stops_its_helpers_before_it_returns_or_raises(model, tok, monkeypatch):
+    """The helpers of an engine made inside `evaluate` stop when it raises after sampling, although the
+    exception's traceback (held here) still references the function's frame."""
+    from components.evaluation.accuracy import evaluate
+    from components.generation import workers
+
+    pools, init = [], workers.WorkerPool.__init__
+
+    def recorded(self, *args, **kwargs):
+        pools.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(workers.WorkerPool, "__init__", recorded)
+    rows = [{"prompt": "1+2", "answer": 3}]
+    with pytest.raises(ValueError, match="unknown reward 'no-such-check'") as raised:
+        evaluate(model, tok, rows, max_new_tokens=4, rollout=RolloutConfig(workers=2), correctness="no-such-check")
+    assert raised.traceback and len(pools) == 1
+    assert all(h.proc.poll() is not None for h in pools[0].helpers), "the helper outlived evaluate"
+
+
+def test_owned_closes_the_engine_it_made_and_not_one_passed_in(model, tok):
+    from components.generation import owned
+
+    engine = TransformersEngine(model, tok, workers=2)
+    with owned(engine, lambda: pytest.fail("made an engine although one was passed")) as e:
+        assert e is engine
+    assert all(h.proc.poll() is None for h in engine._pool.helpers), "a passed-in engine was closed"
+    with owned(None, lambda: engine) as e:
+        pass
+    assert all(h.proc.poll() is not None for h in engine._pool.helpers)
