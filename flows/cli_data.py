@@ -33,9 +33,9 @@ def data_generate(recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] 
 
         cfg = load(recipe, set_)
         counts = build(cfg.data, root / cfg.data.dir)
-        dvc(root, "add", "-q", cfg.data.dir)
+        dvc(root, "add", cfg.data.dir)
         if push:
-            dvc(root, "push", "-q", f"{cfg.data.dir}.dvc")
+            dvc(root, "push", f"{cfg.data.dir}.dvc")
         typer.echo(json.dumps({"md5": read_dvc_file(root, cfg.data.dir)[1], "rows": counts}, indent=2))
     except USER_ERRORS as e:
         fail(e)
@@ -54,15 +54,15 @@ def data_ensure(recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] = 
         target = root / folder
         if not target.exists():
             with contextlib.suppress(DataVersionError):
-                dvc(root, "pull", "-q", f"{folder}.dvc")
+                dvc(root, "pull", f"{folder}.dvc")
         if not target.exists():
             _rebuild(cfg, target, wanted, recipe or Path("configs/default.yaml"))
         elif dir_md5(target) != wanted:
             raise DataVersionError(f"{target}: differs from {folder}.dvc; run `dvc add {folder}` to record it as a "
                                    f"new version, or `dvc checkout {folder}.dvc` to restore the recorded one")
-        dvc(root, "add", "-q", folder)  # fills the DVC cache; the .dvc file keeps its md5
+        dvc(root, "add", folder)  # fills the DVC cache; the .dvc file keeps its md5
         with contextlib.suppress(DataVersionError):
-            dvc(root, "push", "-q", f"{folder}.dvc")
+            dvc(root, "push", f"{folder}.dvc")
         ref = data_version(root, folder)
         typer.echo(f"data version {ref.md5} ({len(ref.files)} files in {folder}/)")
     except USER_ERRORS as e:
@@ -119,7 +119,7 @@ def _dvc_transfer(verb: str, recipe: Optional[Path]) -> None:
         from tasks.versioning import data_version, dvc
 
         folder = load(recipe, []).data.dir
-        dvc(root, verb, "-q", f"{folder}.dvc")
+        dvc(root, verb, f"{folder}.dvc")
         ref = data_version(root, folder)
         typer.echo(f"{verb}ed data version {ref.md5} ({folder}/)")
     except USER_ERRORS as e:

@@ -95,7 +95,7 @@ def data_version(root: Path, folder: str = "data") -> DataRef:
     folder = root / out
     if not folder.is_dir():
         try:
-            dvc(root, "pull", "-q", f"{out}.dvc")
+            dvc(root, "pull", f"{out}.dvc")
         except DataVersionError as e:
             raise DataVersionError(f"{folder}: missing and not on the DVC remote; `r1flow data ensure RECIPE` "
                                    f"rebuilds it ({e})") from None
@@ -111,7 +111,7 @@ def data_version(root: Path, folder: str = "data") -> DataRef:
 
 
 def dvc(root: Path, *args: str) -> str:
-    """Run a DVC command in `root`; raise with DVC's own message on failure."""
+    """Run a DVC command in `root`; raise with DVC's own message on failure (so never `-q`: it silences errors too)."""
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
     if proc.returncode:
         raise DataVersionError(f"`dvc {' '.join(args)}` failed: {(proc.stderr or proc.stdout).strip()}")

@@ -83,3 +83,10 @@ def test_ensure_never_overwrites_edited_data(clone):
 def test_a_recipe_without_its_dvc_file_names_the_command(clone):
     result = runner.invoke(app, ["data", "ensure", "configs/tiny.yaml", "--set", "data.dir=data-mine"])
     assert result.exit_code == 2 and "data-mine.dvc: not found; run `r1flow data generate`" in result.output
+
+
+def test_a_dvc_failure_is_reported_with_dvcs_own_message(clone):
+    (clone / ".gitignore").write_text("/data-mine.dvc\n")  # DVC refuses a .dvc file that git ignores
+    result = runner.invoke(app, ["data", "generate", "configs/tiny.yaml", "--set", "data.dir=data-mine", "--no-push"])
+    assert result.exit_code == 2, result.output
+    assert "`dvc add data-mine` failed: ERROR: bad DVC file name 'data-mine.dvc' is git-ignored" in result.output
