@@ -38,12 +38,13 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(f): (folder / f).read_bytes() for f in files if f.parts[0] not in (".git", ".dvc")}
 
 
-def test_the_generator_reproduces_the_committed_tiny_version(tmp_path):
+@pytest.mark.parametrize("recipe, folder", [("tiny", "data-tiny"), ("accurate", "data-weighted")])
+def test_the_generator_reproduces_a_committed_data_version(tmp_path, recipe, folder):
     from components.data.curate import build
     from tasks.recipe import load_recipe
 
-    build(load_recipe(REPO / "configs/tiny.yaml").data, tmp_path / "data-tiny")
-    assert dir_md5(tmp_path / "data-tiny") == read_dvc_file(REPO, "data-tiny")[1]  # what `dvc add` records
+    build(load_recipe(REPO / f"configs/{recipe}.yaml").data, tmp_path / folder)
+    assert dir_md5(tmp_path / folder) == read_dvc_file(REPO, folder)[1]  # what `dvc add` records
 
 
 def test_ensure_on_a_fresh_clone_rebuilds_the_tiny_data_without_changing_any_version(clone):
