@@ -10,6 +10,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 
 from components.algorithms.metrics import accuracy_with_ci
+from components.config import RolloutConfig
 from components.data.prompts import render_prompt
 from components.generation import SamplingParams, make_engine
 from components.rewards import get_reward
@@ -31,10 +32,9 @@ def evaluate(model, tokenizer, rows: list[dict], *, max_new_tokens: int, batch_s
     """
     if not rows:
         raise ValueError("evaluation set is empty")
-    backend, kwargs = (rollout.backend, rollout.engine_kwargs()) if rollout is not None else \
-        ("transformers", {"batch_size": batch_size})
+    rollout_cfg = rollout or RolloutConfig(batch_size=batch_size)
     prompts = [render_prompt(tokenizer, r["prompt"], system_prompt) for r in rows]
-    with closing(make_engine(backend, model, tokenizer, **kwargs)) as engine:
+    with closing(make_engine(rollout_cfg.backend, model, tokenizer, **rollout_cfg.engine_kwargs())) as engine:
         rollout = engine.generate(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens),
                                   progress=progress)
     answers = [r["answer"] for r in rows]

@@ -10,6 +10,7 @@ from collections import defaultdict
 from contextlib import closing
 
 from components.algorithms.metrics import accuracy_with_ci
+from components.config import RolloutConfig
 from components.data import house_rules as hr
 from components.data.prompts import render_prompt
 from components.generation import SamplingParams, make_engine
@@ -40,10 +41,9 @@ def evaluate_preference(model, tokenizer, rows: list[dict], *, max_new_tokens: i
     """(metrics, table) of greedy replies to `rows` ({"prompt", optional "kind"})."""
     if not rows:
         raise ValueError("preference evaluation set is empty")
-    kwargs = rollout.engine_kwargs() if rollout is not None else {"batch_size": 128}
+    rollout_cfg = rollout or RolloutConfig(batch_size=128)
     prompts = [r["prompt"] for r in rows]
-    with closing(make_engine(rollout.backend if rollout is not None else "transformers", model, tokenizer,
-                             **kwargs)) as engine:
+    with closing(make_engine(rollout_cfg.backend, model, tokenizer, **rollout_cfg.engine_kwargs())) as engine:
         out = engine.generate([render_prompt(tokenizer, p, system_prompt) for p in prompts],
                               SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens), progress=progress)
     metrics = preference_metrics(prompts, out.texts, [r.get("kind") for r in rows])

@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass
 
 from components.data.prompts import render_prompt
-from components.generation import SamplingParams, make_engine
+from components.generation import SamplingParams, make_engine, owned
 
 
 @dataclass
@@ -40,12 +40,12 @@ def generation_speed(model, tokenizer, prompts: list[str], *, max_new_tokens: in
         raise ValueError("generation_speed: prompts is empty")
     if repeats < 1 or warmup < 0:
         raise ValueError(f"generation_speed: need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
-    engine = engine or make_engine("transformers", model, tokenizer, batch_size=batch_size)
     texts = [render_prompt(tokenizer, p, system_prompt) for p in prompts]
     params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    for _ in range(warmup):
-        engine.generate(texts, params)
-    rollouts = [engine.generate(texts, params) for _ in range(repeats)]
+    with owned(engine, lambda: make_engine("transformers", model, tokenizer, batch_size=batch_size)) as engine:
+        for _ in range(warmup):
+            engine.generate(texts, params)
+        rollouts = [engine.generate(texts, params) for _ in range(repeats)]
     return SpeedResult(
         tokens_per_s=statistics.median(r.tokens_per_s() for r in rollouts),
         runs=[r.tokens_per_s() for r in rollouts],

@@ -58,7 +58,6 @@ import dataclasses
 import hashlib
 import json
 import time
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -67,7 +66,7 @@ import torch
 
 from components.algorithms import get_advantage_estimator, get_policy_loss, masked_mean, zero_variance_groups
 from components.data.prompts import render_prompt
-from components.generation import SamplingParams, make_engine
+from components.generation import SamplingParams, make_engine, owned
 from components.io import write_json
 from components.rewards import RewardCombiner, RewardFn, RewardResult, RewardSpec
 from components.seeds import derive_seed
@@ -95,30 +94,29 @@ def run_grpo(policy, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log:
     """
     if not rows:
         raise ValueError("GRPO needs at least one prompt row")
-    if engine is None:  # the engine this run makes, it closes (rollout helper processes stop with it)
-        with closing(make_rollout_engine(cfg.rollout, policy, tokenizer, cfg.prompts_per_step * cfg.group_size)) as own:
-            return run_grpo(policy, tokenizer, rows, cfg, ckpt_dir, seed, log, reference, own, table, progress,
-                            stop_after, extra_rewards)
-    ckpt_dir = Path(ckpt_dir)
-    combiner = RewardCombiner([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in cfg.rewards],
-                              cfg.reward_timeout_s, extra=extra_rewards)
-    prompt_ids = encode_prompts(tokenizer, rows, cfg.system_prompt)
-    reference = frozen_reference(policy, reference, cfg.beta)  # before resuming: the initial policy
-    selected = (select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir, log, progress)
-                if cfg.pass_rate_band else list(range(len(rows))))
-    pool = PromptPool(selected, seed, keep_at_least=cfg.prompts_per_step)
+    rows_per_call = cfg.prompts_per_step * cfg.group_size
+    # an engine passed in stays open; the one made here is closed at the end (its helper processes stop)
+    with owned(engine, lambda: make_rollout_engine(cfg.rollout, policy, tokenizer, rows_per_call)) as engine:
+        ckpt_dir = Path(ckpt_dir)
+        combiner = RewardCombiner([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in cfg.rewards],
+                                  cfg.reward_timeout_s, extra=extra_rewards)
+        prompt_ids = encode_prompts(tokenizer, rows, cfg.system_prompt)
+        reference = frozen_reference(policy, reference, cfg.beta)  # before resuming: the initial policy
+        selected = (select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir, log, progress)
+                    if cfg.pass_rate_band else list(range(len(rows))))
+        pool = PromptPool(selected, seed, keep_at_least=cfg.prompts_per_step)
 
-    trainer = Trainer({"policy": policy}, cfg, ckpt_dir, log=log, progress=progress, require_update=True,
-                      what="GRPO", state={"prompt_pool": pool})
+        trainer = Trainer({"policy": policy}, cfg, ckpt_dir, log=log, progress=progress, require_update=True,
+                          what="GRPO", state={"prompt_pool": pool})
 
-    def iteration(it: int) -> dict:
-        metrics, samples = grpo_iteration(it, trainer, policy, reference, engine, combiner, rows, prompt_ids,
-                                          pool, cfg, seed, tokenizer.pad_token_id)
-        if table is not None and (it % cfg.table_every == 0 or it == cfg.steps):
-            table(samples, it)
-        return metrics
+        def iteration(it: int) -> dict:
+            metrics, samples = grpo_iteration(it, trainer, policy, reference, engine, combiner, rows, prompt_ids,
+                                              pool, cfg, seed, tokenizer.pad_token_id)
+            if table is not None and (it % cfg.table_every == 0 or it == cfg.steps):
+                table(samples, it)
+            return metrics
 
-    result = trainer.run(iteration, stop_after=stop_after, after_resume=lambda: engine.update_weights(policy))
+        result = trainer.run(iteration, stop_after=stop_after, after_resume=lambda: engine.update_weights(policy))
     return GRPOResult(**vars(result), prompts=len(selected))
 
 
