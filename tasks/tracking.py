@@ -4,7 +4,9 @@ Stages receive only a `log(metrics, step)` callable; everything MLflow-specific 
 Every run records the process that owns it (`r1flow.host`, `r1flow.pid`, `r1flow.pid_started`),
 so a run left RUNNING by a process that was killed (`kill -9`, a lost machine) is found and
 marked KILLED by the next pipeline that starts (`reap_orphaned_runs`). A run that ends with an
-exception is FAILED and carries the error in the tag `r1flow.error`.
+exception is FAILED and carries the error in the tag `r1flow.error`. Ctrl-C and SIGTERM wait
+for the tracking write in progress (`signals_held`): one cut mid-transaction would leave the
+SQLite store locked for the writes that record the interruption.
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import functools
 import json
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -60,26 +64,57 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def signals_held(note: str | None = None) -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver the first that came; `note` is
+    printed when one is held (for a block that may take a while). Python runs signal handlers
+    in the main thread only, so elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum, frame) -> None:
+        if note and not held:
+            os.write(2, f"r1flow: {note}\n".encode())
+        held.append(signum)
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if callable(signal.getsignal(sig)):  # a Python handler (not SIG_DFL/SIG_IGN, not one set from C)
+            previous[sig] = signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if held:
+            signal.raise_signal(held[0])
+
+
+@contextlib.contextmanager
 def run(name: str, experiment: str, *, parent_run_id: str | None = None, params: dict | None = None,
         tags: dict | None = None) -> Iterator[str]:
     """Start (nested under `parent_run_id` if given) an MLflow run; yields its id. An exception
     ends it FAILED with the error as the tag `r1flow.error` (KILLED for Ctrl-C and SIGTERM)."""
     tags = {**owner_tags(), **{k: str(v) for k, v in (tags or {}).items()}}
-    r = mlflow.start_run(run_name=name, experiment_id=experiment_id(experiment), nested=parent_run_id is not None,
-                         parent_run_id=parent_run_id, tags=tags)
-    try:
+    with signals_held():
+        r = mlflow.start_run(run_name=name, experiment_id=experiment_id(experiment),
+                             nested=parent_run_id is not None, parent_run_id=parent_run_id, tags=tags)
         if params:
             mlflow.log_params(flatten(params))
+    try:
         yield r.info.run_id
     except BaseException as e:
         from prefect.exceptions import TerminationSignal  # here: importing Prefect reads PREFECT_API_URL
 
-        MlflowClient().set_tag(r.info.run_id, ERROR_TAG, f"{type(e).__name__}: {e}"[:4000])
-        while (active := mlflow.active_run()) is not None and active.info.run_id != r.info.run_id:
-            mlflow.end_run("FAILED")  # a run the stage left open
-        mlflow.end_run("KILLED" if isinstance(e, (KeyboardInterrupt, TerminationSignal)) else "FAILED")
+        with signals_held():
+            MlflowClient().set_tag(r.info.run_id, ERROR_TAG, f"{type(e).__name__}: {e}"[:4000])
+            while (active := mlflow.active_run()) is not None and active.info.run_id != r.info.run_id:
+                mlflow.end_run("FAILED")  # a run the stage left open
+            mlflow.end_run("KILLED" if isinstance(e, (KeyboardInterrupt, TerminationSignal)) else "FAILED")
         raise
-    mlflow.end_run("FINISHED")
+    with signals_held():
+        mlflow.end_run("FINISHED")
 
 
 def _owner_gone(tags: dict) -> bool:
@@ -124,13 +159,18 @@ def seconds_spent() -> float:
     return _SPENT[0]
 
 
-def _timed(fn):
-    """Count `fn`'s wall time into `seconds_spent()` (how a stage's compute is told from its tracking)."""
+def _timed(fn=None, *, note: str | None = None):
+    """Count `fn`'s wall time into `seconds_spent()` (how a stage's compute is told from its
+    tracking), holding Ctrl-C and SIGTERM until the write is done."""
+    if fn is None:
+        return functools.partial(_timed, note=note)
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         t0 = time.perf_counter()
         try:
-            return fn(*args, **kwargs)
+            with signals_held(note):
+                return fn(*args, **kwargs)
         finally:
             _SPENT[0] += time.perf_counter() - t0
 
@@ -158,7 +198,7 @@ FLAVOR_TASKS = {"causal_lm": "text-generation", "sequence_classifier": "text-cla
                 "token_classifier": "token-classification"}
 
 
-@_timed
+@_timed(note="stopping once the model being logged to MLflow is written")
 def log_model(model, tokenizer, registered_name: str, alias: str, kind: str = "causal_lm",
               license: str = "apache-2.0") -> str:
     """Log a model as an MLflow transformers model, register it, alias the version with the stage."""
