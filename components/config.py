@@ -12,6 +12,7 @@ never silently ignored.
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -333,12 +334,28 @@ def apply_override(tree: dict, assignment: str) -> None:
     node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
 
 
-def format_validation_error(source: str, err: ValidationError) -> str:
+def format_validation_error(source: str, err: ValidationError, cls: type[BaseModel] | None = None) -> str:
+    """One line per error, naming the file and the dotted field path; an unknown field of `cls`
+    (or of a section inside it) gets the closest known name as a suggestion."""
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "<recipe>"
-        lines.append(f"{source}: {where}: {e['msg']}")
+        hint = ""
+        if e["type"] == "extra_forbidden" and cls is not None:
+            close = difflib.get_close_matches(str(e["loc"][-1]), _field_names(cls, e["loc"][:-1]), n=1)
+            hint = f" (did you mean {'.'.join([*map(str, e['loc'][:-1]), close[0]])}?)" if close else ""
+        lines.append(f"{source}: {where}: {e['msg']}{hint}")
     return "\n".join(lines)
+
+
+def _field_names(cls: type[BaseModel], path: tuple) -> list[str]:
+    """The field names of the section at `path` inside `cls` ([] where the path leaves the models)."""
+    for key in path:
+        field = cls.model_fields.get(str(key))
+        cls = field.annotation if field is not None else None
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return []
+    return list(cls.model_fields)
 
 
 def load_tree(path: str | Path | None = None, overrides: list[str] | None = None) -> tuple[dict[str, Any], str]:
@@ -357,7 +374,9 @@ def _read_recipe(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         tree = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         where = f" (extended by {chain[-1]})" if chain else ""
-        raise RecipeError(f"{source}: recipe file not found{where}") from None
+        near = difflib.get_close_matches(path.name, [p.name for p in path.parent.glob("*.y*ml")], n=1)
+        hint = f"; did you mean {path.with_name(near[0])}?" if near else ""
+        raise RecipeError(f"{source}: recipe file not found{where}{hint}") from None
     except yaml.YAMLError as e:
         raise RecipeError(f"{source}: invalid YAML: {e}") from None
     if not isinstance(tree, dict):
@@ -386,4 +405,4 @@ def validate(cls: type[BaseModel], tree: dict, source: str):
     try:
         return cls.model_validate(tree)
     except ValidationError as e:
-        raise RecipeError(format_validation_error(source, e)) from None
+        raise RecipeError(format_validation_error(source, e, cls)) from None

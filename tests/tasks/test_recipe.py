@@ -27,7 +27,12 @@ def test_overrides_are_typed_and_nested():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("cold_start.lrr=1", "cold_start.lrr: Extra inputs are not permitted"),
+    ("cold_start.lrr=1", "cold_start.lrr: Extra inputs are not permitted (did you mean cold_start.lr?)"),
+    ("sft.stpes=3", "sft.stpes: Extra inputs are not permitted (did you mean sft.steps?)"),
+    ("model.arch.hiden_size=64", "model.arch.hiden_size: Extra inputs are not permitted (did you mean "
+     "model.arch.hidden_size?)"),
+    ("reasoning_rl.rollout.batchsize=8", "(did you mean reasoning_rl.rollout.batch_size?)"),
+    ("reasonng_rl.steps=3", "reasonng_rl: Extra inputs are not permitted (did you mean reasoning_rl?)"),
     ("cold_start.lr=abc", "cold_start.lr: Input should be a valid number"),
     ("cold_start.lr=-1", "cold_start.lr: Input should be greater than 0"),
     ("cold_start.finetune=half", "cold_start.finetune: Input should be 'full', 'lora' or 'qlora'"),
@@ -49,8 +54,11 @@ def test_invalid_values_name_file_and_dotted_field(override, message):
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(RecipeError, match="recipe file not found"):
+    with pytest.raises(RecipeError, match="recipe file not found$"):
         load_recipe(tmp_path / "nope.yaml")
+    (tmp_path / "default.yaml").write_text("run: {name: x}\n")
+    with pytest.raises(RecipeError, match=f"defualt.yaml: recipe file not found; did you mean {tmp_path}/default.yaml"):
+        load_recipe(tmp_path / "defualt.yaml")
     (tmp_path / "bad.yaml").write_text("run: [unclosed")
     with pytest.raises(RecipeError, match="invalid YAML"):
         load_recipe(tmp_path / "bad.yaml")
