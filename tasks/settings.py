@@ -9,6 +9,7 @@ everything lives under the project folder: Prefect's home and results in `.r1flo
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 
@@ -43,6 +44,8 @@ def configure(root: Path | None = None) -> Path:
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    if not sys.stderr.isatty():  # MLflow's "Downloading artifacts" bar, in a log file: a line of carriage returns
+        defaults["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     if not remote:  # a tracking server stores artifacts where it was told to (its --artifacts-destination)
         defaults["R1FLOW_ARTIFACT_ROOT"] = (root / "mlruns").as_uri()
     for key, value in defaults.items():
