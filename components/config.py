@@ -334,14 +334,14 @@ def apply_override(tree: dict, assignment: str) -> None:
     node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
 
 
-def format_validation_error(source: str, err: ValidationError, cls: type[BaseModel] | None = None) -> str:
+def format_validation_error(source: str, err: ValidationError, cls: type[BaseModel]) -> str:
     """One line per error, naming the file and the dotted field path; an unknown field of `cls`
     (or of a section inside it) gets the closest known name as a suggestion."""
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "<recipe>"
         hint = ""
-        if e["type"] == "extra_forbidden" and cls is not None:
+        if e["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(e["loc"][-1]), _field_names(cls, e["loc"][:-1]), n=1)
             hint = f" (did you mean {'.'.join([*map(str, e['loc'][:-1]), close[0]])}?)" if close else ""
         lines.append(f"{source}: {where}: {e['msg']}{hint}")
