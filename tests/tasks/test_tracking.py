@@ -12,6 +12,15 @@ from mlflow.tracking import MlflowClient
 from tasks import tracking
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Ctrl-C as an interactive Python process has it: a shell starts a background job (`make
+    test &`, nohup) with SIGINT ignored, and Python then installs no handler of its own."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _interrupt_midway(monkeypatch, method: str, sig: int) -> list[str]:
     """Make `MlflowClient.<method>` receive `sig` halfway through: the signal arrives, then the
     real write runs (where an undeferred handler would already have cut it off)."""
