@@ -7,11 +7,11 @@ Run by hand once the default recipe has run (not a test):
 
 Both sides start from the checkpoint the default recipe's `sft` stage produced, train on the same
 prompts (data/rl_prompts.jsonl, the first 4,000) with GRPO settings both have (those of the
-default recipe until 2026-12-05: 64 prompts a step at a constant rate with beta 0.02; the
-recipe now takes 32 with a cosine decay over its 300 iterations, which a wall-clock budget has no
+default recipe until 2026-12-05: 64 prompts a step at a constant rate with beta 0.02; the recipe
+now takes 32 with a cosine decay over its 300 iterations, which a wall-clock budget has no
 iteration count for, and no KL term), for the same wall-clock budget of training, one after the
-other in one process. At every --eval-every seconds of training time the policy is scored greedily on the same held-out
-problems (data/eval.jsonl, 1,000) by the same evaluator
+other in one process. At every --eval-every seconds of training time the policy is scored greedily
+on the same held-out problems (data/eval.jsonl, 1,000) by the same evaluator
 (`components.evaluation.accuracy.evaluate`); evaluation time is not training time (the clock is
 paused). Reported: the accuracy-versus-training-time curve of both (table + PNG) and the share of
 TRL's budget r1flow needs to reach TRL's final accuracy (target <= 0.5).
