@@ -10,6 +10,8 @@ overrides them as `r1flow run` does) and data (`data.dir`):
                     `base.max_length` tokens): forward, backward, AdamW (the base stage's step);
   rollout           `prompts_per_step` RL prompts x `group_size` samples through the stage's
                     rollout engine (one GRPO iteration's sampling);
+  reward scoring    those samples scored with the recipe's rewards (`reasoning_rl.rewards`), and
+                    its share of the rollout's time: the most that scoring beside sampling could save;
   GRPO pass         `minibatch_size` of those rows as one training minibatch: the frozen
                     reference's no-grad forward (beta > 0), then the stage's loss, forward and
                     backward (components/training/grpo.py).
@@ -66,7 +68,7 @@ def measure(name: str, fn, repeats: int, k: int) -> dict:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     ops = top_ops(prof, k)
-    print(f"\n{name}: median {1000 * statistics.median(times):.0f} ms over {repeats} runs")
+    print(f"\n{name}: median {1000 * statistics.median(times):.3g} ms over {repeats} runs")
     for op, ms, share in ops:
         print(f"  {share:6.1%}  {ms:8.1f} ms  {op}")
     return {"median_s": statistics.median(times), "ops": ops}
@@ -97,8 +99,9 @@ def main(argv=None) -> dict:
 
     from components.data.loaders import DataError, load_records
     from components.modeling.models import ModelLoadError, load_model, load_tokenizer
+    from components.rewards import RewardCombiner, RewardSpec
     from components.training.grpo import (encode_prompts, make_rollout_engine, minibatch_loss, reference_logprobs,
-                                          sampling_params)
+                                          sampling_params, score)
     from components.training.rollout_batch import RolloutBatch
     from components.training.sft import encode, pack
 
@@ -131,6 +134,13 @@ def main(argv=None) -> dict:
     rollout = engine.generate(ids, params)
     print(f"  ({rollout.num_generated_tokens} tokens sampled per rollout)")
 
+    combiner = RewardCombiner([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in rl.rewards], rl.reward_timeout_s)
+    out["score"] = measure(f"reward scoring ({len(rollout)} samples: {', '.join(combiner.names)})",
+                           lambda: score(combiner, rollout, prompts), a.repeats, a.top)
+    out["score"]["share_of_rollout"] = out["score"]["median_s"] / out["rollout"]["median_s"]
+    print(f"  ({out['score']['share_of_rollout']:.1%} of the rollout's time: the most that scoring beside "
+          "sampling could save)")
+
     rows = list(range(min(rl.minibatch_size, len(rollout.completion_ids))))
     mb = RolloutBatch.from_rollout(rollout, rows, torch.linspace(-1, 1, len(rows)), tok.pad_token_id, model.device)
     reference = copy.deepcopy(model).requires_grad_(False).eval()
@@ -143,7 +153,8 @@ def main(argv=None) -> dict:
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    out["grpo"] = measure("GRPO pass (reference forward, policy forward + backward)", grpo_pass, a.repeats, a.top)
+    what = "the reference's no-grad forward, then " if rl.beta > 0 else ""
+    out["grpo"] = measure(f"GRPO pass ({what}the policy's forward + backward)", grpo_pass, a.repeats, a.top)
 
     if a.compile:
         import torch._inductor.config

@@ -84,6 +84,9 @@ def test_profile_loops_times_and_ranks_the_operators_of_each_hot_loop(tmp_path, 
         assert [ms for _, ms, _ in ops] == sorted((ms for _, ms, _ in ops), reverse=True)
         assert 0 < sum(share for _, _, share in ops) <= 1 + 1e-9
     assert "aten::mm" in {op for op, _, _ in out["grpo"]["ops"]}  # a training pass is matrix products first
+    # reward scoring: the recipe's rewards over the rollout's samples, as a share of the rollout's time
+    assert "reward scoring (16 samples: exact_int, format)" in printed  # 2 prompts x the recipe's G = 8
+    assert out["score"]["share_of_rollout"] == out["score"]["median_s"] / out["rollout"]["median_s"] > 0
     # wrong inputs: one line naming what is wrong
     with pytest.raises(SystemExit, match="nowhere"):
         bench.main([str(tmp_path / "nowhere"), *small])
