@@ -14,6 +14,7 @@ import time
 
 LOGGER = logging.getLogger("r1flow")
 LINE_EVERY_S = 60.0
+POSTFIX_EVERY_S = 0.5  # the bar's metrics: reading them waits for a GPU's queued work, so not every step
 # metrics worth a glance, in the order they are shown
 KEY_METRICS = ("loss", "reward/mean", "accuracy", "kl", "tok/s", "tokens_per_s")
 
@@ -82,19 +83,23 @@ class StageReporter:
         self.bar = None
         self.phase = None
         self.started = self.last_line = time.monotonic()
+        self.last_postfix = float("-inf")
         self.next_fraction = 0.1
 
     def progress(self, step: int, total: int, metrics: dict, phase: str = "train") -> None:
         if phase != self.phase:
             self._new_phase(phase, total)
+        now = time.monotonic()
         if self.bar is not None:
             self.bar.total = total
             self.bar.update(step - self.bar.n)
-            text = brief(metrics)
-            if text:
-                self.bar.set_postfix_str(text, refresh=False)
+            if now - self.last_postfix >= POSTFIX_EVERY_S or step == total:
+                self.last_postfix = now
+                text = brief(metrics)
+                if text:
+                    self.bar.set_postfix_str(text, refresh=False)
             return
-        now, fraction = time.monotonic(), step / max(total, 1)
+        fraction = step / max(total, 1)
         if fraction >= self.next_fraction or now - self.last_line >= LINE_EVERY_S or step == total:
             self.last_line, self.next_fraction = now, fraction + 0.1
             eta = (now - self.started) * (total - step) / max(step, 1)

@@ -86,6 +86,7 @@ def teacher_logits(teacher, batch: dict) -> torch.Tensor:
 
 def distill_batch_loss(student, teacher, batch: dict, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
     """`distill_objective` of the student on one collated batch (input_ids, attention_mask, loss_mask)."""
+    tokens = float(batch["loss_mask"][:, 1:].sum())  # counted before the batch moves: no wait on a GPU
     batch = {k: v.to(student.device) for k, v in batch.items()}
     logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     t_logits = teacher_logits(teacher, batch)[:, :-1] if cfg.kd_weight > 0 else None
@@ -93,7 +94,7 @@ def distill_batch_loss(student, teacher, batch: dict, cfg: DistillConfig) -> tup
         logits[:, :-1], t_logits, batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:], sft_weight=cfg.sft_weight,
         kd_weight=cfg.kd_weight, divergence=cfg.divergence, beta=cfg.beta, temperature=cfg.kd_temperature,
         loss_agg=cfg.loss_agg)
-    return loss, {**parts, "tokens": float(batch["loss_mask"][:, 1:].sum())}
+    return loss, {**parts, "tokens": tokens}
 
 
 def encode_rows(tokenizer, rows: list[dict], max_length: int) -> list[tuple[list[int], list[int]]]:

@@ -120,11 +120,12 @@ def make_batch_fn(encoded: list, batch_size: int, grad_accum: int, seed: int, pa
 
 def sft_loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict]:
     """Token-mean NLL of a padded (attention_mask) or packed (position_ids) batch."""
+    tokens = float(batch["loss_mask"][:, 1:].sum())  # counted before the batch moves: no wait on a GPU
     batch = {k: v.to(model.device) for k, v in batch.items()}
     layout = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
     logits = model(input_ids=batch["input_ids"], use_cache=False, **layout).logits
     loss = sft_loss(logits[:, :-1], batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:])
-    return loss, {"tokens": float(batch["loss_mask"][:, 1:].sum())}
+    return loss, {"tokens": tokens}
 
 
 def run_sft(model, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log: Log = no_log,

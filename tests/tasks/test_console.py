@@ -71,3 +71,34 @@ def test_lines_reach_the_terminal_handler(capsys):
     record.console = False
     handler.emit(record)
     assert capsys.readouterr().err.count("hello") == 1
+
+
+def test_the_bar_reads_metrics_at_most_every_half_second(monkeypatch):
+    """Reading a metric (a tensor on a GPU) waits for the queued work: the bar does it twice a
+    second at most, and at the last step, not at every step."""
+    class Counted:
+        reads = 0
+
+        def __float__(self):
+            Counted.reads += 1
+            return 0.5
+
+    class Bar:
+        n, total, postfix = 0, 0, None
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix_str(self, text, refresh):
+            self.postfix = text
+
+    clock = iter(float(t) for t in range(10_000))  # 1 s per call to the clock
+    reporter = console.StageReporter("base")
+    reporter.phase, reporter.bar = "train", Bar()
+    monkeypatch.setattr(console.time, "monotonic", lambda: 0.0)
+    for step in range(1, 100):
+        reporter.progress(step, 100, {"loss": Counted()})
+    assert Counted.reads == 1 and reporter.bar.n == 99  # the first step; then the clock stood still
+    monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))
+    reporter.progress(100, 100, {"loss": Counted()})
+    assert Counted.reads == 2 and reporter.bar.postfix == "loss 0.5"
