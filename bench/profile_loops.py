@@ -99,7 +99,7 @@ def main(argv=None) -> dict:
 
     from components.data.loaders import DataError, load_records
     from components.modeling.models import ModelLoadError, load_model, load_tokenizer
-    from components.rewards import RewardCombiner, RewardSpec
+    from components.rewards import RewardCombiner
     from components.training.grpo import (encode_prompts, make_rollout_engine, minibatch_loss, reference_logprobs,
                                           sampling_params, score)
     from components.training.rollout_batch import RolloutBatch
@@ -134,7 +134,7 @@ def main(argv=None) -> dict:
     rollout = engine.generate(ids, params)
     print(f"  ({rollout.num_generated_tokens} tokens sampled per rollout)")
 
-    combiner = RewardCombiner([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in rl.rewards], rl.reward_timeout_s)
+    combiner = RewardCombiner.of(rl.rewards, rl.reward_timeout_s)
     out["score"] = measure(f"reward scoring ({len(rollout)} samples: {', '.join(combiner.names)})",
                            lambda: score(combiner, rollout, prompts), a.repeats, a.top)
     out["score"]["share_of_rollout"] = out["score"]["median_s"] / out["rollout"]["median_s"]

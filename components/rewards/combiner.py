@@ -156,6 +156,12 @@ class RewardCombiner:
             self.specs.append(RewardSpec(spec.name, weight, kwargs))
             self._fns.append(fn)
 
+    @classmethod
+    def of(cls, items, timeout_s: float = 5.0, extra: Mapping[str, RewardFn] | None = None) -> "RewardCombiner":
+        """The combiner of a recipe's reward list (items with ``name``, ``weight`` and ``kwargs``,
+        e.g. `components.config.RewardItem`)."""
+        return cls([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in items], timeout_s, extra=extra)
+
     @staticmethod
     def _check_kwargs(name: str, fn: RewardFn, kwargs: dict) -> None:
         """Bound kwargs must name explicit parameters, so a typo fails here, not silently."""

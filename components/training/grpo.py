@@ -68,7 +68,7 @@ from components.algorithms import get_advantage_estimator, get_policy_loss, mask
 from components.data.prompts import render_prompt
 from components.generation import SamplingParams, make_engine, owned
 from components.io import write_json
-from components.rewards import RewardCombiner, RewardFn, RewardResult, RewardSpec
+from components.rewards import RewardCombiner, RewardFn, RewardResult
 from components.seeds import derive_seed
 from components.training.loop import Log, LoopResult, Progress, Trainer, no_log, no_progress
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs
@@ -98,8 +98,7 @@ def run_grpo(policy, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log:
     # an engine passed in stays open; the one made here is closed at the end (its helper processes stop)
     with owned(engine, lambda: make_rollout_engine(cfg.rollout, policy, tokenizer, rows_per_call)) as engine:
         ckpt_dir = Path(ckpt_dir)
-        combiner = RewardCombiner([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in cfg.rewards],
-                                  cfg.reward_timeout_s, extra=extra_rewards)
+        combiner = RewardCombiner.of(cfg.rewards, cfg.reward_timeout_s, extra=extra_rewards)
         prompt_ids = encode_prompts(tokenizer, rows, cfg.system_prompt)
         reference = frozen_reference(policy, reference, cfg.beta)  # before resuming: the initial policy
         selected = (select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir, log, progress)

@@ -16,7 +16,7 @@ from typing import Callable
 
 from components.config import RewardItem
 from components.generation import Rollout, SamplingParams
-from components.rewards import RewardCombiner, RewardFn, RewardResult, RewardSpec
+from components.rewards import RewardCombiner, RewardFn, RewardResult
 from components.seeds import derive_seed
 from components.training.alignment.base import check_rows
 from components.training.configs import REWARD_MODEL
@@ -43,7 +43,7 @@ def make_combiner(rewards: list[RewardItem], timeout_s: float, reward_fn: Reward
         raise ValueError(f"{what}: a reward_fn was given but rewards do not name '{REWARD_MODEL}' "
                          f"(rewards: {sorted(named)})")
     extra = {REWARD_MODEL: reward_model_reward(reward_fn)} if reward_fn is not None else None
-    return RewardCombiner([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in rewards], timeout_s, extra=extra)
+    return RewardCombiner.of(rewards, timeout_s, extra=extra)
 
 
 @dataclass

@@ -365,6 +365,16 @@ def test_per_sample_fallback_slices_columns_and_keeps_bound_kwargs(monkeypatch):
     assert res.failures == {"echo": 0}
 
 
+def test_a_recipes_reward_items_build_the_same_combiner():
+    from components.config import RewardItem
+
+    items = [RewardItem(name="exact_int", weight=1.0), RewardItem(name="format", weight=0.2)]
+    comb = RewardCombiner.of(items, timeout_s=2.0)
+    assert comb.specs == [RewardSpec("exact_int", 1.0, {}), RewardSpec("format", 0.2, {})] and comb.timeout_s == 2.0
+    with pytest.raises(ValueError, match="unknown reward 'exact_intt'"):
+        RewardCombiner.of([RewardItem(name="exact_intt")])
+
+
 def test_reward_sleeping_past_timeout(monkeypatch, release):
     def slow_on_one(completions, **_):
         if "slow" in completions:
