@@ -4,8 +4,8 @@ Checks the claims the README makes, on a fresh copy of the project:
 - each reasoning stage (base → cold_start → rejection sampling + sft → GRPO) beats the one
   before it on held-out accuracy by more than three standard errors of the difference;
 - alignment raises the true preference rate by more than three standard errors while held-out
-  accuracy drops by at most 2 points (the alignment issue's target; measured: +29.5 points,
-  10.7 s.e., for 1.3 points of accuracy: see the README);
+  accuracy drops by at most 2 points (the alignment issue's target; measured: +32.5 points,
+  11.9 s.e., for 0.6 points of accuracy: see the README);
 - the distilled student, at most a third of the teacher's parameters, keeps at least 85 % of
   the aligned teacher's accuracy and beats the same student trained on curated data alone by
   more than three standard errors;
