@@ -147,8 +147,8 @@ def test_accurate_keeps_the_grpo_and_dpo_settings_it_was_measured_with():
     """configs/accurate.yaml extends the default recipe; its README figures (90.0 % after GRPO)
     were measured with the default's GRPO and DPO settings of 2026-12-04, which it pins, so that a
     later change of the default (e.g. dropping the pass-rate probes) does not change it."""
-    rl = load_recipe(REPO / "configs" / "accurate.yaml").reasoning_rl
+    accurate = load_recipe(REPO / "configs" / "accurate.yaml")
+    rl, dpo = accurate.reasoning_rl, accurate.alignment.dpo
     assert (rl.steps, rl.prompts_per_step, rl.schedule, rl.beta, rl.limit) == (100, 64, "constant", 0.02, 12000)
     assert (rl.pass_rate_band, rl.pass_rate_samples) == ((0.1, 0.9), 4)
-    dpo = load_recipe(REPO / "configs" / "accurate.yaml").alignment.dpo
     assert (dpo.steps, dpo.lr) == (150, 2e-5)
