@@ -13,7 +13,8 @@ from components.training.loop import NoUpdateError
 from tests.conftest import temporary_rewards
 from components.seeds import derive_seed
 from components.training.grpo import PromptPool, make_rollout_engine, minibatch_plan, pick_prompts, run_grpo
-from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs, length_buckets
+from components.training.rollout_batch import (RolloutBatch, batch_logprobs, completion_logprobs, length_buckets,
+                                                 shared_prompts)
 
 
 # --------------------------------------------------------------------------- test-local rewards
@@ -154,6 +155,65 @@ def test_length_buckets_give_the_same_logprobs_as_one_forward(tiny_model, tiny_t
     assert torch.allclose(entropy[m], -(full.exp() * full).sum(-1)[m], atol=1e-5)
     logp[m].sum().backward()
     assert all(p.grad is not None for p in tiny_model.parameters() if p.requires_grad)
+
+
+def _rollout(prompts, completions) -> Rollout:
+    return Rollout(prompts, completions, [[0.0] * len(c) for c in completions], [""] * len(prompts),
+                   ["length"] * len(prompts), list(range(len(prompts))), sum(map(len, completions)), 1.0)
+
+
+def test_rows_sharing_a_prompt_compute_it_once_with_the_same_logprobs_and_gradients(tiny_model, tiny_tokenizer):
+    g = torch.Generator().manual_seed(1)
+    distinct = [torch.randint(8, 60, (n,), generator=g).tolist() for n in (3, 9, 5)]
+    lengths = [1, 2, 30, 61, 4, 33, 2, 60, 5, 31, 1, 58]  # three completion buckets, one-token completions
+    prompts = [distinct[i % 3] for i in range(12)]
+    completions = [torch.randint(8, 60, (c,), generator=g).tolist() for c in lengths]
+    order = torch.randperm(12, generator=g).tolist()
+    batch = RolloutBatch.from_rollout(_rollout(prompts, completions), order, torch.zeros(12),
+                                      tiny_tokenizer.pad_token_id, "cpu")
+    assert shared_prompts(tiny_model, batch) is not None
+    calls = []
+    hook = tiny_model.register_forward_pre_hook(lambda _, args, kw: calls.append(tuple(kw["input_ids"].shape)),
+                                                with_kwargs=True)
+    tiny_model.train()
+    try:
+        logp, entropy = completion_logprobs(tiny_model, batch, temperature=0.7, with_entropy=True)
+    finally:
+        hook.remove()
+    assert calls[0] == (3, 8)  # the three prompts but their last token, once each, left padded
+    # then every row once: its prompt's last token and its completion but the last token, in length buckets
+    assert sum(rows for rows, _ in calls[1:]) == 12 and len(calls) > 2 and max(w for _, w in calls[1:]) == 61
+    m = batch.completion_mask[:, batch.start:]
+    assert torch.all(logp[~m] == 0) and torch.all(entropy[~m] == 0)
+    tiny_model.zero_grad()
+    (logp * m).sum().backward()
+    shared_grads = {n: p.grad.clone() for n, p in tiny_model.named_parameters()}
+
+    tiny_model.zero_grad()  # the reference: every row's whole sequence in one forward, no cache
+    logits = tiny_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits / 0.7
+    full = torch.log_softmax(logits[:, batch.start - 1: -1], -1)
+    expected = full.gather(-1, batch.input_ids[:, batch.start:, None]).squeeze(-1)
+    assert torch.allclose(logp[m], expected[m], atol=1e-5)
+    assert torch.allclose(entropy[m], -(full.exp() * full).sum(-1)[m].detach(), atol=1e-5)
+    (expected * m).sum().backward()
+    for name, p in tiny_model.named_parameters():
+        assert torch.allclose(shared_grads[name], p.grad, atol=1e-5), name
+
+
+def test_prompts_are_shared_only_where_they_repeat_and_the_model_caches_plainly(tiny_model, tiny_tokenizer):
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(8, 60, (6,), generator=g).tolist() for _ in range(4)]
+    completions = [torch.randint(8, 60, (8,), generator=g).tolist() for _ in range(4)]
+    distinct = RolloutBatch.from_rollout(_rollout(prompts, completions), [0, 1, 2, 3], torch.zeros(4),
+                                         tiny_tokenizer.pad_token_id, "cpu")
+    assert shared_prompts(tiny_model, distinct) is None
+    grouped = RolloutBatch.from_rollout(_rollout([prompts[0]] * 4, completions), [0, 1, 2, 3], torch.zeros(4),
+                                        tiny_tokenizer.pad_token_id, "cpu")
+    found = shared_prompts(tiny_model, grouped)
+    assert found is not None and found[0] == [prompts[0]] and found[1].tolist() == [0, 0, 0, 0]
+    model = copy.deepcopy(tiny_model)
+    model.activation_checkpointing_enable()  # runs without a cache: nothing to share through
+    assert shared_prompts(model, grouped) is None
 
 
 # --------------------------------------------------------------------------- training behaviour
