@@ -14,7 +14,9 @@ overrides them as `r1flow run` does) and data (`data.dir`):
                     its share of the rollout's time: the most that scoring beside sampling could save;
   GRPO pass         `minibatch_size` of those rows as one training minibatch: the frozen
                     reference's no-grad forward (beta > 0), then the stage's loss, forward and
-                    backward (components/training/grpo.py).
+                    backward (components/training/grpo.py); then the policy's part of it with
+                    each group's prompt computed once (`reasoning_rl.share_prompts`) and
+                    without, side by side, and the ratio.
 
 For each: the median wall time of `--repeats` runs and the operators with the most self CPU
 time in one more, profiled, run. `--compile` also runs `--compile-steps` pretraining steps, each
@@ -82,6 +84,34 @@ def pretrain_step(model, optimizer, batch) -> None:
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def side_by_side_sharing(model, mb, rl, repeats: int) -> dict:
+    """The GRPO pass (the policy's loss, forward + backward) with each group's prompt computed
+    once (`reasoning_rl.share_prompts`) and without, in alternating runs; the gradients' largest
+    difference shows they are the same computation up to rounding."""
+    from components.training.grpo import minibatch_loss
+
+    def grads(share: bool) -> list:
+        model.zero_grad(set_to_none=True)
+        loss, _ = minibatch_loss(model, mb, rl.model_copy(update={"share_prompts": share}))
+        loss.backward()
+        return [p.grad for p in model.parameters() if p.grad is not None]
+
+    model.train()
+    times = {False: [], True: []}
+    for _ in range(repeats + 1):  # the first round warms up
+        for share in (False, True):
+            t = time.perf_counter()
+            grads(share)
+            times[share].append(time.perf_counter() - t)
+    diff = max(float((a - b).abs().max()) for a, b in zip(grads(False), grads(True)))
+    plain, shared = (statistics.median(times[k][1:]) for k in (False, True))
+    model.zero_grad(set_to_none=True)
+    print(f"\nGRPO pass, each group's prompt once (share_prompts) against every row whole, alternating "
+          f"runs: {1000 * shared:.3g} ms against {1000 * plain:.3g} ms (median of {repeats}), "
+          f"{plain / shared:.2f}x; largest gradient difference {diff:.1e}")
+    return {"plain_s": plain, "shared_s": shared, "ratio": plain / shared, "max_grad_diff": diff}
 
 
 def main(argv=None) -> dict:
@@ -155,6 +185,7 @@ def main(argv=None) -> dict:
 
     what = "the reference's no-grad forward, then " if rl.beta > 0 else ""
     out["grpo"] = measure(f"GRPO pass ({what}the policy's forward + backward)", grpo_pass, a.repeats, a.top)
+    out["share_prompts"] = side_by_side_sharing(model, mb, rl, a.repeats)
 
     if a.compile:
         import torch._inductor.config

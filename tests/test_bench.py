@@ -87,6 +87,10 @@ def test_profile_loops_times_and_ranks_the_operators_of_each_hot_loop(tmp_path, 
     # reward scoring: the recipe's rewards over the rollout's samples, as a share of the rollout's time
     assert "reward scoring (16 samples: exact_int, format)" in printed  # 2 prompts x the recipe's G = 8
     assert out["score"]["share_of_rollout"] == out["score"]["median_s"] / out["rollout"]["median_s"] > 0
+    # the same pass with each group's prompt computed once: the same gradients, timed side by side
+    shared = out["share_prompts"]
+    assert shared["ratio"] == shared["plain_s"] / shared["shared_s"] > 0 and shared["max_grad_diff"] < 1e-5
+    assert "GRPO pass, each group's prompt once" in printed
     # wrong inputs: one line naming what is wrong
     with pytest.raises(SystemExit, match="nowhere"):
         bench.main([str(tmp_path / "nowhere"), *small])

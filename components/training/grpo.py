@@ -157,9 +157,9 @@ def grpo_iteration(it, trainer, policy, reference, engine, combiner, rows, promp
         plan = minibatch_plan(len(batch), cfg, seed, it)
         chunk = cfg.minibatch_size
         if len(plan) > 1:  # later minibatches are off-policy: pi_old must be frozen now
-            batch.old_logp = batch_logprobs(policy, batch, cfg.temperature, chunk)
+            batch.old_logp = batch_logprobs(policy, batch, cfg.temperature, chunk, cfg.share_prompts)
         if cfg.beta > 0:
-            batch.ref_logp = reference_logprobs(policy, reference, batch, cfg.temperature, chunk)
+            batch.ref_logp = reference_logprobs(policy, reference, batch, cfg.temperature, chunk, cfg.share_prompts)
         policy.train()
         metrics.update(optimise(trainer, batch, plan, lambda mb: minibatch_loss(policy, mb, cfg)))
         engine.update_weights(policy)
@@ -333,11 +333,12 @@ def frozen_reference(policy, reference, beta: float):
     return reference.eval()
 
 
-def reference_logprobs(policy, reference, batch: RolloutBatch, temperature: float, chunk: int) -> torch.Tensor:
+def reference_logprobs(policy, reference, batch: RolloutBatch, temperature: float, chunk: int,
+                       share_prompts: bool = False) -> torch.Tensor:
     if reference is not None:
-        return batch_logprobs(reference, batch, temperature, chunk)
+        return batch_logprobs(reference, batch, temperature, chunk, share_prompts)
     with policy.disable_adapter():
-        return batch_logprobs(policy, batch, temperature, chunk)
+        return batch_logprobs(policy, batch, temperature, chunk, share_prompts)
 
 
 def minibatch_plan(n: int, cfg, seed: int, it: int) -> list[list[torch.Tensor]]:
@@ -369,7 +370,7 @@ def optimise(trainer, batch: RolloutBatch, plan, loss_fn: Callable[[RolloutBatch
 
 def minibatch_loss(policy, mb: RolloutBatch, cfg) -> tuple[torch.Tensor, dict]:
     """The configured policy loss on one micro-batch: ONE forward gives log-probs and entropies."""
-    logp, entropy = completion_logprobs(policy, mb, cfg.temperature, with_entropy=True)
+    logp, entropy = completion_logprobs(policy, mb, cfg.temperature, with_entropy=True, share_prompts=cfg.share_prompts)
     s = mb.start
     mask = mb.completion_mask[:, s:]
     old_logp = logp.detach() if mb.old_logp is None else mb.old_logp[:, s:]

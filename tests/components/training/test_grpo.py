@@ -172,12 +172,18 @@ def test_rows_sharing_a_prompt_compute_it_once_with_the_same_logprobs_and_gradie
     batch = RolloutBatch.from_rollout(_rollout(prompts, completions), order, torch.zeros(12),
                                       tiny_tokenizer.pad_token_id, "cpu")
     assert shared_prompts(tiny_model, batch) is not None
+    plain_calls = []
+    hook = tiny_model.register_forward_pre_hook(lambda _, args, kw: plain_calls.append(kw["input_ids"].shape[0]),
+                                                with_kwargs=True)
+    completion_logprobs(tiny_model, batch, temperature=0.7)  # without share_prompts: whole rows, as always
+    hook.remove()
+    assert sum(plain_calls) == 12
     calls = []
     hook = tiny_model.register_forward_pre_hook(lambda _, args, kw: calls.append(tuple(kw["input_ids"].shape)),
                                                 with_kwargs=True)
     tiny_model.train()
     try:
-        logp, entropy = completion_logprobs(tiny_model, batch, temperature=0.7, with_entropy=True)
+        logp, entropy = completion_logprobs(tiny_model, batch, temperature=0.7, with_entropy=True, share_prompts=True)
     finally:
         hook.remove()
     assert calls[0] == (3, 8)  # the three prompts but their last token, once each, left padded
@@ -242,6 +248,21 @@ def test_grpo_learns_a_toy_reward(tiny_model, tiny_tokenizer, tmp_path):
     assert first["clip_fraction"] == 0.0, "one optimizer step per batch: the ratio is exactly 1"
     assert [s for s, _ in tables] == [2, 4, 6, 8, 10, 12]
     assert set(tables[0][1][0]) == {"prompt", "completion", "reward", "answer"} and len(tables[0][1]) == 32
+
+
+def test_sharing_prompts_trains_as_without_it_up_to_rounding(tiny_model, tiny_tokenizer, tmp_path):
+    cfg = rl_config(steps=2, ckpt_every=5, beta=0.1, ppo_epochs=2)  # old and reference log-probs shared too
+    runs = {}
+    for share in (False, True):
+        model = copy.deepcopy(tiny_model)
+        logged, log = collect()
+        run_grpo(model, tiny_tokenizer, ROWS, cfg.model_copy(update={"share_prompts": share}), tmp_path / str(share),
+                 seed=0, log=log)
+        runs[share] = weights(model), logged
+    (plain, plain_log), (shared, shared_log) = runs[False], runs[True]
+    assert not same_weights(plain, weights(tiny_model))  # it trained
+    assert all(torch.allclose(plain[k], shared[k], atol=1e-5) for k in plain)
+    assert shared_log[2]["loss"] == pytest.approx(plain_log[2]["loss"], abs=1e-5)
 
 
 def test_zero_variance_groups_are_skipped_and_a_run_without_updates_fails_closed(tiny_model, tiny_tokenizer,

@@ -3,7 +3,7 @@ import torch
 
 from components.config import TrainConfig
 from components.training.loop import lr_lambda
-from components.training.sft import collate, encode, encode_chat, make_batch_fn, pack, run_sft, sft_loss_fn
+from components.training.sft import collate, encode, encode_chat, encode_rows, make_batch_fn, pack, run_sft, sft_loss_fn
 
 ROWS = [{"messages": [{"role": "user", "content": f"{a}*{b}"},
                       {"role": "assistant", "content": f"<think>{a}*{b}={a * b}</think><answer>{a * b}</answer>"}]}
@@ -16,6 +16,15 @@ def test_prompt_tokens_are_masked_from_the_loss(tiny_tokenizer):
     assert text == "<think>1*2=2</think><answer>2</answer><|end|>"
     prompt = tiny_tokenizer.decode([i for i, m in zip(ids, mask) if not m])
     assert prompt == "<|user|>1*2<|end|><|assistant|>"
+
+
+def test_rows_encoded_together_are_the_rows_encoded_one_by_one(tiny_tokenizer):
+    eos = tiny_tokenizer.eos_token
+    rows = [ROWS[0], {"text": "1+2: 1+2=3"}, {"text": "9*9=81" + eos}, ROWS[3], {"text": "7-2=5 " * 20}]
+    together = encode_rows(tiny_tokenizer, rows, max_length=24)
+    assert together == [encode(tiny_tokenizer, row, 24) for row in rows]
+    assert together[1][0][-1] == together[2][0][-1] == tiny_tokenizer.eos_token_id  # one EOS, never two
+    assert together[2][0].count(tiny_tokenizer.eos_token_id) == 1 and len(together[4][0]) == 24
 
 
 def test_batches_are_a_pure_function_of_position():
