@@ -250,19 +250,27 @@ def test_grpo_learns_a_toy_reward(tiny_model, tiny_tokenizer, tmp_path):
     assert set(tables[0][1][0]) == {"prompt", "completion", "reward", "answer"} and len(tables[0][1]) == 32
 
 
-def test_sharing_prompts_trains_as_without_it_up_to_rounding(tiny_model, tiny_tokenizer, tmp_path):
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_sharing_prompts_trains_as_without_it_up_to_rounding(tiny_model, tiny_tokenizer, tmp_path, finetune):
+    from components.modeling.models import add_lora
+
     cfg = rl_config(steps=2, ckpt_every=5, beta=0.1, ppo_epochs=2)  # old and reference log-probs shared too
     runs = {}
     for share in (False, True):
         model = copy.deepcopy(tiny_model)
+        if finetune == "lora":  # its reference is the base with the adapters off
+            model = add_lora(model, LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+        start = weights(model)
         logged, log = collect()
         run_grpo(model, tiny_tokenizer, ROWS, cfg.model_copy(update={"share_prompts": share}), tmp_path / str(share),
                  seed=0, log=log)
+        assert not same_weights(start, weights(model))  # it trained
         runs[share] = weights(model), logged
     (plain, plain_log), (shared, shared_log) = runs[False], runs[True]
-    assert not same_weights(plain, weights(tiny_model))  # it trained
     assert all(torch.allclose(plain[k], shared[k], atol=1e-5) for k in plain)
-    assert shared_log[2]["loss"] == pytest.approx(plain_log[2]["loss"], abs=1e-5)
+    for step in (1, 2):
+        assert shared_log[step]["loss"] == pytest.approx(plain_log[step]["loss"], abs=1e-5)
+        assert shared_log[step]["kl"] == pytest.approx(plain_log[step]["kl"], abs=1e-6)
 
 
 def test_zero_variance_groups_are_skipped_and_a_run_without_updates_fails_closed(tiny_model, tiny_tokenizer,
