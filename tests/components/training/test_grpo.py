@@ -250,6 +250,27 @@ def test_grpo_learns_a_toy_reward(tiny_model, tiny_tokenizer, tmp_path):
     assert set(tables[0][1][0]) == {"prompt", "completion", "reward", "answer"} and len(tables[0][1]) == 32
 
 
+def test_prompts_are_shared_with_grouped_query_attention_and_not_with_a_sliding_window():
+    from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config
+
+    g = torch.Generator().manual_seed(3)
+    distinct = [torch.randint(3, 50, (n,), generator=g).tolist() for n in (4, 7)]
+    completions = [torch.randint(3, 50, (n,), generator=g).tolist() for n in (1, 9, 3, 17, 2, 12)]
+    batch = RolloutBatch.from_rollout(_rollout([distinct[i % 2] for i in range(6)], completions), list(range(6)),
+                                      torch.zeros(6), 0, "cpu")
+    m = batch.completion_mask[:, batch.start:]
+    shape = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64)  # two query heads per key/value head
+    torch.manual_seed(0)
+    qwen = AutoModelForCausalLM.from_config(Qwen2Config(**shape, use_sliding_window=False)).train()
+    assert shared_prompts(qwen, batch) is not None
+    whole, _ = completion_logprobs(qwen, batch, 1.0)
+    shared, _ = completion_logprobs(qwen, batch, 1.0, share_prompts=True)
+    assert torch.allclose(whole[m], shared[m], atol=1e-5)
+    windowed = AutoModelForCausalLM.from_config(MistralConfig(**shape, sliding_window=8))
+    assert shared_prompts(windowed, batch) is None  # its cache keeps a window: whole rows instead
+
+
 @pytest.mark.parametrize("finetune", ["full", "lora"])
 def test_sharing_prompts_trains_as_without_it_up_to_rounding(tiny_model, tiny_tokenizer, tmp_path, finetune):
     from components.modeling.models import add_lora
