@@ -267,10 +267,10 @@ class RLConfig(Section):
                                 "(README, Performance).")
     share_prompts: bool = Field(False, description="Training forwards compute each group's prompt once and hand "
                                 "its keys and values to the G rows (components/training/rollout_batch.py): the same "
-                                "log-probs and gradients up to rounding, minus G-1 of every G prompt computations (the "
-                                "default recipe: optimising ~16 % faster). Off by default: the rounding differences "
-                                "change which samples a run draws later on, so a run no longer repeats one made "
-                                "without it (docs/performance.md).")
+                                "log-probs and gradients up to rounding, minus G-1 of every G prompt computations (on "
+                                "the default recipe's GRPO: optimising ~16 % faster). Off by default: the rounding "
+                                "differences change which samples a run draws later on, so a run no longer repeats "
+                                "one made without it (docs/performance.md).")
     rewards: list[RewardItem] = Field(
         default_factory=lambda: [RewardItem(name="exact_int", weight=1.0), RewardItem(name="format", weight=0.2)])
     reward_timeout_s: float = Field(5.0, gt=0)
