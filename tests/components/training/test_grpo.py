@@ -114,6 +114,12 @@ def test_minibatch_plan_covers_every_row_once_per_epoch():
     assert sorted(first_epoch.tolist()) == list(range(20))
 
 
+def _rollout(prompts, completions) -> Rollout:
+    """A rollout of these prompt and completion ids (no texts, zero log-probs)."""
+    return Rollout(prompts, completions, [[0.0] * len(c) for c in completions], [""] * len(prompts),
+                   ["length"] * len(prompts), list(range(len(prompts))), sum(map(len, completions)), 1.0)
+
+
 def test_one_forward_matches_a_full_forward(tiny_model, tiny_tokenizer):
     engine = make_engine("transformers", tiny_model, tiny_tokenizer)
     prompts = [[5, 6, 7], [5, 6, 7, 8, 9]]
@@ -140,9 +146,8 @@ def test_length_buckets_give_the_same_logprobs_as_one_forward(tiny_model, tiny_t
     shapes = [(3, 2), (5, 1), (4, 30), (3, 33), (6, 60), (4, 61)]  # (prompt, completion) lengths
     prompts = [torch.randint(8, 60, (p,), generator=g).tolist() for p, _ in shapes]
     completions = [torch.randint(8, 60, (c,), generator=g).tolist() for _, c in shapes]
-    rollout = Rollout(prompts, completions, [[0.0] * len(c) for c in completions], [""] * 6, ["length"] * 6,
-                      list(range(6)), sum(map(len, completions)), 1.0)
-    batch = RolloutBatch.from_rollout(rollout, [5, 0, 3, 1, 4, 2], torch.zeros(6), tiny_tokenizer.pad_token_id, "cpu")
+    batch = RolloutBatch.from_rollout(_rollout(prompts, completions), [5, 0, 3, 1, 4, 2], torch.zeros(6),
+                                      tiny_tokenizer.pad_token_id, "cpu")
     assert len(length_buckets(batch.seq_len)) > 1
     tiny_model.train()
     logp, entropy = completion_logprobs(tiny_model, batch, temperature=0.7, with_entropy=True)
@@ -155,11 +160,6 @@ def test_length_buckets_give_the_same_logprobs_as_one_forward(tiny_model, tiny_t
     assert torch.allclose(entropy[m], -(full.exp() * full).sum(-1)[m], atol=1e-5)
     logp[m].sum().backward()
     assert all(p.grad is not None for p in tiny_model.parameters() if p.requires_grad)
-
-
-def _rollout(prompts, completions) -> Rollout:
-    return Rollout(prompts, completions, [[0.0] * len(c) for c in completions], [""] * len(prompts),
-                   ["length"] * len(prompts), list(range(len(prompts))), sum(map(len, completions)), 1.0)
 
 
 def test_rows_sharing_a_prompt_compute_it_once_with_the_same_logprobs_and_gradients(tiny_model, tiny_tokenizer):
@@ -175,8 +175,10 @@ def test_rows_sharing_a_prompt_compute_it_once_with_the_same_logprobs_and_gradie
     plain_calls = []
     hook = tiny_model.register_forward_pre_hook(lambda _, args, kw: plain_calls.append(kw["input_ids"].shape[0]),
                                                 with_kwargs=True)
-    completion_logprobs(tiny_model, batch, temperature=0.7)  # without share_prompts: whole rows, as always
-    hook.remove()
+    try:
+        completion_logprobs(tiny_model, batch, temperature=0.7)  # without share_prompts: whole rows, as always
+    finally:
+        hook.remove()
     assert sum(plain_calls) == 12
     calls = []
     hook = tiny_model.register_forward_pre_hook(lambda _, args, kw: calls.append(tuple(kw["input_ids"].shape)),
