@@ -45,6 +45,8 @@ def test_overrides_are_typed_and_nested():
     ("rejection_sampling.samples_per_prompt=0",
      "rejection_sampling.samples_per_prompt: Input should be greater than or equal to 1"),
     ("reasoning_rl.rewards=[{weight: 1}]", "reasoning_rl.rewards.0.name: Field required"),
+    ("reasoning_rl.share_prompts=maybe", "reasoning_rl.share_prompts: Input should be a valid boolean"),
+    ("reasoning_rl.share_prompt=true", "(did you mean reasoning_rl.share_prompts?)"),
 ])
 def test_invalid_values_name_file_and_dotted_field(override, message):
     with pytest.raises(RecipeError) as err:
