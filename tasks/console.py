@@ -137,14 +137,20 @@ def _clock(seconds: float) -> str:
 
 def summary_table(rows: list[dict]) -> str:
     """The end-of-run table: stage, cached?, wall time (with its evaluation), held-out accuracy ± s.e.,
-    the true preference rate (house rules) where it was measured, MLflow run."""
+    its gain over the model the stage started from ± the paired s.e. (points), the true preference
+    rate (house rules) where it was measured, MLflow run."""
     rules = any(r.get("preference") is not None for r in rows)
-    header = ("stage", "status", "wall", "held-out accuracy", *(("house rules",) if rules else ()), "MLflow run")
+    gains = any(r.get("gain") is not None for r in rows)
+    header = ("stage", "status", "wall", "held-out accuracy", *(("gain (paired)",) if gains else ()),
+              *(("house rules",) if rules else ()), "MLflow run")
     lines = [header]
     for r in rows:
         if r.get("evaluation_of"):
             continue  # shown on the row of the stage it evaluates (wall time included)
         cells = [_rate(r.get("accuracy"), r.get("accuracy_se"))]
+        if gains:
+            cells.append("" if r.get("gain") is None else
+                         f"{100 * r['gain']:+.1f} ± {100 * (r.get('gain_se') or 0.0):.1f} over {r.get('gain_over')}")
         if rules:
             cells.append(_rate(r.get("preference"), r.get("preference_se")))
         lines.append((r["label"], r["status"], f"{r['seconds']:.1f} s", *cells, (r.get("run_id") or "")[:12]))

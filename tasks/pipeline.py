@@ -5,7 +5,9 @@ goes through `PipelineRun.call`: a stage the recipe does not enable hands its `p
 input on; an enabled one runs as the Prefect task `stage_task`, cached on `tasks.stage.stage_key`,
 in its own MLflow run nested under the pipeline's; every new model it produces is then scored
 on the held-out set by the `evaluate` stage (`evaluate_models` fans several evaluations out on
-the recipe's task runner). What happened is collected as rows of the summary table the CLI
+the recipe's task runner), and a stage that trained a model it was given (its `passthrough`
+input, itself evaluated earlier in the run) gets its gain over that model, problem by problem on
+the same held-out set, with the standard error of the paired difference. What happened is collected as rows of the summary table the CLI
 prints and the report logged to the parent run; `gate_champion` ends a run by offering its
 final model to the registry's quality gate (`tasks/champion.py`).
 
@@ -27,6 +29,7 @@ import mlflow
 from prefect import task
 from prefect.context import get_run_context
 
+from components.algorithms.metrics import paired_gain
 from components.config import Section
 from components.io import digest_path
 from tasks import champion, tracking
@@ -58,6 +61,9 @@ class StageRecord:
     preference: float | None = None      # true preference rate (the house rules), when evaluated
     preference_se: float | None = None
     evaluation_of: str | None = None   # set on an evaluation's own row (the table folds it into that stage's)
+    gain: float | None = None            # held-out accuracy gain over the model the stage started from
+    gain_se: float | None = None         # its paired standard error (the same problems score both models)
+    gain_over: str | None = None         # the label of that model's stage
 
 
 @dataclass
@@ -69,6 +75,8 @@ class PipelineRun:
     records: list[StageRecord] = field(default_factory=list)
     metrics: dict[str, dict] = field(default_factory=dict)     # evaluated stage -> held-out metrics
     evaluated: dict[str, EvalRef] = field(default_factory=dict)  # model digest -> its evaluation
+    evaluated_as: dict[str, str] = field(default_factory=dict)   # model digest -> the label it was evaluated under
+    gains: dict[str, dict] = field(default_factory=dict)         # stage label -> paired gain over its starting model
     champion: dict | None = None                                 # the quality gate's decision, if offered
     files: dict[str, str] = field(default_factory=dict)          # report figures logged beside report/report.md
     started: float = field(default_factory=time.perf_counter)    # when the pipeline run began (its wall time)
@@ -83,6 +91,7 @@ class PipelineRun:
         result = self.run_stage(spec, inputs, label or spec.name, section)
         if spec.evaluate and isinstance(result, ModelRef):
             self.evaluate(result, label or spec.name)
+            self.gain(label or spec.name, inputs.get(spec.passthrough), result)
         return result
 
     def evaluate(self, model: ModelRef, label: str) -> EvalRef:
@@ -116,7 +125,31 @@ class PipelineRun:
         for label, model in outputs.items():
             if spec.evaluate and isinstance(model, ModelRef):
                 self.evaluate(model, label)
+                self.gain(label, inputs.get(spec.passthrough), model)
         return outputs
+
+    def gain(self, label: str, start, model: ModelRef) -> dict | None:
+        """Held-out accuracy gain of `model` (stage `label`'s output) over `start`, the model the stage
+        trained from, paired problem by problem; None when `start` was not evaluated in this run
+        (e.g. a model named with --policy) or was scored on another held-out set."""
+        if not isinstance(start, ModelRef) or start.digest == model.digest or start.digest not in self.evaluated:
+            return None
+        before, after = (_outcomes(self.evaluated[m.digest]) for m in (start, model))
+        if before is None or after is None or before["eval_set"] != after["eval_set"]:
+            return None
+        g = paired_gain(before["correct"], after["correct"])
+        over = self.evaluated_as[start.digest]
+        self.gains[label] = gain = {"over": over, "gain": g.gain, "gain_se": g.stderr, "won": g.won, "lost": g.lost,
+                                    "n": g.n}
+        row = next((r for r in reversed(self.records) if r.label == label), None)
+        if row is not None:
+            row.gain, row.gain_se, row.gain_over = g.gain, g.stderr, over
+        mlflow.log_metrics({f"{label}.accuracy_gain": g.gain, f"{label}.accuracy_gain_se": g.stderr,
+                            f"{label}.problems_won": g.won, f"{label}.problems_lost": g.lost})
+        ratio = f"{g.gain / g.stderr:+.1f} s.e." if g.stderr else "no problem changed"
+        say(f"  {label}: {100 * g.gain:+.1f} points over {over} (paired s.e. {100 * g.stderr:.1f}, {ratio}; "
+            f"{g.won} problems won, {g.lost} lost)")
+        return gain
 
     def _scored(self, model: ModelRef, label: str, scores: EvalRef) -> None:
         evaluation = next(r for r in reversed(self.records) if r.label == f"evaluate/{label}")
@@ -127,6 +160,7 @@ class PipelineRun:
         else:
             row = evaluation
         self.evaluated[model.digest] = scores
+        self.evaluated_as[model.digest] = label
         self.metrics[label] = m = scores.metrics
         row.accuracy, row.accuracy_se = m.get("accuracy"), m.get("accuracy_se")
         row.preference, row.preference_se = m.get("preference_rate"), m.get("preference_rate_se")
@@ -201,9 +235,16 @@ class PipelineRun:
         wall = time.perf_counter() - self.started
         compute = sum(r.compute_s for r in self.records)
         return {"recipe": self.recipe.run.name, "data_md5": self.data.md5, "parent_run_id": self.parent_run_id,
-                "stages": [asdict(r) for r in self.records], "metrics": self.metrics, "champion": self.champion,
+                "stages": [asdict(r) for r in self.records], "metrics": self.metrics, "gains": self.gains,
+                "champion": self.champion,
                 "time": {"wall_s": wall, "compute_s": compute, "overhead_s": wall - compute,
                          "overhead_share": (wall - compute) / wall if wall else 0.0}}
+
+
+def _outcomes(evaluation: EvalRef) -> dict | None:
+    """An evaluation's per_problem.json ({"eval_set", "correct"}), or None if it kept none."""
+    path = Path(evaluation.scores) if evaluation.scores else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
 def current_pipeline() -> PipelineRun:

@@ -44,6 +44,7 @@ class EvalRef:
     run_id: str | None = None
     digest: str = ""               # of the metrics (an evaluation is an input of later stages, e.g. reports)
     files: dict = field(default_factory=dict)  # name -> local path of report files (plots, tables)
+    scores: str = ""               # per_problem.json: {"eval_set": digest of the rows, "correct": [0/1 per row]}
 
 
 Ref = ModelRef | DatasetRef | EvalRef

@@ -266,6 +266,11 @@ def dataset_source(path: str):
 
 
 @_timed
+def log_file(path: str | Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+@_timed
 def log_table(rows: list[dict], artifact_file: str) -> None:
     if rows:
         mlflow.log_table({k: [r.get(k) for r in rows] for k in rows[0]}, artifact_file=artifact_file)

@@ -20,6 +20,7 @@ from components.rewards import get_reward
 class EvalResult:
     metrics: dict[str, float]
     table: list[dict] = field(default_factory=list)
+    correct: list[float] = field(default_factory=list)  # per problem, in the order of the rows (paired comparisons)
 
 
 def evaluate(model, tokenizer, rows: list[dict], *, max_new_tokens: int, batch_size: int = 128,
@@ -48,7 +49,7 @@ def evaluate(model, tokenizer, rows: list[dict], *, max_new_tokens: int, batch_s
          "format": float(f), "level": r.get("level")}
         for r, text, c, f in zip(rows[:table_rows], rollout.texts, correct, formatted)
     ]
-    return EvalResult(metrics=metrics, table=table)
+    return EvalResult(metrics=metrics, table=table, correct=[float(c > 0.5) for c in correct])
 
 
 def _summarise(correct, formatted, lengths, levels) -> dict[str, float]:

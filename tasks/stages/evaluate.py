@@ -1,4 +1,6 @@
-"""Held-out evaluation of a model: greedy pass@1 accuracy (± s.e.), format rate, length, sample table."""
+"""Held-out evaluation of a model: greedy pass@1 accuracy (± s.e.), format rate, length, sample table,
+and each problem's outcome (`per_problem.json`), from which the pipeline computes a stage's paired
+gain over the model it started from."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +9,7 @@ import json
 import mlflow
 
 from components.config import EvalConfig
-from components.io import write_json
+from components.io import dataset_digest, write_json
 from tasks import tracking
 from tasks.common import load_policy, read_rows
 from tasks.refs import EvalRef, ModelRef
@@ -39,5 +41,8 @@ def evaluate(ctx: StageContext, model: ModelRef):
     mlflow.set_tag("r1flow.evaluated_stage", model.stage)
     tracking.log_table(result.table, f"samples/{model.stage}.json")
     write_json(ctx.out_dir / "metrics.json", metrics)
+    per_problem = ctx.out_dir / "per_problem.json"
+    write_json(per_problem, {"eval_set": dataset_digest(rows), "correct": result.correct})
+    tracking.log_file(per_problem)
     digest = hashlib.sha256(json.dumps(metrics, sort_keys=True).encode()).hexdigest()
-    return EvalRef(model=model, metrics=metrics, run_id=ctx.run_id, digest=digest)
+    return EvalRef(model=model, metrics=metrics, run_id=ctx.run_id, digest=digest, scores=str(per_problem))

@@ -122,6 +122,32 @@ def test_first_run_trains_evaluates_and_tracks_everything(project, trained):
     assert "rejection_sampling" in Path(report_md).read_text()
 
 
+def test_each_trained_stage_reports_its_paired_gain_over_the_model_it_started_from(trained):
+    from components.algorithms.metrics import paired_gain
+
+    report, _, parent = trained
+    starts = dict(zip(EVALUATED[1:], EVALUATED[:-1]))  # cold_start over base, ..., reasoning_rl over sft
+    assert {label: g["over"] for label, g in report["gains"].items()} == starts
+    kids = children(parent)
+    outcomes = {}
+    for stage in EVALUATED:  # each evaluation logs its per-problem outcomes, in the held-out set's order
+        path = mlflow.artifacts.download_artifacts(run_id=kids[f"evaluate/{stage}"].info.run_id,
+                                                   artifact_path="per_problem.json")
+        outcomes[stage] = json.loads(Path(path).read_text())
+        assert len(outcomes[stage]["correct"]) == 24
+        assert sum(outcomes[stage]["correct"]) / 24 == pytest.approx(report["metrics"][stage]["accuracy"])
+    assert len({o["eval_set"] for o in outcomes.values()}) == 1
+    for after, before in starts.items():
+        g = report["gains"][after]
+        assert g["gain"] == pytest.approx(report["metrics"][after]["accuracy"] - report["metrics"][before]["accuracy"])
+        assert (g["gain"], g["gain_se"], g["won"], g["lost"], g["n"]) == pytest.approx(tuple(
+            paired_gain(outcomes[before]["correct"], outcomes[after]["correct"])))
+        assert parent.data.metrics[f"{after}.accuracy_gain"] == pytest.approx(g["gain"])
+        assert parent.data.metrics[f"{after}.accuracy_gain_se"] == pytest.approx(g["gain_se"])
+        row = next(r for r in report["stages"] if r["label"] == after)
+        assert (row["gain"], row["gain_over"]) == (pytest.approx(g["gain"]), before)
+
+
 def test_the_prefect_run_log_shows_each_stage_and_its_training_metrics(trained):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId

@@ -63,6 +63,17 @@ def test_summary_table_shows_the_house_rules_column_only_when_measured():
     assert table[3].split() == ["reward_model", "ran", "2.0", "s", "b"]
 
 
+def test_summary_table_shows_each_stages_paired_gain_over_its_start():
+    rows = [dict(label="sft", status="ran", seconds=3.0, accuracy=0.70, accuracy_se=0.014, run_id="a", evaluation_of=None),
+            dict(label="reasoning_rl", status="ran", seconds=9.0, accuracy=0.775, accuracy_se=0.013, gain=0.075,
+                 gain_se=0.0109, gain_over="sft", run_id="b", evaluation_of=None)]
+    table = console.summary_table(rows).splitlines()
+    assert "gain (paired)" in table[0]
+    assert table[2].split() == ["sft", "ran", "3.0", "s", "70.0", "%", "±", "1.4", "a"]
+    assert table[3].split() == ["reasoning_rl", "ran", "9.0", "s", "77.5", "%", "±", "1.3", "+7.5", "±", "1.1", "over",
+                                "sft", "b"]
+
+
 def test_lines_reach_the_terminal_handler(capsys):
     console.setup()
     handler = next(h for h in console.LOGGER.handlers if isinstance(h, console._ConsoleHandler))
