@@ -1,5 +1,9 @@
 """Score given models on the recipe's held-out set (`r1flow evaluate MODEL…`), side by side.
 
+The first model is the baseline: every other one gets its gain over it, problem by problem on
+the same held-out set, with the paired standard error (as a pipeline reports each stage's gain
+over the model it started from).
+
 The evaluations fan out on the recipe's task runner (`runner.task_runner`: sequential by
 default, or threads, Dask, Ray); each is the cached `evaluate` stage, so a model already scored
 on the same held-out data is not scored again.
@@ -25,8 +29,12 @@ def model_label(uri: str) -> str:
 
 @flow(name="r1_evaluate", flow_run_name=pipeline_run_name, log_prints=True)
 def r1_evaluate(models: list[str], recipe: Recipe, root: str = ".") -> dict:
-    """Score each model (a directory, runs:/… or models:/NAME@ALIAS) on the held-out set."""
+    """Score each model (a directory, runs:/… or models:/NAME@ALIAS) on the held-out set; the
+    others' paired gains over the first."""
     refs = {model_label(uri): resolve_model(uri, Path(root).resolve()) for uri in models}
     with pipeline(recipe, root) as run:
         run.evaluate_models(refs)
+        baseline, *others = refs.values()
+        for label in list(refs)[1:]:
+            run.gain(label, baseline, refs[label])
     return run.report()

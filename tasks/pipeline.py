@@ -141,7 +141,8 @@ class PipelineRun:
         over = self.evaluated_as[start.digest]
         self.gains[label] = gain = {"over": over, "gain": g.gain, "gain_se": g.stderr, "won": g.won, "lost": g.lost,
                                     "n": g.n}
-        row = next((r for r in reversed(self.records) if r.label == label), None)
+        row = next((r for r in reversed(self.records) if r.label in (label, f"evaluate/{label}")
+                    and not r.evaluation_of), None)  # the row that shows the model's accuracy
         if row is not None:
             row.gain, row.gain_se, row.gain_over = g.gain, g.stderr, over
         mlflow.log_metrics({f"{label}.accuracy_gain": g.gain, f"{label}.accuracy_gain_se": g.stderr,

@@ -19,6 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from components.io import digest_path
+from tasks.console import summary_table
 from tasks.recipe import load_recipe
 from tests.conftest import make_project
 
@@ -349,6 +350,15 @@ def test_the_evaluation_flow_fans_out_on_the_recipes_task_runner(trained, projec
     report = state.result()
     assert set(report["metrics"]) == {"tiny-cold_start", "tiny-sft"}
     assert all(m["n"] == 24 for m in report["metrics"].values())
+    # the second model against the first (the baseline), problem by problem
+    gain = report["gains"]["tiny-sft"]
+    assert gain["over"] == "tiny-cold_start" and gain["n"] == 24
+    assert gain["gain"] == pytest.approx(report["metrics"]["tiny-sft"]["accuracy"]
+                                         - report["metrics"]["tiny-cold_start"]["accuracy"])
+    assert gain["gain"] == pytest.approx((gain["won"] - gain["lost"]) / 24)
+    assert gain["gain_se"] == pytest.approx(((gain["won"] + gain["lost"] - 24 * gain["gain"] ** 2) / (24 * 23)) ** 0.5)
+    row = next(r for r in report["stages"] if r["label"] == "evaluate/tiny-sft")
+    assert row["gain_over"] == "tiny-cold_start" and "gain (paired)" in summary_table(report["stages"])
     with get_client(sync_client=True) as client:
         runs = [r for r in client.read_task_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))) if r.name.startswith("evaluate/")]
