@@ -4,7 +4,7 @@ Checks the claims the README makes, on a fresh copy of the project:
 - each reasoning stage (base → cold_start → rejection sampling + sft → GRPO) beats the model it
   started from on held-out accuracy by more than three standard errors of the difference. The
   same 1,000 problems score both models, so the error is the paired one the pipeline reports
-  (`report["gains"]`: the standard error of the per-problem difference). It is about half the
+  (`report["gains"]`: the standard error of the per-problem difference), 0.56-0.81 of the
   unpaired sqrt(se1^2 + se2^2), which treats the two scores as independent samples; with the
   unpaired error GRPO's margin held in 6 of 8 runs that differ only by chance (another seed, or
   another machine's rounding; docs/performance.md, "Shared prompts, and how far apart two GRPO
