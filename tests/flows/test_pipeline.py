@@ -266,7 +266,16 @@ def test_single_stage_from_a_registry_alias(trained, project):
 
     recipe = load_recipe(project / "configs/tiny.yaml", ["cold_start.steps=3"])
     report = r1_stage("cold_start", recipe, {"policy": "models:/tiny@base"}, str(project))
-    assert set(report["metrics"]) == {"cold_start"} and report["metrics"]["cold_start"]["n"] == 24
+    assert set(report["metrics"]) == {"cold_start", "tiny-base"} and report["metrics"]["cold_start"]["n"] == 24
+    assert report["stages"][0]["label"] == "cold_start"
+    # the model it started from is scored too (a cache hit: the pipeline scored that base on the same set),
+    # and the stage's gain over it is paired
+    start = next(r for r in report["stages"] if r["label"] == "evaluate/tiny-base")
+    assert start["status"] == "cached"
+    assert report["metrics"]["tiny-base"]["accuracy"] == trained[0]["metrics"]["base"]["accuracy"]
+    gain = report["gains"]["cold_start"]
+    assert gain["over"] == "tiny-base" and gain["gain"] == pytest.approx(
+        report["metrics"]["cold_start"]["accuracy"] - report["metrics"]["tiny-base"]["accuracy"])
 
 
 def test_the_recipes_mixed_precision_reaches_the_stages_training_forwards(trained, project, monkeypatch):
@@ -290,7 +299,7 @@ def test_sft_stage_on_user_data_from_a_local_model(trained, project):
     model_dir = next((project / "runs" / "stages").glob("cold_start-*/model"))
     recipe = load_recipe(project / "configs/tiny.yaml", [f"sft.source={DATA}/cold_start.jsonl"])
     report = r1_stage("sft", recipe, {"policy": str(model_dir)}, str(project))
-    assert set(report["metrics"]) == {"sft"}
+    assert "sft" in report["metrics"] and report["gains"]["sft"]["n"] == 24
     run = MlflowClient().get_run(report["stages"][0]["run_id"])
     assert run.inputs.dataset_inputs[0].dataset.name == "sft_source"
 
