@@ -34,7 +34,7 @@ def r1_evaluate(models: list[str], recipe: Recipe, root: str = ".") -> dict:
     refs = {model_label(uri): resolve_model(uri, Path(root).resolve()) for uri in models}
     with pipeline(recipe, root) as run:
         run.evaluate_models(refs)
-        baseline, *others = refs.values()
+        baseline = next(iter(refs.values()))
         for label in list(refs)[1:]:
             run.gain(label, baseline, refs[label])
     return run.report()

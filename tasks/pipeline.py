@@ -7,9 +7,10 @@ in its own MLflow run nested under the pipeline's; every new model it produces i
 on the held-out set by the `evaluate` stage (`evaluate_models` fans several evaluations out on
 the recipe's task runner), and a stage that trained a model it was given (its `passthrough`
 input, itself evaluated earlier in the run) gets its gain over that model, problem by problem on
-the same held-out set, with the standard error of the paired difference. What happened is collected as rows of the summary table the CLI
-prints and the report logged to the parent run; `gate_champion` ends a run by offering its
-final model to the registry's quality gate (`tasks/champion.py`).
+the same held-out set, with the standard error of the paired difference. What happened is
+collected as rows of the summary table the CLI prints and the report logged to the parent run;
+`gate_champion` ends a run by offering its final model to the registry's quality gate
+(`tasks/champion.py`).
 
 The parent MLflow run is named like the Prefect flow run, so one name finds a run in both UIs.
 Before it starts, runs that a killed process left RUNNING are marked KILLED (and their Prefect
@@ -131,7 +132,7 @@ class PipelineRun:
     def gain(self, label: str, start, model: ModelRef) -> dict | None:
         """Held-out accuracy gain of `model` (stage `label`'s output) over `start`, the model the stage
         trained from, paired problem by problem; None when `start` was not evaluated in this run
-        (e.g. a model named with --policy) or was scored on another held-out set."""
+        or was scored on another held-out set."""
         if not isinstance(start, ModelRef) or start.digest == model.digest or start.digest not in self.evaluated:
             return None
         before, after = (_outcomes(self.evaluated[m.digest]) for m in (start, model))
@@ -147,7 +148,8 @@ class PipelineRun:
             row.gain, row.gain_se, row.gain_over = g.gain, g.stderr, over
         mlflow.log_metrics({f"{label}.accuracy_gain": g.gain, f"{label}.accuracy_gain_se": g.stderr,
                             f"{label}.problems_won": g.won, f"{label}.problems_lost": g.lost})
-        ratio = f"{g.gain / g.stderr:+.1f} s.e." if g.stderr else "no problem changed"
+        ratio = (f"{g.gain / g.stderr:+.1f} s.e." if g.stderr else
+                 "every changed problem moved the same way" if g.won or g.lost else "no problem changed")
         say(f"  {label}: {100 * g.gain:+.1f} points over {over} (paired s.e. {100 * g.stderr:.1f}, {ratio}; "
             f"{g.won} problems won, {g.lost} lost)")
         return gain

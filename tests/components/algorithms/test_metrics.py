@@ -78,6 +78,7 @@ def test_paired_gain_by_hand():
     assert big.stderr == pytest.approx(0.010931, abs=1e-6)
     assert paired_gain(after, before).gain == pytest.approx(-0.075)
     assert paired_gain(after, after) == (0.0, 0.0, 0, 0, 1000)
+    assert paired_gain([0, 0], [1, 1]) == (1.0, 0.0, 2, 0, 2)  # every difference +1: no spread
 
 
 def test_errors():
