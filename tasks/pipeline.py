@@ -30,8 +30,8 @@ import mlflow
 from prefect import task
 from prefect.context import get_run_context
 
-from components.algorithms.metrics import paired_gain
 from components.config import Section
+from components.evaluation.paired import paired_gain
 from components.io import digest_path
 from tasks import champion, tracking
 from tasks.console import say, summary_table

@@ -6,9 +6,6 @@
   Improves Chain of Thought Reasoning", Sec. 2), reported as maj@k by Lewkowycz
   et al. 2022 (Minerva) and DeepSeek-R1 (cons@64).
 - Wilson score interval: Wilson 1927; Agresti & Coull 1998 (Eq. 2).
-- Paired difference of two models scored on the same problems: the standard error of the mean
-  per-problem difference (the paired t statistic's denominator; the two-model comparison
-  recommended by Miller 2024, "Adding Error Bars to Evals", Sec. 4).
 """
 
 from __future__ import annotations
@@ -112,32 +109,3 @@ def accuracy_with_ci(outcomes: Sequence[bool | float], confidence: float = 0.95)
     if any(o not in (0, 1) for o in outcomes):
         raise ValueError("outcomes: expected bools or 0/1 values")
     return accuracy_ci(int(sum(bool(o) for o in outcomes)), len(outcomes), confidence)
-
-
-class PairedGain(NamedTuple):
-    gain: float    # mean(after) - mean(before), as a fraction
-    stderr: float  # standard error of the mean per-problem difference
-    won: int       # problems `after` solves and `before` does not
-    lost: int      # problems `before` solves and `after` does not
-    n: int
-
-
-def paired_gain(before: Sequence[bool | float], after: Sequence[bool | float]) -> PairedGain:
-    """Accuracy gain of `after` over `before`, both scored on the same n >= 2 problems, in the same order.
-
-    Formula: d_i = after_i - before_i in {-1, 0, 1}, gain = mean(d),
-    stderr = sqrt(sum (d_i - gain)^2 / (n - 1) / n) = sqrt((won + lost - n gain^2) / (n (n - 1))).
-    Problems both models solve (or both miss) add nothing to the difference, so this error is
-    smaller than the unpaired sqrt(se_before^2 + se_after^2) when the two models agree on most problems.
-    """
-    if len(before) != len(after):
-        raise ValueError(f"after: expected {len(before)} outcomes like before, got {len(after)}")
-    if len(before) < 2:
-        raise ValueError(f"before: a paired standard error needs at least 2 problems, got {len(before)}")
-    if any(o not in (0, 1) for o in (*before, *after)):
-        raise ValueError("outcomes: expected bools or 0/1 values")
-    n = len(before)
-    won = sum(1 for b, a in zip(before, after) if a and not b)
-    lost = sum(1 for b, a in zip(before, after) if b and not a)
-    gain = (won - lost) / n
-    return PairedGain(gain, math.sqrt(max(0.0, won + lost - n * gain * gain) / (n * (n - 1))), won, lost, n)

@@ -124,7 +124,7 @@ def test_first_run_trains_evaluates_and_tracks_everything(project, trained):
 
 
 def test_each_trained_stage_reports_its_paired_gain_over_the_model_it_started_from(trained):
-    from components.algorithms.metrics import paired_gain
+    from components.evaluation.paired import paired_gain
 
     report, _, parent = trained
     starts = dict(zip(EVALUATED[1:], EVALUATED[:-1]))  # cold_start over base, ..., reasoning_rl over sft

@@ -10,7 +10,6 @@ from components.algorithms.metrics import (
     maj_at_k,
     majority_vote,
     mean_pass_at_k,
-    paired_gain,
     pass_at_k,
 )
 
@@ -60,27 +59,6 @@ def test_accuracy_ci_by_hand():
     assert accuracy_with_ci([True] * 8 + [False] * 2) == ci
 
 
-def test_paired_gain_by_hand():
-    """before 1,0,0,1 / after 1,1,1,0: d = 0,1,1,-1, gain 0.25, won 2, lost 1;
-    sample variance of d = (0.0625 + 0.5625 + 0.5625 + 1.5625) / 3 = 0.916667 -> se sqrt(0.916667 / 4) = 0.478714.
-    Unpaired it would be sqrt(0.5 * 0.5 / 4 + 0.75 * 0.25 / 4) = 0.330719: smaller here, because these
-    two models disagree on 3 of 4 problems; models that agree on most problems get a smaller paired one."""
-    g = paired_gain([1, 0, 0, 1], [True, True, True, False])
-    assert (g.won, g.lost, g.n) == (2, 1, 4)
-    assert g.gain == pytest.approx(0.25)
-    assert g.stderr == pytest.approx(0.478714, abs=1e-6)
-    # 1,000 problems, 700 solved by both, 100 won, 25 lost (the default recipe's GRPO over SFT):
-    # gain 0.075, se sqrt((125 - 1000 * 0.075^2) / (1000 * 999)) = 0.010931, against 0.0196 unpaired
-    before = [1] * 700 + [0] * 100 + [1] * 25 + [0] * 175
-    after = [1] * 700 + [1] * 100 + [0] * 25 + [0] * 175
-    big = paired_gain(before, after)
-    assert big.gain == pytest.approx(0.075)
-    assert big.stderr == pytest.approx(0.010931, abs=1e-6)
-    assert paired_gain(after, before).gain == pytest.approx(-0.075)
-    assert paired_gain(after, after) == (0.0, 0.0, 0, 0, 1000)
-    assert paired_gain([0, 0], [1, 1]) == (1.0, 0.0, 2, 0, 2)  # every difference +1: no spread
-
-
 def test_errors():
     with pytest.raises(ValueError, match="c:"):
         pass_at_k(3, 4, 1)
@@ -100,9 +78,3 @@ def test_errors():
         accuracy_with_ci([0.5])
     with pytest.raises(ValueError, match="confidence"):
         accuracy_ci(1, 2, confidence=1.0)
-    with pytest.raises(ValueError, match="after: expected 2"):
-        paired_gain([1, 0], [1])
-    with pytest.raises(ValueError, match="at least 2"):
-        paired_gain([1], [0])
-    with pytest.raises(ValueError, match="outcomes"):
-        paired_gain([1, 0.5], [1, 0])
