@@ -20,9 +20,12 @@ to the rows that repeat it, and only the completions are run row by row (gradien
 shared prompt through the cache). The log-probs, entropies and gradients are those of the
 one-sequence-a-row forward up to float rounding (tested); what is saved is the repeated
 prompts' tokens, so the saving grows with the prompt's share of a sequence (GRPO on the default
-recipe, prompts of ~9 tokens and completions of ~25: its optimising phase ~16 % faster). It is
-opt-in (`reasoning_rl.share_prompts`): rounding differences, tiny as they are, change which
-samples a GRPO run draws after a few dozen iterations.
+recipe, prompts of ~9 tokens and completions of ~25: its optimising phase ~16 % faster). The
+prompts' keys and values reach the rows by `index_select`, whose backward adds in a fixed order
+(plain indexing accumulates with parallel atomic adds on CPU), so a run repeats itself bit for
+bit. It is a switch (`reasoning_rl.share_prompts`, on in the default recipe): rounding
+differences, tiny as they are, change which samples a GRPO run draws after a few dozen
+iterations, so a run with it does not repeat one made without it.
 """
 from __future__ import annotations
 
@@ -222,7 +225,7 @@ def _shared_prompt_logprobs(model, batch: RolloutBatch, prompts: list[list[int]]
         width, u = int(c_len[rows].max()), row_prompt[rows]
         cache = DynamicCache(config=model.config)
         for layer, (k, v) in enumerate(prompt_kv):
-            cache.update(k[u], v[u], layer)
+            cache.update(k.index_select(0, u), v.index_select(0, u), layer)
         keep = c_mask[rows, :width]
         logits = model(input_ids=inputs[rows, :width], attention_mask=torch.cat([p_mask[u], keep.long()], dim=1),
                        position_ids=batch.prompt_len[rows, None] - 1 + cols[:width], past_key_values=cache,

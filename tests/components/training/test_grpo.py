@@ -208,6 +208,31 @@ def test_rows_sharing_a_prompt_compute_it_once_with_the_same_logprobs_and_gradie
         assert torch.allclose(shared_grads[name], p.grad, atol=1e-5), name
 
 
+def test_sharing_prompts_gives_bitwise_the_same_gradients_every_time(tiny_model, tiny_tokenizer):
+    """A run must repeat itself: the prompts' keys and values are handed to the rows by a gather
+    whose backward adds in a fixed order (indexing `k[rows]` accumulated its gradient with
+    parallel atomic adds, so two runs of one GRPO recipe drew other samples after ~20 iterations)."""
+    g = torch.Generator().manual_seed(4)
+    distinct = [torch.randint(8, 60, (int(n),), generator=g).tolist() for n in torch.randint(6, 13, (32,), generator=g)]
+    prompts = [distinct[i // 8] for i in range(256)]  # 32 prompts x G = 8, as GRPO samples them
+    completions = [torch.randint(8, 60, (int(n),), generator=g).tolist() for n in torch.randint(10, 45, (256,), generator=g)]
+    batch = RolloutBatch.from_rollout(_rollout(prompts, completions), torch.randperm(256, generator=g).tolist(),
+                                      torch.randn(256, generator=g), tiny_tokenizer.pad_token_id, "cpu")
+    m = batch.completion_mask[:, batch.start:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the race needs two threads; one core still runs them
+    try:
+        grads = []
+        for _ in range(4):
+            tiny_model.zero_grad()
+            logp, _ = completion_logprobs(tiny_model, batch, 1.0, share_prompts=True)
+            (logp * m * batch.advantages[:, None]).sum().backward()
+            grads.append(torch.cat([p.grad.flatten() for p in tiny_model.parameters()]))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], other) for other in grads[1:])
+
+
 def test_prompts_are_shared_only_where_they_repeat_and_the_model_caches_plainly(tiny_model, tiny_tokenizer):
     g = torch.Generator().manual_seed(2)
     prompts = [torch.randint(8, 60, (6,), generator=g).tolist() for _ in range(4)]
