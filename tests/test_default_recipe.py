@@ -4,15 +4,15 @@ Checks the claims the README makes, on a fresh copy of the project:
 - each reasoning stage (base → cold_start → rejection sampling + sft → GRPO) beats the model it
   started from on held-out accuracy by more than three standard errors of the difference. The
   same 1,000 problems score both models, so the error is the paired one the pipeline reports
-  (`report["gains"]`: the standard error of the per-problem difference), 0.56-0.81 of the
+  (`report["gains"]`: the standard error of the per-problem difference), 0.54-0.81 of the
   unpaired sqrt(se1^2 + se2^2), which treats the two scores as independent samples. GRPO's
-  margin is the thinnest: eight runs that differ only by chance (another seed, or another
-  machine's rounding) ended at 76.3-77.8 %, 5.7-7.2 paired standard errors over SFT
-  (docs/performance.md, "Shared prompts, and how far apart two GRPO runs end");
+  margin is the thinnest: thirteen runs that differ only by chance (another seed, shared
+  prompts or whole rows, or another machine's rounding) ended at 76.3-77.8 %, 5.7-7.2 paired
+  standard errors over SFT (docs/performance.md, "Shared prompts repeat themselves");
 - alignment raises the true preference rate by more than three standard errors (unpaired, as the
   alignment comparison reports them; so are the distillation checks below) while held-out
-  accuracy drops by at most 2 points (the alignment issue's target; measured: +32.5 points,
-  11.9 s.e., for 0.6 points of accuracy: see the README);
+  accuracy drops by at most 2 points (the alignment issue's target; measured: +31.8 points,
+  11.6 s.e., and +0.7 points of accuracy: see the README);
 - the distilled student, at most a third of the teacher's parameters, keeps at least 85 % of
   the aligned teacher's accuracy and beats the same student trained on curated data alone by
   more than three standard errors;
