@@ -22,8 +22,8 @@ one-sequence-a-row forward up to float rounding (tested); what is saved is the r
 prompts' tokens, so the saving grows with the prompt's share of a sequence (GRPO on the default
 recipe, prompts of ~9 tokens and completions of ~25: its optimising phase ~16 % faster). The
 prompts' keys and values reach the rows by `index_select`, whose backward adds in a fixed order
-(plain indexing accumulates with parallel atomic adds on CPU), so a run repeats itself bit for
-bit. It is a switch (`reasoning_rl.share_prompts`, on in the default recipe): rounding
+on CPU (plain indexing accumulates there with parallel atomic adds), so a CPU run repeats itself
+bit for bit (tested). It is a switch (`reasoning_rl.share_prompts`, on in the default recipe): rounding
 differences, tiny as they are, change which samples a GRPO run draws after a few dozen
 iterations, so a run with it does not repeat one made without it.
 """
