@@ -3,6 +3,10 @@
 The policy is loaded into a colocated, in-process `vllm.LLM` from a saved model directory;
 `update_weights` pushes the trainer's state_dict into the running vLLM model after each
 optimizer step (and drops vLLM's prefix cache, whose KV entries belong to the old weights).
+
+Log-probs differ from `TransformersEngine`'s when top_k / top_p truncate: vLLM's
+`processed_logprobs` are taken AFTER top-k/top-p (renormalised over the kept tokens), not
+log_softmax(logits / T) before them as `Rollout.logprobs` documents.
 """
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ def self_refine(queries: list[Query], tools: Toolkit, budget: int, *, approve: s
         for i, cand in zip(owners, new):
             texts[i] = cand.text
             history[i].append(extract_answer(cand.text))
-            if stop_on_same_answer and history[i][-1] == history[i][-2]:
+            if stop_on_same_answer and history[i][-1] is not None and history[i][-1] == history[i][-2]:
                 why[i] = "unchanged"
             else:
                 active.append(i)

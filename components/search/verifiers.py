@@ -19,14 +19,18 @@ PRM  `AutoModelForTokenClassification`, num_labels = 1. Input: the same text, wi
      positions with `activation="identity"`: V(s) of the state after step i.
 
 PRM as outcome verifier `process_outcome(score_steps, agg)`: a whole completion's score is the
-     aggregate (`last` | `min` | `prod`) of its step scores — best-of-N with a PRM (Snell et al.
-     2024 §5.1), when no outcome model of correctness was trained.
-Votes `vote_share`: the share of the completions of the same prompt in one call that reach the
-     same answer (0 without an answer): self-consistency as a score, free of model calls.
+     logit of the aggregate (`last` | `min` | `prod`) of its step probabilities — best-of-N with a
+     PRM (Snell et al. 2024 §5.1), when no outcome model of correctness was trained. Scores are
+     logits like an ORM's, so a strategy's sigmoid gives the PRM's probability back (weighted
+     best-of-N weights each vote by it).
+Votes `vote_share`: the logit of the share of the completions of the same prompt in one call
+     that reach the same answer (share 0 without an answer): self-consistency as a score, free
+     of model calls.
 Batches are sorted by length and right padded; every pair is scored independently.
 """
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections import Counter, defaultdict
 
@@ -146,33 +150,39 @@ def step_token_positions(offsets, start: int, steps: list[str]) -> list[int]:
     return positions
 
 
+def _logit(p: float, eps: float = 1e-6) -> float:
+    """log(p / (1 - p)), p clipped to [eps, 1 - eps] so that 0 and 1 stay finite."""
+    p = min(max(float(p), eps), 1.0 - eps)
+    return math.log(p) - math.log1p(-p)
+
+
 def process_outcome(score_steps, agg: str = "last", sep: str = " "):
-    """An outcome scorer `(prompts, completions) -> scores` from a step scorer, steps aggregated by `agg`."""
+    """An outcome scorer `(prompts, completions) -> logits` from a step scorer of probabilities, steps aggregated by `agg`."""
     aggregate = get_aggregation(agg)
 
     def score(prompts: list[str], completions: list[str]) -> list[float]:
         steps = [split_steps(c, sep) for c in completions]
-        keep = [i for i, s in enumerate(steps) if s]  # an empty completion has no step to score: 0
-        out = [0.0] * len(completions)
+        keep = [i for i, s in enumerate(steps) if s]  # an empty completion has no step to score: P = 0
+        out = [_logit(0.0)] * len(completions)
         scored = score_steps([prompts[i] for i in keep], [steps[i] for i in keep]) if keep else []
         for i, step_scores in zip(keep, scored):
-            out[i] = aggregate(step_scores) if step_scores else 0.0
+            out[i] = _logit(aggregate(step_scores) if step_scores else 0.0)
         return out
 
     return score
 
 
 def vote_share(prompts: list[str], completions: list[str]) -> list[float]:
-    """The share of same-prompt completions in this call reaching the same answer (0 without one)."""
+    """The logit of the share of same-prompt completions in this call reaching the same answer (0 without one)."""
     answers = [extract_answer(c) for c in completions]
     groups: dict[str, list[int]] = defaultdict(list)
     for i, p in enumerate(prompts):
         groups[p].append(i)
-    out = [0.0] * len(completions)
+    out = [_logit(0.0)] * len(completions)
     for idx in groups.values():
         counts = Counter(answers[i] for i in idx if answers[i] is not None)
         for i in idx:
-            out[i] = counts[answers[i]] / len(idx) if answers[i] is not None else 0.0
+            out[i] = _logit(counts[answers[i]] / len(idx) if answers[i] is not None else 0.0)
     return out
 
 

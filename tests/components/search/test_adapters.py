@@ -8,6 +8,7 @@ from components.data.prompts import render_prompt
 from components.data.steps import split_steps
 from components.generation import PrefixCache, SamplingParams, TransformersEngine
 from components.search import SearchConfig, Toolkit, get_strategy
+from components.search.base import sigmoid
 from components.search.policy import FeedbackTemplates, PolicyFeedback, PolicyGenerator, make_queries, make_toolkit
 from components.search.verifiers import OutcomeVerifier, ProcessVerifier, step_token_positions, vote_share
 
@@ -86,7 +87,7 @@ def test_process_verifier_scores_the_last_token_of_each_step(tiny_prm, tiny_toke
 def test_vote_share_by_hand():
     a = "<answer>5</answer>"
     scores = vote_share(["p", "p", "p", "p", "q"], [a, a, "<answer>7</answer>", "none", a])
-    assert scores == [0.5, 0.5, 0.25, 0.0, 1.0]
+    assert [sigmoid(s) for s in scores] == pytest.approx([0.5, 0.5, 0.25, 0.0, 1.0], abs=1e-5)  # logits
 
 
 def test_policy_feedback_renders_its_templates(tiny_tokenizer):

@@ -59,3 +59,12 @@ def test_self_refine_starts_from_a_given_sample_and_can_keep_going():
     assert res[0].extras == {"rounds": 2, "stopped": "budget", "answers": ["9", "4", "4"]}
     with pytest.raises(ValueError, match="self_refine needs a `critique`"):
         get_strategy("self_refine")(q, tools(FakeChains({})), 1)
+
+
+def test_two_answerless_texts_are_not_the_same_answer():
+    revs = iter(["<think>2+2=4 and then", answer(4), answer(4)])
+    critique = lambda prompts, completions, *, seed=0: [Candidate("VERDICT: wrong", 3, "eos") for _ in prompts]  # noqa: E731
+    revise = lambda prompts, completions, feedbacks, *, seed=0: [Candidate(next(revs), 5, "eos") for _ in prompts]  # noqa: E731
+    t = tools(FakeChains({"p0": ["<think>2+2"]}, Ledger()), critique=critique, revise=revise)
+    r = get_strategy("self_refine")(queries(1), t, 3)[0]
+    assert r.answer == "4" and r.extras["answers"] == [None, None, "4", "4"] and r.extras["stopped"] == "unchanged"
