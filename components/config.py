@@ -251,7 +251,10 @@ class RLConfig(Section):
     clip_low: float = Field(0.2, gt=0)
     clip_high: float = Field(0.28, gt=0, description="Upper clip range (DAPO clip-higher).")
     beta: float = Field(0.04, ge=0, description="KL coefficient to the frozen reference (0 = no reference).")
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3", description="Per-token KL estimator of the loss's beta term. Its gradient (samples held fixed) is, in "
+        "expectation, that of KL(pi_ref || pi) for k3 (GRPO's) and of KL(pi || pi_ref) for k2; k1's is 0, so k1 is "
+        "refused when beta > 0.")
     policy_loss: PolicyLoss = Field("clip", description="components.algorithms POLICY_LOSSES name (clip | vanilla).")
     loss_agg: LossAggregation = Field("token-mean", description="components.algorithms AGGREGATIONS name.")
     advantage: AdvantageEstimator = Field("grpo", description="components.algorithms ADVANTAGE_ESTIMATORS name.")
@@ -291,6 +294,13 @@ class RLConfig(Section):
         if v is not None and not 0.0 <= v[0] <= v[1] <= 1.0:
             raise ValueError(f"expected 0 <= low <= high <= 1, got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _kl_term(self):
+        if self.beta > 0 and self.kl_estimator == "k1":
+            raise ValueError("kl_estimator: 'k1' as a loss term has zero expected gradient, so beta > 0 would do "
+                             "nothing; use 'k3' (GRPO's) or 'k2', or beta: 0")
+        return self
 
 
 class RejectionConfig(Section):

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from components.algorithms.aggregate import aggregate_loss
-from components.algorithms.kl import get_kl_estimator, token_kl
+from components.algorithms.kl import check_kl_in_loss, get_kl_estimator, token_kl
 from components.algorithms.masked import fill_padding, masked_mean
 from components.algorithms.ppo import clipped_surrogate, expand_advantages, policy_loss_stats
 from components.algorithms.validate import (
@@ -126,7 +126,11 @@ def grpo_loss(
     loss_agg: str = "token-mean",
     norm_constant: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """GRPO objective (Shao et al. 2024, Eq. 3): clipped surrogate + beta * KL(pi || pi_ref).
+    """GRPO objective (Shao et al. 2024, Eq. 3): clipped surrogate + beta * k(logp, ref_logp).
+
+    The KL term's VALUE estimates KL(pi || pi_ref), but as a loss its gradient (samples held
+    fixed) is, in expectation: k2 -> grad KL(pi || pi_ref); k3 (GRPO's) -> grad KL(pi_ref || pi);
+    k1 -> 0 (E_pi[grad log pi] = 0), so k1 is refused when beta > 0.
 
     Shapes: logp, old_logp, ref_logp [B, T]; advantages [B] (one per
     completion) or [B, T]; mask [B, T] -> scalar. ``ref_logp`` may be None only
@@ -140,6 +144,7 @@ def grpo_loss(
     clip_high = clip_low if clip_high is None else check_scalar("clip_high", clip_high, low=0.0)
     beta = check_scalar("beta", beta, low=0.0)
     get_kl_estimator(kl_estimator)
+    check_kl_in_loss(kl_estimator, beta)
     if ref_logp is None and beta > 0:
         raise ValueError("ref_logp: required when beta > 0")
     others = {"old_logp": old_logp} if ref_logp is None else {"old_logp": old_logp, "ref_logp": ref_logp}

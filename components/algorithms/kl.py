@@ -28,7 +28,7 @@ def kl_k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
 
 
 def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    # k3 = exp(r) - r - 1 with r = log pi_ref(a) - log pi(a);  r - expm1(r) is the stable form
+    # k3 = exp(r) - r - 1 with r = log pi_ref(a) - log pi(a);  expm1(r) - r is the stable form
     r = ref_logp - logp
     return torch.expm1(r) - r
 
@@ -43,6 +43,15 @@ KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 def get_kl_estimator(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     """Return the KL estimator registered as ``name`` (see ``KL_ESTIMATORS``)."""
     return lookup(KL_ESTIMATORS, "KL estimator", name)
+
+
+def check_kl_in_loss(name: str, beta: float) -> None:
+    """Refuse k1 as a differentiated loss term: with the sampled tokens held fixed its expected
+    gradient is E_pi[grad log pi] = 0, so a KL penalty built from it does nothing (k1 stays fine
+    as a reward-shaping term, e.g. ``kl_penalty_rewards``, where no gradient flows through it)."""
+    if beta > 0 and name == "k1":
+        raise ValueError("kl_estimator: 'k1' in the loss has zero expected gradient (E_pi[grad log pi] = 0); "
+                         "use 'k2' (gradient of KL(pi || pi_ref)) or 'k3' (GRPO's; gradient of KL(pi_ref || pi))")
 
 
 def token_kl(logp: Tensor, ref_logp: Tensor, estimator: str = "k3") -> Tensor:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from components.algorithms.aggregate import aggregate_loss
 from components.algorithms.grpo import grpo_loss
-from components.algorithms.kl import token_kl
+from components.algorithms.kl import check_kl_in_loss, token_kl
 from components.algorithms.masked import fill_padding, masked_mean
 from components.algorithms.ppo import expand_advantages, policy_loss_stats
 from components.algorithms.validate import check_scalar, check_token_tensors, lookup
@@ -43,6 +43,7 @@ def vanilla_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask
                         norm_constant: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     # l_t = -rho_t A_t + beta k(logp_t, ref_logp_t);  rho_t = exp(logp_t - old_logp_t)
     beta = check_scalar("beta", beta, low=0.0)
+    check_kl_in_loss(kl_estimator, beta if ref_logp is not None else 0.0)
     others = {"old_logp": old_logp} if ref_logp is None else {"old_logp": old_logp, "ref_logp": ref_logp}
     mask = check_token_tensors(mask, "logp", logp, **others)
     adv = fill_padding(expand_advantages(advantages, logp), mask)

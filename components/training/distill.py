@@ -35,7 +35,7 @@ from components.seeds import derive_seed
 from components.training.configs import DistillConfig
 from components.training.loop import LoopResult, Log, Progress, Trainer, no_log, no_progress
 from components.training.rejection import RejectionStats, rejection_sample
-from components.training.sft import EncodingError, collate, encode, make_batch_fn
+from components.training.sft import EncodingError, collate, encode, make_batch_fn, token_shares
 
 def teacher_samples(teacher, tokenizer, rows: list[dict], cfg: DistillConfig, seed: int, engine=None,
                     progress: bool = False) -> tuple[list[dict], RejectionStats]:
@@ -130,8 +130,10 @@ def run_distill(student, teacher, tokenizer, rows: list[dict], cfg: DistillConfi
     trainer = Trainer({"student": student}, cfg, ckpt_dir, log=log, progress=progress, what="distill")
 
     def iteration(step: int) -> dict:
-        return trainer.step([lambda micro=micro: distill_batch_loss(student, teacher, batch_fn(step, micro), cfg)
-                             for micro in range(cfg.grad_accum)])
+        batches = [batch_fn(step, micro) for micro in range(cfg.grad_accum)]
+        weights = token_shares(batches) if cfg.loss_agg == "token-mean" else None  # None: equal (a mean of means)
+        return trainer.step([lambda b=b: distill_batch_loss(student, teacher, b, cfg) for b in batches],
+                            weights=weights)
 
     return trainer.run(iteration, stop_after=stop_after)
 

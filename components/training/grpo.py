@@ -161,7 +161,8 @@ def grpo_iteration(it, trainer, policy, reference, engine, combiner, rows, promp
         if cfg.beta > 0:
             batch.ref_logp = reference_logprobs(policy, reference, batch, cfg.temperature, chunk, cfg.share_prompts)
         policy.train()
-        metrics.update(optimise(trainer, batch, plan, lambda mb: minibatch_loss(policy, mb, cfg)))
+        metrics.update(optimise(trainer, batch, plan, lambda mb: minibatch_loss(policy, mb, cfg),
+                                token_weighted=cfg.loss_agg == "token-mean"))
         engine.update_weights(policy)
     t_optimise = time.perf_counter() - t1
 
@@ -354,15 +355,19 @@ def minibatch_plan(n: int, cfg, seed: int, it: int) -> list[list[torch.Tensor]]:
     return plan
 
 
-def optimise(trainer, batch: RolloutBatch, plan, loss_fn: Callable[[RolloutBatch], tuple]) -> dict:
+def optimise(trainer, batch: RolloutBatch, plan, loss_fn: Callable[[RolloutBatch], tuple],
+             token_weighted: bool = False) -> dict:
     """Run the planned optimizer steps (each a list of micro-batches of row indices, weighted by
-    their share of the step's rows) with `loss_fn(minibatch) -> (loss, metrics)`; returns
-    step-averaged loss statistics (detached tensors)."""
+    their share of the step's rows, or of its completion tokens when `token_weighted`, so that a
+    token-mean loss is the token mean over the whole step) with `loss_fn(minibatch) -> (loss,
+    metrics)`; returns step-averaged loss statistics (detached tensors)."""
     sums: dict = {}
+    mask = batch.completion_mask
     for step in plan:
-        rows = sum(len(micro) for micro in step)
+        sizes = [float(mask[micro.to(mask.device)].sum()) if token_weighted else len(micro) for micro in step]
+        total = sum(sizes) or 1.0
         stats = trainer.step([lambda micro=micro: loss_fn(batch.select(micro)) for micro in step],
-                             weights=[len(micro) / rows for micro in step])
+                             weights=[size / total for size in sizes])
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + v / len(plan)
     return sums

@@ -132,6 +132,15 @@ def make_batch_fn(encoded: list, batch_size: int, grad_accum: int, seed: int, pa
     return batch_fn
 
 
+def token_shares(batches: list[dict]) -> list[float]:
+    """Each micro-batch's share of the step's loss tokens: weighting the micro-batches' token means
+    by it makes an accumulated step's loss the token mean over the whole step, whatever the split
+    (equal weights would not: a micro-batch of short answers would count as much as one of long)."""
+    counts = [float(b["loss_mask"][:, 1:].sum()) for b in batches]
+    total = sum(counts)
+    return [c / total for c in counts] if total else [1.0 / len(batches)] * len(batches)
+
+
 def sft_loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict]:
     """Token-mean NLL of a padded (attention_mask) or packed (position_ids) batch."""
     tokens = float(batch["loss_mask"][:, 1:].sum())  # counted before the batch moves: no wait on a GPU
@@ -153,7 +162,7 @@ def run_sft(model, tokenizer, rows: list[dict], cfg, ckpt_dir, seed: int, log: L
     trainer = Trainer({"model": model}, cfg, ckpt_dir, log=log, progress=progress, what="sft")
 
     def iteration(step: int) -> dict:
-        return trainer.step([lambda micro=micro: sft_loss_fn(model, batch_fn(step, micro))
-                             for micro in range(cfg.grad_accum)])
+        batches = [batch_fn(step, micro) for micro in range(cfg.grad_accum)]
+        return trainer.step([lambda b=b: sft_loss_fn(model, b) for b in batches], weights=token_shares(batches))
 
     return trainer.run(iteration, stop_after=stop_after)

@@ -47,6 +47,7 @@ def test_overrides_are_typed_and_nested():
     ("reasoning_rl.rewards=[{weight: 1}]", "reasoning_rl.rewards.0.name: Field required"),
     ("reasoning_rl.share_prompts=maybe", "reasoning_rl.share_prompts: Input should be a valid boolean"),
     ("reasoning_rl.share_prompt=true", "(did you mean reasoning_rl.share_prompts?)"),
+    ("reasoning_rl={beta: 0.04, kl_estimator: k1}", "reasoning_rl: Value error, kl_estimator: 'k1' as a loss term has"),
 ])
 def test_invalid_values_name_file_and_dotted_field(override, message):
     with pytest.raises(RecipeError) as err:

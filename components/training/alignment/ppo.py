@@ -75,7 +75,8 @@ def ppo_iteration(it: int, run: OnlineRun, trainer: Trainer, critic, reference) 
     batch = RolloutBatch.from_rollout(sampled.rollout, list(range(n)), torch.zeros(n), run.pad_id, run.device)
     metrics.update(prepare(batch, torch.tensor(sampled.scores.total), policy, critic, reference, cfg))
     plan = minibatch_plan(n, cfg, run.seed, it)
-    metrics.update(optimise(trainer, batch, plan, lambda mb: ppo_loss(policy, critic, mb, cfg)))
+    metrics.update(optimise(trainer, batch, plan, lambda mb: ppo_loss(policy, critic, mb, cfg),
+                            token_weighted=cfg.loss_agg == "token-mean"))
     run.engine.update_weights(policy)
     return metrics
 

@@ -51,3 +51,22 @@ def test_errors():
         token_kl(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="valid names: k1, k2, k3"):
         token_kl(torch.zeros(2), torch.zeros(2), "k4")
+
+
+def test_kl_terms_in_a_loss_have_the_documented_expected_gradients():
+    """Samples held fixed, E_pi[grad k]: k2 -> grad KL(pi||ref), k3 -> grad KL(ref||pi), k1 -> 0 (refused)."""
+    from components.algorithms import grpo_loss
+
+    z, ref = torch.randn(5, requires_grad=True, generator=torch.Generator().manual_seed(0)), torch.randn(5).log_softmax(-1)
+    logp = z.log_softmax(-1)
+    p = logp.exp().detach()
+
+    def grad(f):
+        return torch.autograd.grad(f, z, retain_graph=True)[0]
+
+    torch.testing.assert_close(grad((p * token_kl(logp, ref, "k2")).sum()), grad((logp.exp() * (logp - ref)).sum()))
+    torch.testing.assert_close(grad((p * token_kl(logp, ref, "k3")).sum()), grad((ref.exp() * (ref - logp)).sum()))
+    torch.testing.assert_close(grad((p * token_kl(logp, ref, "k1")).sum()), torch.zeros(5))
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="zero expected gradient"):
+        grpo_loss(x, x, x, torch.ones(2), torch.ones(2, 3), beta=0.04, kl_estimator="k1")

@@ -457,3 +457,30 @@ def test_pass_rate_band_keeps_prompts_with_signal(tiny_model, tiny_tokenizer, tm
     logged.clear()
     run_grpo(tiny_model, tiny_tokenizer, rows, cfg.model_copy(update={"steps": 3}), tmp_path, seed=0, log=log)
     assert 0 not in logged and sorted(logged) == [3]
+
+
+def test_token_mean_is_the_step_token_mean_whatever_the_micro_batches():
+    """grad_accum must not reweight tokens: a 1-token and a 9-token completion in one micro-batch
+    or in two give the same gradient of a token-mean loss."""
+    from components.algorithms import aggregate_loss
+    from components.training.grpo import optimise
+
+    batch = RolloutBatch.from_sequences([[5], [5]], [[1], [1] * 9], torch.zeros(2), 0, "cpu")
+    w = torch.nn.Parameter(torch.zeros(()))
+
+    def loss_fn(mb):
+        mask = mb.completion_mask[:, mb.start:]
+        return aggregate_loss(w * torch.arange(1.0, mask.shape[1] + 1).expand_as(mask), mask, "token-mean"), {}
+
+    class Stub:
+        def step(self, fns, weights):
+            for f, wt in zip(fns, weights):
+                (f()[0] * wt).backward()
+            return {}
+
+    grads = []
+    for plan in ([[torch.tensor([0, 1])]], [[torch.tensor([0]), torch.tensor([1])]]):
+        w.grad = None
+        optimise(Stub(), batch, plan, loss_fn, token_weighted=True)
+        grads.append(w.grad.item())
+    assert grads[0] == pytest.approx(grads[1])

@@ -3,7 +3,8 @@ import torch
 
 from components.config import TrainConfig
 from components.training.loop import lr_lambda
-from components.training.sft import collate, encode, encode_chat, encode_rows, make_batch_fn, pack, run_sft, sft_loss_fn
+from components.training.sft import (collate, encode, encode_chat, encode_rows, make_batch_fn, pack, run_sft, sft_loss_fn,
+                                     token_shares)
 
 ROWS = [{"messages": [{"role": "user", "content": f"{a}*{b}"},
                       {"role": "assistant", "content": f"<think>{a}*{b}={a * b}</think><answer>{a * b}</answer>"}]}
@@ -60,6 +61,27 @@ def test_a_packed_batch_has_the_loss_and_gradients_of_the_padded_one(tiny_model,
     padded, packed = loss_and_grads(collate(examples, 0)), loss_and_grads(pack(examples, 64, 0))
     assert packed[0] == pytest.approx(padded[0], rel=1e-5) and packed[1] == padded[1]
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(padded[2], packed[2]))
+
+
+def test_an_accumulated_step_is_the_token_mean_of_the_whole_step(tiny_model, tiny_tokenizer):
+    # answers of very different lengths, so the two micro-batches hold very different token counts
+    rows = [ROWS[3], {"text": "7-2=5 " * 8}, ROWS[9], {"text": "1+1=2"}]
+    encoded = [encode(tiny_tokenizer, row, 64) for row in rows]
+    whole = make_batch_fn(encoded, batch_size=4, grad_accum=1, seed=0, pad_id=0)(1, 0)
+    micros = [make_batch_fn(encoded, batch_size=2, grad_accum=2, seed=0, pad_id=0)(1, m) for m in (0, 1)]
+
+    def grads(batch, w=1.0):
+        tiny_model.zero_grad()
+        (sft_loss_fn(tiny_model, batch)[0] * w).backward()
+        return [p.grad.clone() for p in tiny_model.parameters()]
+
+    weights = token_shares(micros)
+    assert sum(weights) == pytest.approx(1.0) and abs(weights[0] - weights[1]) > 0.2, "the split is uneven"
+    expected = grads(whole)
+    accumulated = [a + b for a, b in zip(grads(micros[0], weights[0]), grads(micros[1], weights[1]))]
+    assert all(torch.allclose(e, a, atol=1e-6) for e, a in zip(expected, accumulated))
+    halves = [a + b for a, b in zip(grads(micros[0], 0.5), grads(micros[1], 0.5))]
+    assert not all(torch.allclose(e, h, atol=1e-4) for e, h in zip(expected, halves)), "equal weights would differ"
 
 
 def test_schedule_values():
