@@ -60,7 +60,8 @@ def finish(ctx: StageContext, model, tokenizer, base: ModelRef | None = None, me
     model_dir = ctx.out_dir / "model"
     with atomic_dir(model_dir) as tmp:
         saved = save_model(model, tokenizer, tmp, base_path=base.uri if base else None, merge=merge,
-                           dtype=ctx.model.dtype)
+                           dtype=ctx.model.dtype, revision=ctx.model.revision,
+                           trust_remote_code=ctx.model.trust_remote_code)
     registered = tracking.log_model(saved, tokenizer, ctx.recipe_name, alias=ctx.alias, kind=kind,
                                     license=ctx.model.license)
     return ModelRef(uri=str(model_dir), digest=digest_path(model_dir), stage=ctx.name, kind=kind, run_id=ctx.run_id,

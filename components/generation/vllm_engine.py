@@ -54,8 +54,7 @@ class VLLMEngine:
             path = str(model)
         else:
             path = model_path or tempfile.mkdtemp(prefix="r1flow-vllm-")
-            model.save_pretrained(path)
-            tokenizer.save_pretrained(path)
+            _save_plain(model, tokenizer, path)
         self.model_path = path
         kwargs = dict(model=path, tokenizer=path, gpu_memory_utilization=gpu_memory_utilization,
                       enable_prefix_caching=True, logprobs_mode="processed_logprobs")
@@ -96,7 +95,10 @@ class VLLMEngine:
         n = params.n
         inputs = [{"prompt_token_ids": ids} for ids in prompt_ids for _ in range(n)]
         vparams = [self._vllm_params(params, i, j, params.seed) for i in range(len(prompt_ids)) for j in range(n)]
-        outputs = self.llm.generate(inputs, vparams, use_tqdm=progress is True)
+        import torch
+
+        with torch.autocast("cuda", enabled=False):  # a bf16 stage's autocast must not reach vLLM's own kernels
+            outputs = self.llm.generate(inputs, vparams, use_tqdm=progress is True)
 
         rows = dict(prompt_ids=[], completion_ids=[], logprobs=[], texts=[], finish_reasons=[], prompt_index=[])
         for r, out in enumerate(outputs):
@@ -142,7 +144,9 @@ class VLLMEngine:
 
     def update_weights(self, model) -> None:
         """Load the policy's current weights into the running vLLM model."""
-        state = {k: v.detach() for k, v in model.state_dict().items()}
+        from components.modeling.models import plain_state_dict
+
+        state = plain_state_dict(model)  # a LoRA/QLoRA policy's merged, dequantized weights
         handle = self._model_handle()
         if handle is not None:
             handle.load_weights(state.items())
@@ -155,3 +159,32 @@ class VLLMEngine:
             )
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()
+
+
+def _save_plain(model, tokenizer, path: str) -> None:
+    """A plain HF directory vLLM can load: for a peft (LoRA/QLoRA) policy, the base config without
+    its quantization and the merged, dequantized weights; `save_pretrained` would write adapters only."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    from components.modeling.models import plain_state_dict
+
+    if not hasattr(model, "peft_config"):
+        model.save_pretrained(path)
+    else:
+        base = model.get_base_model()
+        config = copy.deepcopy(base.config)
+        if getattr(config, "quantization_config", None) is not None:
+            del config.quantization_config
+        config.save_pretrained(path)
+        if getattr(base, "generation_config", None) is not None:
+            base.generation_config.save_pretrained(path)
+        state = plain_state_dict(model)
+        seen = {}
+        for k, v in list(state.items()):  # tied weights: safetensors refuses shared storage
+            if v.data_ptr() in seen:
+                state[k] = v.clone()
+            seen[v.data_ptr()] = k
+        save_file({k: v.contiguous().cpu() for k, v in state.items()}, f"{path}/model.safetensors")
+    tokenizer.save_pretrained(path)

@@ -46,17 +46,20 @@ class WorkerError(RuntimeError):
 
 
 def cpu_state_bytes(model) -> bytes:
-    """The model's weights as `torch.save` bytes (a LoRA model's adapters merged into them)."""
-    if hasattr(model, "peft_config"):
-        model = copy.deepcopy(model).merge_and_unload()
+    """The model's weights as `torch.save` bytes (a LoRA model's adapters merged, 4-bit layers dequantized)."""
+    from components.modeling.models import plain_state_dict
+
     buf = io.BytesIO()
-    torch.save({k: v.detach() for k, v in model.state_dict().items()}, buf)
+    torch.save(plain_state_dict(model), buf)
     return buf.getvalue()
 
 
 def base_config(model):
     """The config a helper builds its copy from (a LoRA model's base model config)."""
-    return model.get_base_model().config if hasattr(model, "peft_config") else model.config
+    config = copy.deepcopy(model.get_base_model().config if hasattr(model, "peft_config") else model.config)
+    if getattr(config, "quantization_config", None) is not None:  # helpers hold the dequantized weights
+        del config.quantization_config
+    return config
 
 
 class _Helper:

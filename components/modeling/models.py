@@ -129,7 +129,7 @@ def disable_bnb_cpu_repack(model) -> int:
 
 
 def save_model(model, tokenizer, out_dir: str | Path, *, base_path: str | None = None, merge: bool = True,
-               dtype: str = "float32"):
+               dtype: str = "float32", revision=None, trust_remote_code: bool = False):
     """Save a plain HF model directory (safetensors) at `out_dir`; returns the saved model.
 
     A peft model is merged into its base first when `merge` is true; a 4-bit (QLoRA) base is
@@ -137,13 +137,14 @@ def save_model(model, tokenizer, out_dir: str | Path, *, base_path: str | None =
     """
     out_dir = Path(out_dir)
     if hasattr(model, "peft_config") and merge:
-        model = merge_adapters(model, base_path, dtype)
+        model = merge_adapters(model, base_path, dtype, revision=revision, trust_remote_code=trust_remote_code)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
     return model
 
 
-def merge_adapters(peft_model, base_path: str | None, dtype: str = "float32"):
+def merge_adapters(peft_model, base_path: str | None, dtype: str = "float32", *, revision=None,
+                   trust_remote_code: bool = False):
     """Return a plain model with the LoRA adapters of `peft_model` merged in."""
     import tempfile
 
@@ -156,8 +157,40 @@ def merge_adapters(peft_model, base_path: str | None, dtype: str = "float32"):
         raise ValueError("merging QLoRA adapters needs the full-precision base model path")
     with tempfile.TemporaryDirectory() as adapters:
         peft_model.save_pretrained(adapters)
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=DTYPES[dtype], use_safetensors=True)
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=DTYPES[dtype], use_safetensors=True,
+                                                    revision=revision, trust_remote_code=trust_remote_code)
         return PeftModel.from_pretrained(base, adapters).merge_and_unload()
+
+
+def plain_state_dict(model) -> dict[str, torch.Tensor]:
+    """The weights under the names a plain HF checkpoint of the base architecture uses: LoRA deltas
+    added, 4-bit layers dequantized. `model` is left untouched (no merge/unmerge round trip, which
+    would re-quantize 4-bit weights or drift bf16 ones). What rollout engines load (vLLM, helpers)."""
+    if not hasattr(model, "peft_config") and not getattr(model, "is_loaded_in_4bit", False):
+        return {k: v.detach() for k, v in model.state_dict().items()}
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model() if hasattr(model, "peft_config") else model
+    lora = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+    out = {}
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if any(part.startswith("lora_") for part in name.split(".")):
+                continue  # the adapters themselves
+            owner = name.removesuffix(".base_layer")
+            for pname, p in module.named_parameters(recurse=False):
+                w = p
+                if getattr(p, "quant_state", None) is not None:  # bnb Params4bit
+                    import bitsandbytes.functional as bnbf
+
+                    w = bnbf.dequantize_4bit(p.data, p.quant_state)
+                w = w.detach()
+                layer = lora.get(owner)
+                if pname == "weight" and layer is not None:
+                    delta = sum(layer.get_delta_weight(a).float() for a in layer.active_adapters if a in layer.lora_A)
+                    w = (w.float() + delta).to(w.dtype)
+                out[f"{owner}.{pname}" if owner else pname] = w
+    return out
 
 
 def _is_quantized(model) -> bool:

@@ -38,6 +38,7 @@ import torch
 
 from components.data.prompts import render_prompt
 from components.data.steps import split_steps
+from components.modeling.models import default_device
 from components.rewards import extract_answer
 from components.search.aggregate import get_aggregation
 
@@ -189,12 +190,12 @@ def vote_share(prompts: list[str], completions: list[str]) -> list[float]:
 def load_outcome_verifier(path: str, tokenizer=None, **kwargs) -> OutcomeVerifier:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
+    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True).to(default_device())
     return OutcomeVerifier(model, tokenizer or AutoTokenizer.from_pretrained(path), **kwargs)
 
 
 def load_process_verifier(path: str, tokenizer=None, **kwargs) -> ProcessVerifier:
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    model = AutoModelForTokenClassification.from_pretrained(path, use_safetensors=True)
+    model = AutoModelForTokenClassification.from_pretrained(path, use_safetensors=True).to(default_device())
     return ProcessVerifier(model, tokenizer or AutoTokenizer.from_pretrained(path), **kwargs)

@@ -144,6 +144,15 @@ class Trainer:
                 groups.append({"params": params, "lr": (lrs or {}).get(name, cfg.lr), "name": name})
         if not groups:
             raise ValueError(f"{what}: the model has no trainable parameters")
+        low = sorted({str(p.dtype).removeprefix("torch.") for g in groups for p in g["params"]
+                      if p.dtype in (torch.float16, torch.bfloat16)})
+        if "float16" in low:  # AdamW's eps (1e-8) and grad**2 underflow to 0: inf/NaN weights after one step
+            raise ValueError(f"{what}: trainable weights in float16 cannot take AdamW steps (no loss scaling); use "
+                             "model.dtype float32 (+ mixed_precision bf16), or LoRA/QLoRA (adapters train in float32)")
+        if low:
+            warnings.warn(f"{what}: trainable weights in bfloat16: AdamW steps smaller than the weights' bf16 "
+                          "resolution (lr 1e-6..1e-5 on weights ~0.02) are rounded away; prefer model.dtype float32 "
+                          "with mixed_precision bf16, or LoRA", stacklevel=2)
         self.groups = [(g["name"], g["params"]) for g in groups]
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -111,10 +111,11 @@ def _reward_fn(ctx: StageContext, ref: ModelRef, tokenizer):
     """The reward model's score of (raw prompt, completion) pairs, as the methods call it."""
     from transformers import AutoModelForSequenceClassification
 
+    from components.modeling.models import DTYPES, default_device
     from components.modeling.reward_models import score_outcomes
 
-    rm = AutoModelForSequenceClassification.from_pretrained(ref.uri, use_safetensors=True).eval()
-    rm.to(next(iter(rm.parameters())).device)
+    rm = AutoModelForSequenceClassification.from_pretrained(  # on the policy's device: scoring every rollout
+        ref.uri, use_safetensors=True, dtype=DTYPES[ctx.model.dtype]).to(default_device()).eval()
     return lambda prompts, completions: score_outcomes(rm, tokenizer, prompts, completions, batch_size=128)
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from components.config import LoraConfig, TrainConfig
-from components.modeling.models import ModelLoadError, load_model, load_tokenizer, save_model
+from components.modeling.models import ModelLoadError, load_model, load_tokenizer, plain_state_dict, save_model
 from components.training.sft import run_sft
 
 ROWS = [{"messages": [{"role": "user", "content": f"{a}+{b}"},
@@ -87,3 +87,35 @@ def test_lora_init_is_a_function_of_the_seed_alone(tiny_model, single_thread):
     before = torch.get_rng_state()
     add_lora(copy.deepcopy(tiny_model), LORA, seed=5)
     assert torch.equal(torch.get_rng_state(), before), "the caller's RNG stream is left as it was"
+
+
+@pytest.mark.parametrize("mode", ["lora", "qlora"])
+def test_a_peft_policy_hands_engines_plain_weights_that_compute_its_logits(mode, saved_base):
+    """What vLLM and the helper processes load: the base's own names, adapters added, 4-bit dequantized."""
+    model = load_model(saved_base, finetune=mode, lora=LORA, seed=0)
+    with torch.no_grad():  # adapters that change the logits (B starts at zero)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    state = plain_state_dict(model)
+    plain = load_model(saved_base)
+    assert set(state) == set(plain.state_dict()), "the plain checkpoint's names, no lora_/base_layer ones"
+    plain.load_state_dict(state)
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, model(input_ids=ids).logits.float(),
+                                   atol=1e-5, rtol=1e-5)
+    assert hasattr(model, "peft_config") and any("lora_B" in n for n, _ in model.named_parameters()), "untouched"
+
+
+def test_qlora_adapters_merge_into_the_pinned_revision_of_the_base(saved_base, tiny_tokenizer, tmp_path, monkeypatch):
+    """The merge reloads the full-precision base: at the recipe's model.revision, not the hub's main."""
+    import transformers
+
+    model = load_model(saved_base, finetune="qlora", lora=LORA)
+    loads, real = [], transformers.AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda path, **kw: loads.append(kw) or real(path, **kw))
+    save_model(model, tiny_tokenizer, tmp_path / "merged", base_path=saved_base, revision="abc123")
+    assert loads and loads[-1]["revision"] == "abc123" and loads[-1]["trust_remote_code"] is False

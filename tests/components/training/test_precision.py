@@ -73,3 +73,17 @@ def test_the_recipe_field_is_checked():
     with pytest.raises(ValueError, match="not one of"):
         with mixed_precision("fp16"):
             pass
+
+
+def test_half_precision_weights_are_refused_or_warned_before_training(tiny_model, tmp_path):
+    """AdamW on float16 weights (no loss scaling) turns them inf/NaN within a step or two: refused.
+    On bfloat16 weights, steps below their resolution round away: a warning names the fix."""
+    import copy
+
+    from components.training.loop import Trainer
+
+    cfg = TrainConfig(steps=1, batch_size=2)
+    with pytest.raises(ValueError, match="float16 cannot take AdamW steps.*mixed_precision bf16"):
+        Trainer({"model": copy.deepcopy(tiny_model).to(torch.float16)}, cfg, tmp_path / "a", what="sft")
+    with pytest.warns(UserWarning, match="trainable weights in bfloat16"):
+        Trainer({"model": copy.deepcopy(tiny_model).to(torch.bfloat16)}, cfg, tmp_path / "b", what="sft")
