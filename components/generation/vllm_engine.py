@@ -139,8 +139,15 @@ class VLLMEngine:
         return None
 
     def close(self) -> None:
-        """Drop the vLLM engine: its GPU memory is freed once nothing else holds it."""
+        """Drop the vLLM engine and return its cached GPU memory, so the next stage's engine can start."""
+        import gc
+
+        import torch
+
         self.llm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def update_weights(self, model) -> None:
         """Load the policy's current weights into the running vLLM model."""
