@@ -45,6 +45,18 @@ def registered(registry: str, kind: str):
     return Annotated[str, AfterValidator(check)]
 
 
+INJECTED_REWARDS = ("reward_model",)  # bound at run time by the stages that hold a trained reward model
+
+
+def _known_reward(value: str) -> str:
+    from components.rewards.functions import REWARDS
+
+    if value not in REWARDS and value not in INJECTED_REWARDS:
+        raise ValueError(f"unknown reward {value!r}; choose from {sorted({*REWARDS, *INJECTED_REWARDS})}")
+    return value
+
+
+RewardName = Annotated[str, AfterValidator(_known_reward)]
 LossAggregation = registered("AGGREGATIONS", "loss aggregation")
 AdvantageEstimator = registered("ADVANTAGE_ESTIMATORS", "advantage estimator")
 PolicyLoss = registered("POLICY_LOSSES", "policy loss")
@@ -225,7 +237,7 @@ class TrainConfig(Optimization):
 
 
 class RewardItem(Section):
-    name: str = Field(..., description="A registered reward function (components/rewards).")
+    name: RewardName = Field(..., description="A registered reward function (components/rewards).")
     weight: float = 1.0
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
@@ -313,7 +325,7 @@ class RejectionConfig(Section):
     max_new_tokens: int = Field(64, ge=1)
     min_tokens: int = Field(1, ge=0)
     max_tokens: int = Field(64, ge=1)
-    verifier: str = Field("exact_int", description="Reward function that decides correctness.")
+    verifier: RewardName = Field("exact_int", description="Reward function that decides correctness.")
     accept_score: float = Field(1.0, description="A sample is correct when the verifier scores it at least this "
                                 "(1.0 for 0/1 verifiers; lower for partial-credit rewards).")
     require_format: bool = True
@@ -325,7 +337,7 @@ class RejectionConfig(Section):
 
 class EvalConfig(Section):
     source: str | None = Field(None, description="Held-out prompt/answer data instead of data/eval.jsonl.")
-    correctness: str = Field("exact_int", description="Reward function that decides a correct answer.")
+    correctness: RewardName = Field("exact_int", description="Reward function that decides a correct answer.")
     system_prompt: str | None = Field(None, description="System message prepended to every prompt.")
     limit: int | None = Field(None, ge=1, description="Evaluate on at most this many held-out problems.")
     max_new_tokens: int = Field(64, ge=1)
@@ -342,12 +354,17 @@ def apply_override(tree: dict, assignment: str) -> None:
         raise RecipeError(f"--set {assignment!r}: expected section.field=value")
     path, raw = assignment.split("=", 1)
     keys = path.strip().split(".")
+    if not all(k.strip() for k in keys):
+        raise RecipeError(f"--set {assignment!r}: expected section.field=value (an empty name in {path.strip()!r})")
     node = tree
     for key in keys[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise RecipeError(f"--set {assignment!r}: {key} is not a section")
-    node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"--set {assignment!r}: the value is not valid YAML: {str(e).splitlines()[0]}") from None
 
 
 def format_validation_error(source: str, err: ValidationError, cls: type[BaseModel]) -> str:
@@ -384,10 +401,23 @@ def load_tree(path: str | Path | None = None, overrides: list[str] | None = None
     return tree, source
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error (YAML keeps the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_recipe(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     source = str(path)
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except FileNotFoundError:
         where = f" (extended by {chain[-1]})" if chain else ""
         near = difflib.get_close_matches(path.name, [p.name for p in path.parent.glob("*.y*ml")], n=1)
@@ -395,6 +425,8 @@ def _read_recipe(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         raise RecipeError(f"{source}: recipe file not found{where}{hint}") from None
     except yaml.YAMLError as e:
         raise RecipeError(f"{source}: invalid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{source}: cannot read the recipe: {getattr(e, 'strerror', None) or e}") from None
     if not isinstance(tree, dict):
         raise RecipeError(f"{source}: a recipe is a mapping of sections, got {type(tree).__name__}")
     parent = tree.pop("extends", None)

@@ -291,6 +291,9 @@ def _exit_now(code) -> None:
     import threading
 
     if code not in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        pools = sys.modules.get("concurrent.futures.thread")
+        if hasattr(pools, "_python_exit"):  # wake idle executor workers (MLflow's artifact downloads), as
+            pools._python_exit()            # Python's exit does: else an error after a model fetch waits forever
         for thread in threading.enumerate():
             if thread is not threading.current_thread() and not thread.daemon:
                 thread.join()

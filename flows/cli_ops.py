@@ -36,8 +36,8 @@ def _names(names: Optional[List[str]]) -> list[str]:
 @server_app.command("start")
 def server_start(names: Optional[List[str]] = NamesArg,
                  host: str = typer.Option("127.0.0.1", help="Bind address (loopback unless you mean otherwise)."),
-                 prefect_port: int = typer.Option(4200, help="Prefect server port (API and UI)."),
-                 mlflow_port: int = typer.Option(5000, help="MLflow tracking server port (API and UI).")) -> None:
+                 prefect_port: int = typer.Option(4200, min=1, max=65535, help="Prefect server port (API and UI)."),
+                 mlflow_port: int = typer.Option(5000, min=1, max=65535, help="MLflow tracking server port (API and UI).")) -> None:
     """Start the servers in the background and say where they listen."""
     root = configure()
     try:
@@ -142,7 +142,7 @@ def _pythonpath() -> str:
 
 def ui(which: str = typer.Argument(..., help="mlflow or prefect"),
        host: str = typer.Option("127.0.0.1", help="Bind address (loopback unless you mean otherwise)."),
-       port: int = typer.Option(0, help="Port (default 5000 for MLflow, 4200 for Prefect).")) -> None:
+       port: int = typer.Option(0, min=0, max=65535, help="Port (default 5000 for MLflow, 4200 for Prefect).")) -> None:
     """Serve the MLflow or Prefect UI on this project's stores in the foreground (`server start`: background)."""
     root = configure()
     from tasks.servers import SERVERS

@@ -12,6 +12,7 @@ A single `r1flow run` with no server running uses a private one instead (`tasks/
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -124,8 +125,10 @@ def port_free(host: str, port: int) -> bool:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError:
-            return False
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return False
+            raise RuntimeError(f"cannot bind {host}:{port}: {e.strerror or e} (is --host an address of this machine?)") from None
     return True
 
 

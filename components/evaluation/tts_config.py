@@ -2,7 +2,9 @@
 scaling. Apart from `tts_eval.py` (which runs models) so that a recipe loads without torch."""
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+import inspect
+
+from pydantic import Field, field_validator, model_validator
 
 from components.config import Section
 from components.search import STRATEGIES, SearchConfig
@@ -30,6 +32,17 @@ class CellSpec(Section):
         if any(b < 1 for b in v):
             raise ValueError(f"budgets must be >= 1, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _known_options(self) -> "CellSpec":
+        params = inspect.signature(STRATEGIES[self.strategy]).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return self
+        known = sorted(set(params) - {"queries", "tools", "budget"})
+        unknown = sorted(set(self.options) - set(known))
+        if unknown:
+            raise ValueError(f"options: {self.strategy} has no option(s) {unknown}; its options: {known or 'none'}")
+        return self
 
 
 class ComputeOptimalConfig(Section):

@@ -48,6 +48,11 @@ def test_overrides_are_typed_and_nested():
     ("reasoning_rl.share_prompts=maybe", "reasoning_rl.share_prompts: Input should be a valid boolean"),
     ("reasoning_rl.share_prompt=true", "(did you mean reasoning_rl.share_prompts?)"),
     ("reasoning_rl={beta: 0.04, kl_estimator: k1}", "reasoning_rl: Value error, kl_estimator: 'k1' as a loss term has"),
+    ("reasoning_rl.rewards=[{name: exact_intt}]", "reasoning_rl.rewards.0.name: Value error, unknown reward 'exact_intt'"),
+    ("rejection_sampling.verifier=exactint", "rejection_sampling.verifier: Value error, unknown reward 'exactint'"),
+    ("evaluate.correctness=nope", "evaluate.correctness: Value error, unknown reward 'nope'"),
+    ("tts_eval.cells=[{strategy: beam_search, budgets: [4], options: {wdth: 2}}]",
+     "beam_search has no option(s) ['wdth']; its options: ['agg', 'lookahead', 'width']"),
 ])
 def test_invalid_values_name_file_and_dotted_field(override, message):
     with pytest.raises(RecipeError) as err:
@@ -70,6 +75,15 @@ def test_bad_files(tmp_path):
         load_recipe(tmp_path / "list.yaml")
     with pytest.raises(RecipeError, match="expected section.field=value"):
         load_recipe(None, ["cold_start.lr"])
+    with pytest.raises(RecipeError, match="an empty name"):
+        load_recipe(None, ["base..lr=3"])
+    with pytest.raises(RecipeError, match="the value is not valid YAML"):
+        load_recipe(None, ["base.lr=[1"])
+    (tmp_path / "twice.yaml").write_text("base: {steps: 3}\ncold_start: {lr: 0.5}\nbase: {lr: 0.1}\n")
+    with pytest.raises(RecipeError, match="(?s)twice.yaml: invalid YAML: duplicate key 'base'.*line 3"):
+        load_recipe(tmp_path / "twice.yaml")
+    with pytest.raises(RecipeError, match="cannot read the recipe"):
+        load_recipe(tmp_path)  # a directory
 
 
 def test_a_recipe_extends_another_key_by_key(tmp_path):
