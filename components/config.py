@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.data.arithmetic import LEVELS, level_draws
 
@@ -43,6 +43,28 @@ def registered(registry: str, kind: str):
         return value
 
     return Annotated[str, AfterValidator(check)]
+
+
+class DataSource(Section):
+    """Where a stage's rows come from instead of its curated file. A plain string is the path:
+    ``source: rows.jsonl`` is ``source: {path: rows.jsonl}``."""
+
+    path: str = Field(..., min_length=1, description="A local .jsonl/.json/.parquet/.csv file, a folder written by "
+                      "Dataset(Dict).save_to_disk, or hf:org/name (a Hugging Face Hub dataset).")
+    config: str | None = Field(None, description="The dataset's configuration (hf: sources), e.g. main for gsm8k.")
+    split: str | None = Field(None, description="The split to read (hf: and DatasetDict sources; default: train, "
+                              "and test for evaluation).")
+    revision: str | None = Field(None, description="The hub dataset's git revision (a commit, tag or branch) to "
+                                 "pin what is read (hf: sources).")
+    columns: dict[str, str] = Field(default_factory=dict, description="Input columns renamed before the stage's "
+                                    "schema applies, e.g. {question: prompt}.")
+
+
+def _as_source(value):
+    return {"path": value} if isinstance(value, str) else value
+
+
+Source = Annotated[DataSource | None, BeforeValidator(_as_source)]
 
 
 INJECTED_REWARDS = ("reward_model",)  # bound at run time by the stages that hold a trained reward model
@@ -231,9 +253,9 @@ class TrainConfig(Optimization):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     merge_lora: bool = Field(True, description="Merge adapters into a plain model directory after training.")
     limit: int | None = Field(None, ge=1, description="Use at most this many training rows.")
-    source: str | None = Field(
+    source: Source = Field(
         None, description="Train on this data instead of the curated file: a local jsonl/json/parquet/csv "
-        "file or hf:org/name (the stage's schema applies).")
+        "file or hf:org/name (the stage's schema applies), or {path, config, split, revision, columns}.")
 
 
 class RewardItem(Section):
@@ -297,7 +319,7 @@ class RLConfig(Section):
     log_every: int = Field(1, ge=1)
     table_every: int = Field(10, ge=1, description="Log a table of sample completions every N steps.")
     limit: int | None = Field(None, ge=1, description="Use at most this many prompts.")
-    source: str | None = Field(None, description="Prompt/answer data instead of the curated file.")
+    source: Source = Field(None, description="Prompt/answer data instead of the curated file.")
     system_prompt: str | None = None
 
     @field_validator("pass_rate_band")
@@ -331,12 +353,13 @@ class RejectionConfig(Section):
     require_format: bool = True
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     limit: int | None = Field(None, ge=1, description="Use at most this many prompts.")
-    source: str | None = None
+    source: Source = Field(None, description="Prompt/answer data instead of the curated file.")
     system_prompt: str | None = None
 
 
 class EvalConfig(Section):
-    source: str | None = Field(None, description="Held-out prompt/answer data instead of data/eval.jsonl.")
+    source: Source = Field(None, description="Held-out prompt/answer data instead of data/eval.jsonl (its test "
+                           "split unless the source names one).")
     correctness: RewardName = Field("exact_int", description="Reward function that decides a correct answer.")
     system_prompt: str | None = Field(None, description="System message prepended to every prompt.")
     limit: int | None = Field(None, ge=1, description="Evaluate on at most this many held-out problems.")

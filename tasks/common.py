@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import mlflow
 
+from components.config import DataSource
 from components.data.loaders import load_records
 from components.io import atomic_dir, dataset_digest, digest_path, write_jsonl
 from tasks import tracking
@@ -13,17 +15,22 @@ from tasks.refs import DatasetRef, ModelRef
 from tasks.stage import StageContext
 
 
-def read_rows(ctx: StageContext, default_file: str, schema: str, source: str | None = None,
-              limit: int | None = None, name: str | None = None) -> list[dict]:
-    """The stage's rows (user `source` or the curated file), recorded as an MLflow dataset input."""
-    path = source or ctx.data.file(default_file)
-    rows = load_records(path, schema, limit=limit)
+def read_rows(ctx: StageContext, default_file: str, schema: str, source: DataSource | None = None,
+              limit: int | None = None, name: str | None = None, split: str = "train") -> list[dict]:
+    """The stage's rows (user `source` or the curated file), recorded as an MLflow dataset input.
+
+    `split` is the split a dataset source is read from unless the source names one."""
     if source is None:
+        path = ctx.data.file(default_file)
+        rows = load_records(path, schema, limit=limit)
         digest = ctx.data.files[default_file]  # the DVC md5 of this file
-    elif Path(source).exists():
-        digest = digest_path(source)
     else:
-        digest = hashlib.sha256(source.encode()).hexdigest()  # a hub dataset: named, not hashed
+        path, split = source.path, source.split or split
+        rows = load_records(path, schema, split=split, config=source.config, revision=source.revision,
+                            column_map=source.columns, limit=limit)
+        what = {"content": digest_path(path) if Path(path).exists() else path,  # a hub dataset: named, not hashed
+                "config": source.config, "split": split, "revision": source.revision, "columns": source.columns}
+        digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
     tracking.log_dataset(path, digest, name=name or Path(default_file).stem, context="training", rows=rows)
     return rows
 

@@ -117,7 +117,7 @@ def stage(*, config: type[Section], defaults: dict | None = None, inputs: tuple[
 def stage_key(spec: Stage, cfg: Section, model: ModelConfig, seed: int, inputs: dict, data: DataRef) -> str:
     """The cache key of running `spec` with section `cfg` on `inputs` (see the module docstring)."""
     section = spec.keyed(cfg) if spec.keyed else cfg.model_dump(mode="json")
-    source = section.get("source")
+    source = (section.get("source") or {}).get("path")
     payload = {
         "stage": spec.name,
         "section": section,

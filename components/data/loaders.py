@@ -4,8 +4,8 @@ Sources:
   * a local file: .jsonl (one object per line), .json (an array of objects), .parquet, .csv
   * a local directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`
     (`split` picks the split of a DatasetDict)
-  * `hf:<name>`: anything `datasets.load_dataset(name, config, split=split)` accepts,
-    e.g. `hf:openai/gsm8k` with config="main" (a Hub name, or a local data directory)
+  * `hf:<name>`: anything `datasets.load_dataset(name, config, split=split, revision=revision)`
+    accepts, e.g. `hf:openai/gsm8k` with config="main" (a Hub name, or a local data directory)
 
 Row numbers in errors are 1-based: the physical line for jsonl, the array element for
 json, the data row (header excluded) for csv, parquet and datasets. Every error is one
@@ -14,11 +14,12 @@ json, the data row (header excluded) for csv, parquet and datasets. Every error 
 All rows are validated before anything is returned; the first bad row raises.
 
 CSV cells are read as strings (empty cell -> None); list-valued fields (messages,
-responses, ...) may be written as JSON in a cell. `split` and `config` only apply to
-datasets. `column_map` renames input columns before validation: {"query": "prompt"}.
+responses, ...) may be written as JSON in a cell. `split`, `config` and `revision` only apply
+to datasets (`revision`: to hub ones). `column_map` renames input columns before validation: {"query": "prompt"}.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from contextlib import closing
@@ -44,7 +45,7 @@ class DataError(ValueError):
 
 
 def load_records(source: str | os.PathLike, schema: str, *, split: str = "train",
-                 config: str | None = None, limit: int | None = None,
+                 config: str | None = None, revision: str | None = None, limit: int | None = None,
                  column_map: dict[str, str] | None = None) -> list[dict]:
     """Load and validate rows into the canonical form of `schema`.
 
@@ -56,7 +57,10 @@ def load_records(source: str | os.PathLike, schema: str, *, split: str = "train"
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
     fmt = detect_format(source)
     label = _label(source, fmt, split, config)
-    with closing(READERS[fmt](os.fspath(source), label, split, config)) as rows:
+    reader = READERS[fmt]
+    if fmt == "hf":
+        reader = functools.partial(_read_hf, revision=revision)
+    with closing(reader(os.fspath(source), label, split, config)) as rows:
         records = [_record(label, n, row, spec, column_map or {})
                    for n, row in islice(rows, limit)]
     if not records:
@@ -127,7 +131,7 @@ def _missing_column(row: dict, spec: Schema) -> FieldError:
     missing = next(c for c in closest if c not in row)
     return FieldError(missing, f"missing required column; columns present: {sorted(row)}; "
                                f"schema '{spec.name}' expects columns {spec.describe()} "
-                               f"(use column_map to rename)")
+                               f"(rename columns with the source's columns: {{from: to}})")
 
 
 def _column_name(column: str, column_map: dict[str, str]) -> str:
@@ -217,14 +221,14 @@ def _read_saved_dataset(path: str, label: str, split: str, config: str | None) -
     yield from enumerate(data, 1)
 
 
-def _read_hf(source: str, label: str, split: str, config: str | None) -> NumberedRows:
+def _read_hf(source: str, label: str, split: str, config: str | None, revision: str | None = None) -> NumberedRows:
     import datasets
 
     name = source[len(HF_PREFIX):]
     if not name:
         raise DataError(f"{label}: missing dataset name after '{HF_PREFIX}'")
     try:
-        data = datasets.load_dataset(name, config, split=split)
+        data = datasets.load_dataset(name, config, split=split, revision=revision)
     except Exception as e:  # hub, network, config and split errors all surface here
         raise DataError(f"{label}: could not load dataset: {type(e).__name__}: {e}") from e
     yield from enumerate(data, 1)

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from components.config import (AdvantageEstimator, LoraConfig, LossAggregation, Optimization, RejectionConfig,
-                               RewardItem, RLConfig, RolloutConfig, Section, registered)
+                               RewardItem, RLConfig, RolloutConfig, Section, Source, registered)
 
 
 DPOLoss = registered("DPO_LOSSES", "DPO loss")
@@ -39,13 +39,13 @@ class RewardModelConfig(Optimization):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share of distinct prompts held out for "
                                     "evaluation when no held-out set is given.")
-    heldout_source: str | None = Field(None, description="A separate held-out file or hf:org/name (same schema).")
+    heldout_source: Source = Field(None, description="A separate held-out file or hf:org/name (same schema).")
     min_accuracy: float = Field(0.9, ge=0, le=1, description="Quality gate: held-out pairwise accuracy needed "
                                 "to register the reward model.")
     eval_every: int = Field(0, ge=0, description="Evaluate on the held-out set every N steps (0: at the end only).")
     eval_batch_size: int = Field(128, ge=1, description="Sequences per no-grad scoring batch.")
     limit: int | None = Field(None, ge=1, description="Use at most this many rows.")
-    source: str | None = Field(None, description="Preference data instead of the curated file.")
+    source: Source = Field(None, description="Preference data instead of the curated file.")
     system_prompt: str | None = None
 
     @model_validator(mode="after")
@@ -78,7 +78,7 @@ class PRMConfig(Optimization):
     min_step_accuracy: float = Field(0.0, ge=0, le=1, description="Quality gate on held-out step-label accuracy.")
     eval_batch_size: int = Field(128, ge=1)
     limit: int | None = Field(None, ge=1, description="Label at most this many prompts.")
-    source: str | None = Field(None, description="Prompt/answer data instead of the curated file.")
+    source: Source = Field(None, description="Prompt/answer data instead of the curated file.")
     system_prompt: str | None = None
 
     @field_validator("label")

@@ -16,7 +16,7 @@ from typing import Literal, get_args
 
 from pydantic import Field
 
-from components.config import LoraConfig, RolloutConfig, Section
+from components.config import LoraConfig, RolloutConfig, Section, Source
 from components.data.prompts import render_prompt
 from components.io import write_json
 from components.seeds import derive_seed
@@ -47,7 +47,7 @@ class AlignmentConfig(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     merge_lora: bool = True
     limit: int | None = Field(None, ge=1, description="Use at most this many training rows (pairs or prompts).")
-    source: str | None = Field(None, description="Training rows instead of the curated file (the method's schema).")
+    source: Source = Field(None, description="Training rows instead of the curated file (the method's schema).")
     measure_limit: int = Field(256, ge=1, description="Held-out preference prompts for the final KL and RM score.")
     compare: list[Method] = Field(
         default_factory=list, description="Also run these methods from the same policy and reward model, side by "

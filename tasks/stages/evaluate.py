@@ -24,7 +24,7 @@ def evaluate(ctx: StageContext, model: ModelRef):
     from components.evaluation.preference import evaluate_preference
 
     cfg = ctx.cfg
-    rows = read_rows(ctx, "eval.jsonl", "prompt_answer", cfg.source, cfg.limit)
+    rows = read_rows(ctx, "eval.jsonl", "prompt_answer", cfg.source, cfg.limit, split="test")
     policy, tokenizer = load_policy(ctx, model)
     result = evaluate_model(policy, tokenizer, rows, max_new_tokens=cfg.max_new_tokens, rollout=cfg.rollout,
                             correctness=cfg.correctness, system_prompt=cfg.system_prompt, table_rows=cfg.table_rows,

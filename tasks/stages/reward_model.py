@@ -51,7 +51,8 @@ def reward_model(ctx: StageContext, policy: ModelRef):
     cfg = ctx.cfg
     file, schema = RANKINGS[cfg.objective]
     rows = read_rows(ctx, file, schema, cfg.source, cfg.limit)
-    heldout = read_rows(ctx, file, schema, cfg.heldout_source, name="heldout") if cfg.heldout_source else None
+    heldout = (read_rows(ctx, file, schema, cfg.heldout_source, name="heldout", split="test")
+               if cfg.heldout_source else None)
     model, tokenizer = _backbone(ctx, policy, "outcome", cfg)
     result = run_reward_model(model, tokenizer, rows, cfg, ctx.ckpt_dir, ctx.seed, heldout_rows=heldout,
                               log=ctx.log, progress=ctx.progress)

@@ -374,3 +374,24 @@ def test_the_evaluation_flow_fans_out_on_the_recipes_task_runner(trained, projec
     assert len(runs) == 2 and all(r.state.name == "Completed" for r in runs)
     first, second = sorted(runs, key=lambda r: r.start_time)
     assert second.start_time < first.end_time, "the two evaluations ran side by side"
+
+
+def test_a_dataset_source_is_read_from_its_test_split_for_evaluation_with_its_columns_renamed(trained, project,
+                                                                                              tmp_path):
+    """A DatasetDict source (as a hub dataset arrives): evaluation reads `test` unless told otherwise,
+    and `columns` renames before the schema applies."""
+    import datasets
+
+    from flows.evaluate import r1_evaluate
+
+    rows = [json.loads(line) for line in (project / DATA / "eval.jsonl").read_text().splitlines()]
+    as_hub = [{"question": r["prompt"], "answer": r["answer"]} for r in rows]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(as_hub[:3]),
+                          "test": datasets.Dataset.from_list(as_hub[3:10])}).save_to_disk(str(tmp_path / "dd"))
+    source = f"{{path: {tmp_path / 'dd'}, columns: {{question: prompt}}}}"
+    report = r1_evaluate(["models:/tiny@sft"], load_recipe(project / "configs/tiny.yaml",
+                                                           [f"evaluate.source={source}"]), str(project))
+    assert report["metrics"]["tiny-sft"]["n"] == 7, "the test split's 7 rows"
+    report = r1_evaluate(["models:/tiny@sft"], load_recipe(project / "configs/tiny.yaml", [
+        f"evaluate.source={{path: {tmp_path / 'dd'}, split: train, columns: {{question: prompt}}}}"]), str(project))
+    assert report["metrics"]["tiny-sft"]["n"] == 3, "split: train"

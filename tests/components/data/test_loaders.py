@@ -191,26 +191,26 @@ def test_hf_source_through_real_load_dataset_on_a_local_directory(tmp_path):
     assert records == [{"prompt": "Q", "answer": "42", "id": "g1"}]
 
 
-def test_hf_source_passes_name_config_and_split(tmp_path, monkeypatch):
+def test_hf_source_passes_name_config_split_and_revision(tmp_path, monkeypatch):
     import datasets
 
     calls = []
 
-    def fake_load_dataset(name, config, split):
-        calls.append((name, config, split))
+    def fake_load_dataset(name, config, split, revision=None):
+        calls.append((name, config, split, revision))
         return datasets.Dataset.from_list([{"question": "Q", "answer": "A"}, {"question": "R"}])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     with pytest.raises(DataError, match=re.escape(
             "hf:openai/gsm8k (config 'main', split 'test'): row 2: column 'answer': ") + "expected"):
-        load_records("hf:openai/gsm8k", "prompt_answer", config="main", split="test")
-    assert calls == [("openai/gsm8k", "main", "test")]
+        load_records("hf:openai/gsm8k", "prompt_answer", config="main", split="test", revision="abc")
+    assert calls == [("openai/gsm8k", "main", "test", "abc")]
 
 
 def test_hf_load_failure_is_a_data_error(monkeypatch):
     import datasets
 
-    def failing_load_dataset(name, config, split):
+    def failing_load_dataset(name, config, split, revision=None):
         raise FileNotFoundError(f"Dataset '{name}' doesn't exist on the Hub")
 
     monkeypatch.setattr(datasets, "load_dataset", failing_load_dataset)
