@@ -8,6 +8,7 @@ a supervised stage runs data-parallel under `accelerate launch` (tasks/launch.py
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def stage_task(name: str, cfg: Section, model: ModelConfig, run: RunConfig, inpu
     spec = get_stage(name)
     key = stage_key(spec, cfg, model, run.seed, inputs, data)
     out = output_dir(run.output_dir, name, key)
+    ckpt_dir = out.parent / f".ckpt-{out.name}"  # kept until the stage finishes: a restart resumes from it
     tags = {"r1flow.stage": name, "r1flow.cache_key": key, "r1flow.data_md5": data.md5, "r1flow.recipe": run.name,
             "r1flow.kind": "evaluation" if name == "evaluate" else "stage",
             "r1flow.code_hash": code_digest(*spec.code)[:16], "mlflow.source.git.commit": git_commit(Path.cwd()),
@@ -52,8 +54,8 @@ def stage_task(name: str, cfg: Section, model: ModelConfig, run: RunConfig, inpu
         with tracking.run(label, run.experiment, parent_run_id=parent_run_id, params=cfg.model_dump(mode="json"),
                           tags=tags) as run_id:
             log = tracking.metric_logger(run_id, echo=reporter.log)
-            ctx = StageContext(name, cfg, model, run.seed, run.name, data, out, out.parent / f".ckpt-{out.name}",
-                               run_id, log, reporter.progress, label)
+            ctx = StageContext(name, cfg, model, run.seed, run.name, data, out, ckpt_dir, run_id, log,
+                               reporter.progress, label)
             t_fn, tracked = time.perf_counter(), tracking.seconds_spent()
             if runs_data_parallel(spec, run):
                 result = launch_stage(spec, ctx, inputs, run, label)
@@ -64,6 +66,7 @@ def stage_task(name: str, cfg: Section, model: ModelConfig, run: RunConfig, inpu
     finally:
         reporter.close()
     write_json(out / "result.json", {"run_id": run_id, "key": key, "compute_s": compute})
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished and cached: its checkpoints only take disk
     say(f"✔ {label}  done in {time.perf_counter() - t0:.1f} s  → {output_label(result)}")
     return result
 

@@ -98,6 +98,8 @@ def test_first_run_trains_evaluates_and_tracks_everything(project, trained):
     assert 0 < t["compute_s"] < t["wall_s"] and t["overhead_s"] == pytest.approx(t["wall_s"] - t["compute_s"])
     assert all(r["compute_s"] > 0 for r in report["stages"])
     assert t["compute_s"] == pytest.approx(sum(r["compute_s"] for r in report["stages"]))
+    stages = project / "runs" / "stages"
+    assert not list(stages.glob(".ckpt-*")) and list(stages.glob("cold_start-*/model")), "checkpoints go, models stay"
     # Flow run and parent MLflow run are named after the recipe and the data version.
     dvc_md5 = (project / f"{DATA}.dvc").read_text().split("md5: ")[1].split(".dir")[0]
     assert report["flow_run_name"].startswith(f"tiny-{dvc_md5[:8]}-")

@@ -126,8 +126,12 @@ def test_a_recipe_with_two_processes_runs_its_supervised_stages_through_the_laun
     from tasks.recipe import load_recipe
     from tests.conftest import make_project
 
+    from tasks import stage_task
+
     folder = make_project(tmp_path / "proj")
     monkeypatch.chdir(folder)
+    launched, real = [], stage_task.launch_stage
+    monkeypatch.setattr(stage_task, "launch_stage", lambda spec, *a: launched.append(spec.name) or real(spec, *a))
     recipe = load_recipe(folder / "configs/tiny.yaml", [
         "run.stages=[base,cold_start]", "run.num_processes=2", "run.name=tiny-dp",
         "base.grad_accum=2", "base.batch_size=8", "cold_start.grad_accum=2", "cold_start.batch_size=4"])
@@ -141,4 +145,5 @@ def test_a_recipe_with_two_processes_runs_its_supervised_stages_through_the_laun
         history = MlflowClient().get_metric_history(row["run_id"], "loss")
         assert len(history) == len({m.step for m in history}) > 0  # logged by rank 0 alone
         assert row["output"].startswith("models:/tiny-dp/")
-    assert len(list((folder / "runs" / "stages").glob(".ckpt-cold_start-*/launch.json"))) == 1
+    assert launched == ["base", "cold_start"], "each supervised stage went through the launcher"
+    assert not list((folder / "runs" / "stages").glob(".ckpt-*")), "a finished stage's checkpoints are removed"
