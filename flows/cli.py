@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from flows.cli_common import USER_ERRORS, RecipeArg, SetOpt, fail, load
+from flows.cli_common import USER_ERRORS, RecipeArg, SetOpt, fail, load, load_checked
 from flows.cli_data import data_app
 from flows.cli_ops import register_ops, server_app
 from tasks.settings import configure
@@ -125,7 +125,7 @@ def run(recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] = SetOpt, 
     """Run the recipe's pipeline end to end (cached stages are skipped)."""
     root = configure()
     try:
-        with prefect_api(lambda: load(recipe, set_), flow="flows.pipeline") as cfg:
+        with prefect_api(lambda: load_checked(recipe, set_, root), flow="flows.pipeline") as cfg:
             from flows.pipeline import r1_pipeline
 
             _quiet_prefect()
@@ -167,7 +167,7 @@ def stage(name: str = typer.Argument(..., help="Stage to run, e.g. cold_start (s
                 raise ValueError(f"{name}: takes no input, so --from has nothing to set")
             given.setdefault(spec.inputs[0], from_)
         resolve_inputs(spec, given, root)  # every typo is one line, before the flow starts
-        with prefect_api(lambda: load(recipe, set_), flow="flows.single_stage") as cfg:
+        with prefect_api(lambda: load_checked(recipe, set_, root), flow="flows.single_stage") as cfg:
             from flows.single_stage import r1_stage
 
             _quiet_prefect()

@@ -18,6 +18,15 @@ def load(path: Optional[Path], overrides: Optional[List[str]]):
     return load_recipe(path or Path("configs/default.yaml"), overrides or [])
 
 
+def load_checked(path: Optional[Path], overrides: Optional[List[str]], root: Path):
+    """`load`, then the recipe's data section checked against the one its data version was built with."""
+    from tasks.versioning import check_data_section
+
+    cfg = load(path, overrides)
+    check_data_section(root, cfg.data, str(path or Path("configs/default.yaml")))
+    return cfg
+
+
 def fail(err: BaseException) -> None:
     typer.secho(f"error: {err}", fg="red", err=True)
     raise typer.Exit(2)

@@ -29,11 +29,12 @@ def data_generate(recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] 
     root = configure()
     try:
         from components.data.curate import build
-        from tasks.versioning import dvc, read_dvc_file
+        from tasks.versioning import dvc, read_dvc_file, record_data_section
 
         cfg = load(recipe, set_)
         counts = build(cfg.data, root / cfg.data.dir)
         dvc(root, "add", cfg.data.dir)
+        record_data_section(root, cfg.data)  # what `run` checks a recipe's data section against
         if push:
             dvc(root, "push", f"{cfg.data.dir}.dvc")
         typer.echo(json.dumps({"md5": read_dvc_file(root, cfg.data.dir)[1], "rows": counts}, indent=2))
@@ -46,9 +47,10 @@ def data_ensure(recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] = 
     """Make the recipe's data folder match its .dvc file: pull it, or rebuild it and check the md5."""
     root = configure()
     try:
-        from tasks.versioning import DataVersionError, data_version, dir_md5, dvc, read_dvc_file
+        from tasks.versioning import DataVersionError, check_data_section, data_version, dir_md5, dvc, read_dvc_file
 
         cfg = load(recipe, set_)
+        check_data_section(root, cfg.data, str(recipe or Path("configs/default.yaml")))
         folder = cfg.data.dir
         _, wanted = read_dvc_file(root, folder)
         target = root / folder

@@ -41,7 +41,7 @@ from tasks.runners import get_task_runner
 from tasks.stage import Stage, alias_of, output_dir, stage_key
 from tasks.stage_task import output_label, run_id_of, stage_task
 from tasks.stages import get_stage
-from tasks.versioning import DataRef, data_version, git_commit
+from tasks.versioning import DataRef, check_data_section, data_version, git_commit
 
 _CURRENT: contextvars.ContextVar["PipelineRun"] = contextvars.ContextVar("r1flow_pipeline")
 
@@ -266,6 +266,7 @@ def pipeline(recipe: Section, root: str | Path):
     outputs = str(root / recipe.run.output_dir)
     recipe = recipe.model_copy(update={"run": recipe.run.model_copy(update={"output_dir": outputs})})
     reap_killed_runs()
+    check_data_section(root, recipe.data)
     data = data_task(str(root), recipe.data.dir)
     flow_run = get_run_context().flow_run
     tags = {"mlflow.source.git.commit": git_commit(root), "r1flow.data_md5": data.md5, "r1flow.kind": "pipeline",

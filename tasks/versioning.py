@@ -68,6 +68,43 @@ def read_dvc_file(root: Path, folder: str = "data") -> tuple[str, str]:
     return out["path"], out["md5"]
 
 
+def data_section(data) -> dict:
+    """The fields of a recipe's `data` section that decide what `r1flow data generate` builds (all but `dir`)."""
+    return json.loads(json.dumps(data.model_dump(mode="json", exclude={"dir"}), sort_keys=True))
+
+
+def record_data_section(root: Path, data) -> None:
+    """Write the section that built `<data.dir>/` into `<data.dir>.dvc` (`meta:`, which DVC keeps and ignores)."""
+    from components.io import atomic_file
+
+    dvc_file = root / f"{data.dir}.dvc"
+    text = dvc_file.read_text()
+    tree = yaml.safe_load(text)
+    tree["meta"] = {**(tree.get("meta") or {}), "r1flow_data": data_section(data)}
+    with atomic_file(dvc_file, "w") as fh:
+        yaml.safe_dump(tree, fh, sort_keys=False)
+
+
+def check_data_section(root: Path, data, recipe: str = "RECIPE") -> None:
+    """Refuse a recipe whose `data` section differs from the one recorded with its data version: the
+    stages would read the recorded files while the run's parameters claimed the recipe's values."""
+    dvc_file = root / f"{data.dir}.dvc"
+    if not dvc_file.exists():
+        return  # read_dvc_file says what to do
+    recorded = ((yaml.safe_load(dvc_file.read_text()) or {}).get("meta") or {}).get("r1flow_data")
+    if recorded is None:
+        return  # a version recorded before the section was
+    wanted = data_section(data)
+    recorded = {**data_section(type(data)()), **recorded}  # a field added since: its default built that version
+    differ = sorted(k for k in {*wanted, *recorded} if wanted.get(k) != recorded.get(k))
+    if differ:
+        asked = ", ".join(f"data.{k}={json.dumps(wanted.get(k))}" for k in differ)
+        built = ", ".join(f"{json.dumps(recorded.get(k))}" for k in differ)
+        raise DataVersionError(
+            f"{dvc_file.name}: the recipe asks for {asked}, but {data.dir}/ was built with {built}; run `r1flow "
+            f"data generate {recipe}` to build and record that data (set data.dir to a new folder to keep both)")
+
+
 def dir_md5(folder: Path) -> str:
     """The md5 `dvc add <folder>` records (DVC's tree object: the sorted JSON manifest of file md5s)."""
     from dvc_data.hashfile.hash_info import HashInfo

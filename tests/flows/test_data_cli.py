@@ -61,7 +61,17 @@ def test_ensure_on_a_fresh_clone_rebuilds_the_tiny_data_without_changing_any_ver
     assert dir_md5(clone / "data-tiny") == read_dvc_file(clone, "data-tiny")[1]
 
 
-def test_a_recipe_whose_data_cannot_match_exits_2_saying_what_to_run_and_changes_nothing(clone):
+def test_a_recipe_whose_data_section_differs_from_its_version_exits_2_saying_what_to_run_and_changes_nothing(clone):
+    before = snapshot(clone)
+    for command in (["data", "ensure"], ["run"]):  # before any server starts or data is built
+        result = runner.invoke(app, [*command, "configs/tiny.yaml", "--set", "data.n_eval=25"])
+        assert result.exit_code == 2, result.output
+        assert "the recipe asks for data.n_eval=25, but data-tiny/ was built with 24" in result.output
+        assert "run `r1flow data generate configs/tiny.yaml`" in result.output
+        assert snapshot(clone) == before
+    # a version recorded without its section (or a generator that changed since): rebuilt, compared, refused
+    dvc_file = clone / "data-tiny.dvc"
+    dvc_file.write_text(dvc_file.read_text().split("meta:")[0])
     before = snapshot(clone)
     result = runner.invoke(app, ["data", "ensure", "configs/tiny.yaml", "--set", "data.n_eval=25"])
     assert result.exit_code == 2
@@ -69,6 +79,18 @@ def test_a_recipe_whose_data_cannot_match_exits_2_saying_what_to_run_and_changes
     assert "run `r1flow data generate configs/tiny.yaml`" in result.output
     assert snapshot(clone) == before
     assert not [p for p in clone.iterdir() if p.name.startswith(".data-tiny")], "no half-built folder left"
+
+
+def test_generate_records_the_data_section_that_built_the_version(clone):
+    result = runner.invoke(app, ["data", "generate", "configs/tiny.yaml", "--set", "data.dir=data-mine",
+                                 "--set", "data.n_eval=7", "--no-push"])
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    meta = yaml.safe_load((clone / "data-mine.dvc").read_text())["meta"]["r1flow_data"]
+    assert meta["n_eval"] == 7 and "dir" not in meta
+    result = runner.invoke(app, ["data", "ensure", "configs/tiny.yaml", "--set", "data.dir=data-mine"])
+    assert result.exit_code == 2 and "data.n_eval=24, but data-mine/ was built with 7" in result.output
 
 
 def test_ensure_never_overwrites_edited_data(clone):
