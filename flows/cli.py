@@ -194,9 +194,12 @@ def serve(recipe: Optional[Path] = RecipeArg, set_: Optional[List[str]] = SetOpt
           name: str = typer.Option("r1flow", help="Deployment name."),
           cron: Optional[str] = typer.Option(None, help="Cron schedule, e.g. '0 3 * * *'."),
           interval: Optional[int] = typer.Option(None, help="Run every N seconds.")) -> None:
-    """Serve the pipeline as a scheduled Prefect deployment (runs until stopped)."""
+    """Serve the pipeline as a scheduled Prefect deployment (runs until stopped) on the project's server."""
     root = configure()
     try:
+        from flows.cli_ops import _need_server
+
+        _need_server()  # a private server would vanish with this command, and its schedule with it
         with prefect_api(lambda: load(recipe, set_)) as cfg:
             from flows.pipeline import r1_pipeline
 

@@ -95,9 +95,14 @@ def data_status(recipe: Optional[Path] = typer.Argument(None, help="Recipe whose
     """Print the data version and whether the folder matches it."""
     root = configure()
     try:
-        from tasks.versioning import data_version
+        from tasks.versioning import DataVersionError, data_version, read_dvc_file
 
-        ref = data_version(root, load(recipe, []).data.dir if recipe else "data")
+        folder = load(recipe, []).data.dir if recipe else "data"
+        out, _ = read_dvc_file(root, folder)
+        if not (root / out).is_dir():  # a status changes nothing: no pull
+            raise DataVersionError(f"{root / out}: missing; `r1flow data ensure {recipe or 'configs/default.yaml'}` "
+                                   "pulls or rebuilds it")
+        ref = data_version(root, folder)
         typer.echo(json.dumps({"md5": ref.md5, "files": ref.files}, indent=2))
     except USER_ERRORS as e:
         fail(e)

@@ -134,7 +134,7 @@ def data_version(root: Path, folder: str = "data") -> DataRef:
         try:
             dvc(root, "pull", f"{out}.dvc")
         except DataVersionError as e:
-            raise DataVersionError(f"{folder}: missing and not on the DVC remote; `r1flow data ensure RECIPE` "
+            raise DataVersionError(f"{folder}: missing and not on the DVC remote; `r1flow data ensure <recipe>` "
                                    f"rebuilds it ({e})") from None
     files = manifest(root, md5)
     changed = sorted(n for n, m in files.items() if not (folder / n).exists() or _md5(folder / n) != m)

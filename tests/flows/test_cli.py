@@ -31,6 +31,23 @@ def test_data_status_without_data_dvc_says_what_to_do(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "r1flow data generate" in result.output
 
 
+def test_data_status_of_a_missing_folder_changes_nothing(tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copy2(REPO / "data-tiny.dvc", tmp_path / "data-tiny.dvc")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["data", "status", str(REPO / "configs/tiny.yaml")])
+    assert result.exit_code == 2 and "data-tiny: missing; `r1flow data ensure" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data-tiny.dvc"], "no pull, no folder"
+
+
+def test_serve_needs_the_projects_server(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    result = runner.invoke(app, ["serve", str(REPO / "configs/tiny.yaml")])
+    assert result.exit_code == 2 and "no Prefect server: run `r1flow server start`" in result.output
+
+
 def test_unknown_ui(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["ui", "grafana"])
