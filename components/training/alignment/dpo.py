@@ -4,7 +4,8 @@ Each optimizer step takes `grad_accum` micro-batches of `batch_size` pairs from 
 per-epoch shuffle of the pairs (a pure function of (seed, iteration), so a resumed run sees
 exactly the pairs an unbroken one would). A micro-batch runs the policy over its chosen and
 rejected responses in one forward and applies the registered DPO loss (`loss_type`:
-sigmoid, ipo, hinge) to the summed response log-probs.
+sigmoid, ipo, hinge) to the summed response log-probs; IPO to their per-token means (its
+target margin 1/(2 beta) is on the scale of one token's log-ratio, as Azar et al. and TRL use it).
 
 Where this departs from the paper's reference implementation:
 * The reference log-probs of every pair are computed ONCE before training (no-grad, batched
@@ -26,6 +27,8 @@ Where this departs from the paper's reference implementation:
 from __future__ import annotations
 
 from pathlib import Path
+
+import torch
 
 
 from components.algorithms import dpo_loss
@@ -57,6 +60,8 @@ def run_dpo(policy, tokenizer, data: list[dict], cfg: DPOConfig, ckpt_dir: str |
     rehearse = (encode_rows(tokenizer, replay, "completion", cfg.max_length, cfg.system_prompt, "DPO replay")
                 if cfg.replay_weight else None)
     ref = initial_sequence_logps(policy, reference, pairs, 2 * cfg.batch_size, device)  # [2N], once
+    if cfg.loss_type == "ipo":  # per-token means, as the policy's below
+        ref = ref / torch.tensor([len(r) for r in pairs.responses], dtype=ref.dtype, device=ref.device)
     n = len(data)
     trainer = Trainer({"policy": policy}, cfg, ckpt_dir, log=log, progress=progress, require_update=True, what="DPO")
 
@@ -79,7 +84,7 @@ def run_dpo(policy, tokenizer, data: list[dict], cfg: DPOConfig, ckpt_dir: str |
 def dpo_micro_loss(policy, batch, ref, cfg: DPOConfig):
     """Mean DPO loss of a batch of pairs (chosen rows, then rejected rows; `ref`: their reference log-probs)."""
     sums, means = sequence_logps_both(policy, batch)
-    chosen, rejected = sums.chunk(2)
+    chosen, rejected = (means if cfg.loss_type == "ipo" else sums).chunk(2)
     ref_chosen, ref_rejected = ref.chunk(2)
     losses, r_chosen, r_rejected = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, cfg.beta,
                                             cfg.label_smoothing, cfg.loss_type)

@@ -68,6 +68,28 @@ def test_dpo_raises_the_implicit_reward_margin(tiny_model, tiny_tokenizer, tmp_p
     assert logged[10]["reward/margin"] > 1.0 and logged[10]["loss"] < logged[1]["loss"]
 
 
+def test_ipo_works_on_per_token_mean_logprobs(tiny_model, tiny_tokenizer, tmp_path):
+    """IPO's target margin 1/(2 beta) is on the scale of one token's log-ratio: its h uses means."""
+    from components.algorithms import dpo_loss
+    from components.training.alignment.dpo import dpo_micro_loss
+
+    reference = copy.deepcopy(tiny_model)
+    cfg = DPOConfig(steps=3, batch_size=4, lr=1e-2, beta=0.5, loss_type="ipo", ckpt_every=100)
+    run_dpo(tiny_model, tiny_tokenizer, ROWS, cfg, tmp_path, seed=0)
+    pairs = encode_pairs(tiny_tokenizer, ROWS, 256, None, "test")
+    batch = pairs.batch(torch.arange(2 * len(ROWS)), "cpu")
+    ref_means = torch.cat(pair_logps(reference, tiny_tokenizer, "mean"))
+    tiny_model.eval()
+    with torch.no_grad():
+        loss, _ = dpo_micro_loss(tiny_model, batch, ref_means, cfg.model_copy(update={"nll_weight": 0.0}))
+    (chosen, rejected), (rc, rr) = pair_logps(tiny_model, tiny_tokenizer, "mean"), ref_means.chunk(2)
+    expected = dpo_loss(chosen, rejected, rc, rr, cfg.beta, 0.0, "ipo")[0].mean()
+    assert loss == pytest.approx(expected.item(), abs=1e-5)
+    lengths = torch.tensor([len(r) for r in pairs.responses], dtype=torch.float32)
+    sums = torch.cat(pair_logps(reference, tiny_tokenizer))
+    assert torch.allclose(sums / lengths, ref_means, atol=1e-5), "a row's mean is its sum over its response tokens"
+
+
 def test_dpo_with_the_chosen_nll_keeps_the_chosen_replies_likelier(tiny_model, tiny_tokenizer, tmp_path):
     # RPO: the same DPO run plus the chosen replies' NLL ends with the chosen replies more likely
     plain, rpo = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
