@@ -181,6 +181,10 @@ class ModelConfig(Section):
         "no", description="bf16: the forwards and backwards of every stage run their matmuls in bfloat16 "
         "(torch.autocast) while weights, gradients and AdamW state stay in `dtype` (keep it float32). Pays on GPUs "
         "and on CPUs with AVX512-BF16/AMX; rollouts decode in `dtype` either way (as vLLM does in its own dtype).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each decoder layer's activations in the backward instead of keeping them "
+        "(training forwards only; sampling is untouched): activation memory from O(layers x tokens) to about one "
+        "layer's, for ~30 % more compute. For long reasoning sequences on large models.")
     license: str = Field("apache-2.0", description="License of the weights, recorded in every logged model's card "
                          "(set it to the base model's license when you start from a hub model).")
     arch: ArchConfig = Field(default_factory=ArchConfig)

@@ -59,9 +59,10 @@ def load_tokenizer(name_or_path: str, *, revision=None, trust_remote_code: bool 
 
 
 def load_model(name_or_path: str, *, finetune: str = "full", lora=None, dtype: str = "float32",
-               revision=None, trust_remote_code: bool = False, seed: int = 0):
+               revision=None, trust_remote_code: bool = False, seed: int = 0, gradient_checkpointing: bool = False):
     """Load a causal LM for training in `finetune` mode: "full", "lora" or "qlora" (4-bit NF4 + LoRA).
-    New adapters are initialised from `seed` (see `add_lora`)."""
+    New adapters are initialised from `seed` (see `add_lora`). `gradient_checkpointing` recomputes
+    the layers' activations in training-mode backwards (non-reentrant: no input-grad hook needed)."""
     from transformers import AutoModelForCausalLM
 
     _check_exists(name_or_path)
@@ -75,6 +76,8 @@ def load_model(name_or_path: str, *, finetune: str = "full", lora=None, dtype: s
         raise ModelLoadError(f"model.name_or_path: cannot load a model from {name_or_path!r}: {e}") from None
     if finetune in ("lora", "qlora"):
         model = add_lora(model, lora, quantized=finetune == "qlora", seed=seed)
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 

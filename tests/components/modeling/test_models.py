@@ -119,3 +119,30 @@ def test_qlora_adapters_merge_into_the_pinned_revision_of_the_base(saved_base, t
                         lambda path, **kw: loads.append(kw) or real(path, **kw))
     save_model(model, tiny_tokenizer, tmp_path / "merged", base_path=saved_base, revision="abc123")
     assert loads and loads[-1]["revision"] == "abc123" and loads[-1]["trust_remote_code"] is False
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_gradient_checkpointing_gives_the_same_gradients_and_leaves_sampling_alone(mode, saved_base):
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11]])
+
+    calls = []
+
+    def grads(model):
+        mlp = next(m for n, m in model.named_modules() if n.endswith("layers.0.mlp"))
+        forward = mlp.forward
+        mlp.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)  # (recomputes skip forward hooks)
+        calls.clear()
+        model.train()
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        del mlp.forward
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, len(calls)
+
+    plain = load_model(saved_base, finetune=mode, lora=LORA, seed=0)
+    ckpt = load_model(saved_base, finetune=mode, lora=LORA, seed=0, gradient_checkpointing=True)
+    assert ckpt.is_activation_checkpointing and not plain.is_activation_checkpointing
+    (want, once), (got, twice) = grads(plain), grads(ckpt)
+    assert (once, twice) == (1, 2), "the checkpointed layer runs again in the backward"
+    assert want.keys() == got.keys() and all(torch.allclose(want[n], got[n], atol=1e-6) for n in want)
+    ckpt.eval()
+    with torch.no_grad():  # decoding keeps its KV cache
+        assert ckpt(input_ids=ids, use_cache=True).past_key_values is not None
