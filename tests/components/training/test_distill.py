@@ -225,10 +225,10 @@ def test_config_rejects_unknown_names_and_a_loss_of_nothing():
 def test_teacher_samples_from_the_real_engine_train_the_student(teacher, student, tiny_tokenizer, tmp_path,
                                                                single_thread):
     rows = [{"prompt": p, "answer": "0"} for p in ("1+2", "3*4", "5-6", "7+8")]
-    samples = RejectionConfig(samples_per_prompt=4, keep_per_prompt=2, temperature=4.0, max_new_tokens=24,
-                              min_tokens=0, max_tokens=24, verifier="test_distill_accept_all", require_format=False)
-    c = cfg(steps=2, samples=samples)
     with temporary_rewards(test_distill_accept_all=lambda completions, **_: [1.0] * len(completions)):
+        samples = RejectionConfig(samples_per_prompt=4, keep_per_prompt=2, temperature=4.0, max_new_tokens=24,
+                                  min_tokens=0, max_tokens=24, verifier="test_distill_accept_all", require_format=False)
+        c = cfg(steps=2, samples=samples)  # a custom verifier is registered before a config names it
         kept, stats = teacher_samples(teacher, tiny_tokenizer, rows, c, seed=0)
         again, _ = teacher_samples(teacher, tiny_tokenizer, rows, c, seed=0)
     assert kept == again and 0 < stats.kept == len(kept) <= 8, "seeded, at most k per prompt"
