@@ -40,7 +40,10 @@ def record_heldout(registered: str, metrics: dict, held_out: str) -> None:
     name, version = parse(registered)
     client = MlflowClient()
     tags = {f"{HELDOUT}.{key}": repr(float(metrics[key])) for key in ("accuracy", "accuracy_se", "n") if key in metrics}
-    for key, value in (tags | {f"{HELDOUT}.set": held_out}).items():
+    # also per set: a later evaluation on another set (`r1flow evaluate models:/NAME/V --set evaluate.limit=…`)
+    # overwrites the latest-measurement tags above, never this one
+    per_set = {f"{HELDOUT}.{held_out}.accuracy": tags[f"{HELDOUT}.accuracy"]} if f"{HELDOUT}.accuracy" in tags else {}
+    for key, value in (tags | per_set | {f"{HELDOUT}.set": held_out}).items():
         _set_version_tag(client, name, version, key, value)
 
 
@@ -69,15 +72,17 @@ def gate(registered: str) -> dict[str, str]:
     decision = {"candidate": f"{name}/{version}", "champion": f"{name}/{champion.version}" if champion else ""}
     if f"{HELDOUT}.accuracy" not in candidate:
         return decision | {"decision": "kept", "reason": "the candidate has no held-out accuracy"}
-    accuracy = float(candidate[f"{HELDOUT}.accuracy"])
+    accuracy, held_out = float(candidate[f"{HELDOUT}.accuracy"]), candidate.get(f"{HELDOUT}.set")
+    champion_on_set = None if champion is None else champion.tags.get(f"{HELDOUT}.{held_out}.accuracy") or (
+        champion.tags.get(f"{HELDOUT}.accuracy") if champion.tags.get(f"{HELDOUT}.set") == held_out else None)
     if champion is None:
         promote, reason = True, f"no champion yet; held-out accuracy {accuracy:.4f}"
     elif str(champion.version) == version:
         promote, reason = False, "the candidate already is the champion"
-    elif champion.tags.get(f"{HELDOUT}.set") != candidate.get(f"{HELDOUT}.set"):
+    elif champion_on_set is None:
         promote, reason = False, "not comparable: the champion was measured on a different held-out set"
     else:
-        best = float(champion.tags[f"{HELDOUT}.accuracy"])
+        best = float(champion_on_set)
         promote = accuracy >= best
         reason = f"held-out accuracy {accuracy:.4f} {'>=' if promote else '<'} champion's {best:.4f}"
     if promote:

@@ -26,6 +26,7 @@ def compare_alignment(run, spec, policy: ModelRef | None, reward_model: ModelRef
     cfg = run.recipe.section(spec.name)
     if not cfg.compare or policy is None or spec.name not in run.recipe.run.stages:
         return []
+    run.evaluate(policy, "policy")  # the methods' common start: a given model was not evaluated yet
     sections = {f"{spec.name}/{m}": cfg.model_copy(update={"method": m}) for m in cfg.compare}
     outputs = run.call_variants(spec, {"policy": policy, "reward_model": reward_model}, sections)
     before = run.evaluated[policy.digest].metrics

@@ -180,6 +180,8 @@ class PipelineRun:
         """Offer the run's final model to the registry's quality gate (see tasks/champion.py)."""
         if model is None or not (model.registered or "").startswith("models:/") or "@" in model.registered:
             decision = {"decision": "kept", "reason": "the run produced no registered model"}
+        elif champion.parse(model.registered)[0] != self.recipe.run.name:  # a cache hit of another recipe's stage
+            decision = {"decision": "kept", "reason": f"the final model is {model.registered}, another recipe's"}
         else:
             with file_lock(self.root / ".r1flow" / "locks" / "champion.lock"):
                 decision = champion.gate(model.registered)

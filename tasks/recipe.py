@@ -31,6 +31,9 @@ class RecipeBase(Section):
             raise ValueError(f"unknown stage(s) {bad} in run.stages; choose from {sorted(known)}")
         if "base" not in self.run.stages and not self.model.name_or_path:
             raise ValueError("run.stages has no 'base' and model.name_or_path is empty: nothing to start from")
+        if getattr(self, "alignment", None) is not None and self.alignment.compare and not self.evaluate.house_rules:
+            raise ValueError("alignment.compare compares the methods' true preference rates, which need "
+                             "evaluate.house_rules: true")
         return self
 
     def section(self, name: str) -> Section:

@@ -14,7 +14,7 @@ whose change invalidates it is found by following its module's imports
 Called inside a pipeline (`flows/pipeline.py`), a stage runs through the one cached Prefect
 task in `tasks/pipeline.py`; its cache key is `stage_key` below: the section, the model section
 and seed, the digest of every input it takes (and of nothing else), the DVC md5s of the files it
-reads, the content of a user `source` file, and a hash of the code it runs.
+reads, the content of every user source file (`source`, `heldout_source`, `samples.source`), and a hash of the code it runs.
 """
 from __future__ import annotations
 
@@ -117,18 +117,27 @@ def stage(*, config: type[Section], defaults: dict | None = None, inputs: tuple[
 def stage_key(spec: Stage, cfg: Section, model: ModelConfig, seed: int, inputs: dict, data: DataRef) -> str:
     """The cache key of running `spec` with section `cfg` on `inputs` (see the module docstring)."""
     section = spec.keyed(cfg) if spec.keyed else cfg.model_dump(mode="json")
-    source = (section.get("source") or {}).get("path")
     payload = {
         "stage": spec.name,
         "section": section,
-        "source": digest_path(source) if source and Path(source).exists() else None,  # user data content
-        "model": model.model_dump(mode="json"),
+        "sources": {name: digest_path(path) if Path(path).exists() else None  # user data content (hub: by name)
+                    for name, path in _sources(section)},
+        "model": model.model_dump(mode="json", exclude={"gradient_checkpointing"}),  # memory, not results
         "seed": seed,
         "inputs": {name: ref_digest(inputs.get(name)) for name in spec.inputs},
         "data": data.digest(spec.reads),
         "code": code_digest(*spec.code),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _sources(tree: dict, prefix: str = ""):
+    """(dotted name, path) of every user data source in a section: `source`, `heldout_source`, `samples.source`…"""
+    for key, value in tree.items():
+        if isinstance(value, dict) and key.endswith("source") and isinstance(value.get("path"), str):
+            yield prefix + key, value["path"]
+        elif isinstance(value, dict):
+            yield from _sources(value, f"{prefix}{key}.")
 
 
 def output_dir(output_root: str, name: str, key: str) -> Path:

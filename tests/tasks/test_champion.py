@@ -59,6 +59,16 @@ def test_accuracies_on_different_held_out_sets_are_not_compared(registry):
     assert alias(registry.name) == "1"
 
 
+def test_evaluating_the_champion_on_another_set_later_does_not_block_the_gate(registry):
+    first = registry(0.30)
+    champion.gate(first)
+    adhoc = champion.heldout_set("md5-of-eval.jsonl", {"max_new_tokens": 24, "limit": 8})
+    champion.record_heldout(first, {"accuracy": 0.5, "accuracy_se": 0.1, "n": 8}, adhoc)  # r1flow evaluate
+    decision = champion.gate(registry(0.40))
+    assert decision["decision"] == "promoted", decision
+    assert decision["reason"] == "held-out accuracy 0.4000 >= champion's 0.3000"
+
+
 def test_a_model_without_held_out_accuracy_is_never_promoted(registry):
     decision = champion.gate(registry(None))
     assert decision["decision"] == "kept"

@@ -61,6 +61,11 @@ def test_invalid_values_name_file_and_dotted_field(override, message):
     assert message in str(err.value)
 
 
+def test_an_alignment_comparison_needs_the_house_rules_evaluation():
+    with pytest.raises(RecipeError, match="alignment.compare compares the methods' true preference rates"):
+        load_recipe(REPO / "configs/alignment_compare.yaml", ["evaluate.house_rules=false"])
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(RecipeError, match="recipe file not found$"):
         load_recipe(tmp_path / "nope.yaml")

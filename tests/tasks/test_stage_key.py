@@ -127,3 +127,33 @@ def test_a_stage_is_keyed_on_the_code_it_imports_and_not_on_the_rest():
     rl = set(get_stage("reasoning_rl").code)
     assert "components/training/grpo.py" in rl
     assert not {"components/training/grpo.py", "components/training/rejection.py"} & base
+
+
+@pytest.mark.parametrize("stage_name, field, inputs", [
+    ("distill", "distill.samples.source", ("teacher", "student")),
+    ("reward_model", "reward_model.heldout_source", ("policy",)),
+])
+def test_the_content_of_a_nested_user_source_file_is_part_of_the_key(tmp_path, stage_name, field, inputs):
+    from tasks.stages import get_stage
+
+    source = tmp_path / "mine.jsonl"
+    source.write_text('{"a": 1}\n')
+    recipe = load_recipe(None, [f"{field}={source}"])
+    spec = get_stage(stage_name)
+    data = DataRef(path="/data", md5="d0", files={n: "x" for n in spec.reads})
+    refs = {n: ModelRef(uri="/m", digest="m1", stage="x") for n in inputs}
+    first = stage_key(spec, recipe.section(stage_name), ModelConfig(), 0, refs, data)
+    source.write_text('{"a": 2}\n')
+    assert stage_key(spec, recipe.section(stage_name), ModelConfig(), 0, refs, data) != first
+
+
+def test_a_memory_setting_of_the_model_reruns_nothing():
+    from tasks.stages import get_stage
+
+    spec = get_stage("sft")
+    data = DataRef(path="/data", md5="d0", files={n: "x" for n in spec.reads})
+    refs = {n: ModelRef(uri="/m", digest="m1", stage="x") for n in spec.inputs}
+    cfg = load_recipe(None, []).section("sft")
+    keys = {stage_key(spec, cfg, ModelConfig(gradient_checkpointing=flag), 0, refs, data) for flag in (False, True)}
+    assert len(keys) == 1
+    assert stage_key(spec, cfg, ModelConfig(dtype="bfloat16"), 0, refs, data) not in keys
