@@ -43,6 +43,7 @@ def resolve_model(uri: str, root: Path, what: str = "model") -> ModelRef:
         return ModelRef(uri=str(path.resolve()), digest=digest_path(path), stage="given", kind=model_kind(path))
     if not uri.startswith(("runs:/", "models:/")):
         raise ValueError(f"--{what.replace('_', '-')}: {uri!r} is neither a directory nor a runs:/ or models:/ URI")
+    uri = tracking.resolve_latest(uri, what)  # models:/NAME/latest names a version that moves: pin it now
     local = tracking.download_model(uri, root / ".r1flow" / "downloads", what)
     return ModelRef(uri=str(local), digest=digest_path(local), stage="given", kind=model_kind(local), registered=uri)
 

@@ -276,6 +276,17 @@ def log_table(rows: list[dict], artifact_file: str) -> None:
         mlflow.log_table({k: [r.get(k) for r in rows] for k in rows[0]}, artifact_file=artifact_file)
 
 
+def resolve_latest(uri: str, what: str = "model") -> str:
+    """`models:/NAME/latest` as `models:/NAME/<its newest version>`; any other URI unchanged."""
+    name, _, version = uri.removeprefix("models:/").partition("/")
+    if not uri.startswith("models:/") or version.lower() != "latest":
+        return uri
+    versions = [int(v.version) for v in MlflowClient().search_model_versions(f"name = '{name}'")]
+    if not versions:
+        raise ValueError(f"--{what.replace('_', '-')}: cannot fetch {uri}: no registered model {name!r} has a version")
+    return f"models:/{name}/{max(versions)}"
+
+
 def download_model(uri: str, cache: Path, what: str = "model") -> Path:
     """Fetch a logged model (runs:/ or models:/) once and return its HF model directory.
 

@@ -397,3 +397,13 @@ def test_a_dataset_source_is_read_from_its_test_split_for_evaluation_with_its_co
     report = r1_evaluate(["models:/tiny@sft"], load_recipe(project / "configs/tiny.yaml", [
         f"evaluate.source={{path: {tmp_path / 'dd'}, split: train, columns: {{question: prompt}}}}"]), str(project))
     assert report["metrics"]["tiny-sft"]["n"] == 3, "split: train"
+
+
+def test_models_latest_is_pinned_to_the_newest_version_when_named(trained):
+    from tasks.tracking import resolve_latest
+
+    versions = [int(v.version) for v in MlflowClient().search_model_versions("name = 'tiny'")]
+    assert resolve_latest("models:/tiny/latest") == f"models:/tiny/{max(versions)}"
+    assert resolve_latest("models:/tiny@sft") == "models:/tiny@sft" and resolve_latest("runs:/x/m") == "runs:/x/m"
+    with pytest.raises(ValueError, match="--policy: cannot fetch models:/nope/latest: no registered model 'nope'"):
+        resolve_latest("models:/nope/latest", "policy")
