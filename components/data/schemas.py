@@ -86,6 +86,8 @@ def answer_text(value: Any, column: str) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
             raise FieldError(column, f"expected a string or finite number, got {value}")
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))  # 42.0 from a float column is the integer 42 (exact_int rejects "42.0")
         return str(value)
     if isinstance(value, str) and value.strip():
         return value

@@ -144,6 +144,7 @@ def exact_int(completions: list, answer: Any, **_: Any) -> list[float]:
 
 _MAX_EXPONENT = 10_000  # |n| in x**n above this is rejected (SymPy would grind on it)
 _MAX_FACTORIAL = 1_000  # likewise for n!
+_MAX_DIGITS = 20_000  # a numeric power b**e whose value would have more decimal digits is rejected
 
 
 def _too_expensive(expr: Any) -> bool:
@@ -158,6 +159,13 @@ def _too_expensive(expr: Any) -> bool:
     heavy = (sympy.factorial, sympy.factorial2, sympy.subfactorial, sympy.gamma)
     try:
         for node in sympy.preorder_traversal(expr):
+            if isinstance(node, sympy.binomial):  # C(n, k) has about min(k, n-k) * log10(n) digits
+                if not node.free_symbols:
+                    n, k = node.args
+                    small = sympy.Min(abs(k), abs(n - k)).evalf(15)
+                    if not small.is_number or bool(small > _MAX_FACTORIAL):
+                        return True
+                continue
             if isinstance(node, sympy.Pow):
                 arg, bound = node.exp, _MAX_EXPONENT
             elif isinstance(node, heavy):
@@ -175,6 +183,11 @@ def _too_expensive(expr: Any) -> bool:
             value = abs(arg.evalf(15))
             if not value.is_number or bool(value > bound):
                 return True
+            # the exponent is modest, but the base may be huge: (10^{10000})^{10000} has 10^8 digits
+            if isinstance(node, sympy.Pow) and not node.base.free_symbols:
+                base = abs(node.base.evalf(15))
+                if not base.is_number or (bool(base > 0) and bool(abs(value * sympy.log(base, 10)) > _MAX_DIGITS)):
+                    return True
     except Exception:  # NaN comparisons, odd objects: do not risk it
         return True
     return False
@@ -207,6 +220,9 @@ def math_equiv(
     scores = []
     gold_cache: dict[str, list] = {}  # GRPO groups repeat each gold answer
     for completion, gold in zip(completions, golds):
+        if gold is None:  # no gold answer (general / marked prompt): nothing to be right about, as in exact_int
+            scores.append(0.0)
+            continue
         gold_text = str(gold)
         if gold_text not in gold_cache:
             gold_cache[gold_text] = _parse_answer(parse, gold_text)

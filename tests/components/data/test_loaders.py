@@ -386,3 +386,12 @@ def test_column_map_errors_name_the_users_column(tmp_path):
 def test_unknown_schema_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="unknown schema 'dpo'; expected one of text, sft, prompt_answer"):
         load_records(make(tmp_path, "data.jsonl", [OK_PA]), "dpo")
+
+
+def test_integral_float_answers_become_integer_text(tmp_path):
+    # a pandas/parquet float column (an int column that had a missing value) holds 42.0, not 42
+    from components.rewards import exact_int
+    write_parquet(tmp_path / "f.parquet", [{"prompt": "Q", "answer": 42.0}, {"prompt": "R", "answer": 1e20}])
+    records = load_records(tmp_path / "f.parquet", "prompt_answer")
+    assert [r["answer"] for r in records] == ["42", "100000000000000000000"]
+    assert exact_int(["<answer>42</answer>"], answer=[records[0]["answer"]]) == [1.0]

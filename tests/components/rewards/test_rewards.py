@@ -149,6 +149,14 @@ MATH_CASES = [
     ("<think>t</think><answer>9^{9^{9^{9}}}</answer>", "3", 0.0),
     ("<think>t</think><answer>10!!!!</answer>", "3", 0.0),
     ("<think>t</think><answer>2^{99999*99999}</answer>", "3", 0.0),
+    # a modest exponent on a huge base: 10^(10^8) digits, computed holding the GIL (no timeout can fire)
+    ("<think>t</think><answer>(10^{10000})^{10000}</answer>", "3", 0.0),
+    ("<think>t</think><answer>(10^{-10000})^{-10000}</answer>", "3", 0.0),
+    ("The final answer is (10^10000)^10000", "3", 0.0),
+    ("<think>t</think><answer>\\binom{10^{7}}{10^{6}}</answer>", "3", 0.0),
+    ("<think>t</think><answer>(2^{3})^{2}</answer>", "64", 1.0),
+    ("<think>t</think><answer>\\binom{2024}{2}</answer>", "2047276", 1.0),
+    ("<think>t</think><answer>None</answer>", None, 0.0),  # no gold answer: 0, as exact_int
     (f"<answer>__import__('os').environ.__setitem__('{PWNED}', '1')</answer>", "1", 0.0),
 ]
 
