@@ -256,6 +256,7 @@ def tts(models: List[str] = typer.Argument(..., help="Models to search with: dir
                                                             (verifier, "verifier")]:
             if uri:
                 resolve_model(uri, root, what)  # every typo is one line, before the flow starts
+        _check_verifiers(cfg.tts_eval.cells, outcome=bool(verifier or process_verifier), process=bool(process_verifier))
         with prefect_api():
             from flows.tts import r1_tts
 
@@ -266,6 +267,19 @@ def tts(models: List[str] = typer.Argument(..., help="Models to search with: dir
     except KeyboardInterrupt as e:
         _interrupted(e)
     _print_report({**report, "experiment": cfg.run.experiment}, as_json, root)
+
+
+def _check_verifiers(cells, *, outcome: bool, process: bool) -> None:
+    """A cell whose strategy needs a verifier the command was not given: one line, before anything loads."""
+    from components.search.registry import verifiers_needed
+
+    flags = {"score": "--verifier or --process-verifier", "score_steps": "--process-verifier"}
+    have = {"score": outcome, "score_steps": process}
+    for i, cell in enumerate(cells):
+        missing = [flags[v] for v in sorted(verifiers_needed(cell.strategy, cell.options)) if not have[v]]
+        if missing:
+            raise ValueError(f"tts_eval.cells.{i}: {cell.strategy} scores with a learned verifier; give "
+                             f"{' and '.join(missing)}")
 
 
 app.add_typer(data_app, name="data")

@@ -47,6 +47,22 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
+_OUTCOME, _PROCESS = "score", "score_steps"
+_VERIFIERS: dict[str, tuple[str, ...]] = {
+    "best_of_n": (_OUTCOME,), "weighted_best_of_n": (_OUTCOME,), "beam_search": (_PROCESS,),
+    "tot_bfs": (_PROCESS,), "tot_dfs": (_PROCESS,), "graph_of_thoughts": (_PROCESS,),
+}
+
+
+def verifiers_needed(strategy: str, options: dict) -> set[str]:
+    """The verifier callables a cell calls: "score" (an outcome verifier, or the PRM aggregated over
+    steps) and/or "score_steps" (the PRM). What each strategy asks its Toolkit for at its start, known
+    before any model loads (compute_optimal's arms are fitted at run time: not listed)."""
+    if strategy == "mcts":
+        return {_PROCESS if options.get("evaluation", "prm") == "prm" else _OUTCOME}
+    return set(_VERIFIERS.get(strategy, ()))
+
+
 def get_strategy(name: str) -> Strategy:
     try:
         return STRATEGIES[name]

@@ -48,6 +48,18 @@ def test_serve_needs_the_projects_server(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "no Prefect server: run `r1flow server start`" in result.output
 
 
+def test_tts_without_the_verifier_a_strategy_needs_is_one_line_before_anything_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    cells = "tts_eval.cells=[{strategy: greedy, budgets: [1]}, {strategy: beam_search, budgets: [4]}]"
+    result = runner.invoke(app, ["tts", str(model), "--recipe", str(REPO / "configs/tiny.yaml"), "--set", cells])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: tts_eval.cells.1: beam_search scores with a learned verifier; give "
+                                     "--process-verifier")
+
+
 def test_unknown_ui(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["ui", "grafana"])
