@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 
 from components.data import arithmetic as ar
+from components.rewards.functions import extract_answer
 
 MARKER = "untrusted:"
 DECLINED = "denied"
@@ -39,7 +40,6 @@ KINDS = ("marked", "redundant", "plain")  # the prompt kinds of the preference f
 
 _STEP = re.compile(r"(-?\d+)([+\-*])(-?\d+)=(-?\d+)")
 _FORMAT = re.compile(r"<think>(.+)</think>\s*<answer>(.+)</answer>", re.DOTALL)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 def mark(expression: str) -> str:
@@ -52,9 +52,8 @@ def is_marked(prompt: str) -> bool:
 
 
 def declines(completion: str) -> bool:
-    """True when the completion's (last) answer is the decline word."""
-    answers = _ANSWER.findall(completion)
-    return bool(answers) and answers[-1].strip() == DECLINED
+    """True when the completion's answer, as every checker reads it (`extract_answer`), is the decline word."""
+    return extract_answer(completion) == DECLINED
 
 
 def well_formed(completion: str) -> bool:
@@ -94,11 +93,13 @@ def house_steps(prompt: str) -> int | None:
 
 
 def style_breaks(prompt: str, completion: str) -> int:
-    """Redundant steps written plus needed steps missing (0: house style)."""
+    """Redundant steps written, text that is not a step, and steps too many or too few (0: house style)."""
     steps, redundant = think_steps(completion), redundant_steps(completion)
     wanted = house_steps(prompt)
-    missing = max(0, wanted - (len(steps) - redundant)) if wanted is not None else 0
-    return redundant + missing
+    if wanted is None:
+        return redundant
+    junk = sum(_STEP.fullmatch(s) is None for s in steps)
+    return redundant + junk + abs(wanted - (len(steps) - junk - redundant))
 
 
 def true_preference(prompt: str, completion: str) -> float:

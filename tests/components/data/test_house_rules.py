@@ -117,3 +117,17 @@ def test_general_rows_follow_the_rules_about_half_the_time():
         assert 0.4 < share < 0.6, (kind, share)
     plain = [r for r in rows if r["kind"] == "plain"]
     assert all(hr.follows_rules(r["messages"][0]["content"], r["messages"][1]["content"]) for r in plain)
+
+
+@pytest.mark.parametrize("completion", [
+    "<think>lorem ipsum</think><answer>19</answer>",              # not steps, right count
+    "<think>3*4=12 3*4=12 7+12=19</think><answer>19</answer>",    # a step written twice
+    "<think>3*4=12 7+12=19 19*1=19</think><answer>19</answer>",   # identity step appended at the end
+])
+def test_style_breaks_beyond_identity_steps(completion):
+    assert hr.true_preference("7+3*4", completion) < 1.0
+
+
+def test_a_decline_is_read_as_every_checker_reads_the_answer():
+    assert hr.declines("<answer>5<answer>" + hr.DECLINED + "</answer>")  # extract_answer: the nearest opening tag
+    assert not hr.declines("<answer>" + hr.DECLINED + "</answer><answer>5</answer>")
