@@ -4,6 +4,7 @@ import pytest
 from components.data import arithmetic as ar
 from components.data import house_rules as hr
 from components.data import preference_data as pd
+from components.rewards import extract_answer
 
 SOLVED = "<think>3*4=12 7+12=19</think><answer>19</answer>"
 
