@@ -70,7 +70,7 @@ def test_pairs_differ_only_in_the_house_rules():
         assert hr.true_preference(r["prompt"], r["chosen"]) > hr.true_preference(r["prompt"], r["rejected"])
         if not hr.declines(r["rejected"]) and not hr.declines(r["chosen"]) and "<answer>" in r["rejected"]:
             # same answer on both sides: correctness cannot tell them apart
-            assert hr._ANSWER.findall(r["chosen"]) == hr._ANSWER.findall(r["rejected"])
+            assert extract_answer(r["chosen"]) == extract_answer(r["rejected"])
 
 
 def _parse(expression: str):
