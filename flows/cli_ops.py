@@ -37,7 +37,8 @@ def _names(names: Optional[List[str]]) -> list[str]:
 def server_start(names: Optional[List[str]] = NamesArg,
                  host: str = typer.Option("127.0.0.1", help="Bind address (loopback unless you mean otherwise)."),
                  prefect_port: int = typer.Option(4200, min=1, max=65535, help="Prefect server port (API and UI)."),
-                 mlflow_port: int = typer.Option(5000, min=1, max=65535, help="MLflow tracking server port (API and UI).")) -> None:
+                 mlflow_port: int = typer.Option(5000, min=1, max=65535,
+                                                 help="MLflow tracking server port (API and UI).")) -> None:
     """Start the servers in the background and say where they listen."""
     root = configure()
     try:

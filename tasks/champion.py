@@ -60,6 +60,15 @@ def _set_version_tag(client: MlflowClient, name: str, version: str, key: str, va
                 raise
 
 
+def _accuracy_on(tags: dict, held_out: str | None) -> float | None:
+    """A version's held-out accuracy on the set `held_out` (None if it was never scored there): its
+    per-set tag, or, for a version tagged before those existed, its latest one if that was this set."""
+    value = tags.get(f"{HELDOUT}.{held_out}.accuracy")
+    if value is None and tags.get(f"{HELDOUT}.set") == held_out:
+        value = tags.get(f"{HELDOUT}.accuracy")
+    return float(value) if value is not None else None
+
+
 def gate(registered: str) -> dict[str, str]:
     """Move `champion` to the candidate version if it passes the gate; returns the decision."""
     name, version = parse(registered)
@@ -72,17 +81,15 @@ def gate(registered: str) -> dict[str, str]:
     decision = {"candidate": f"{name}/{version}", "champion": f"{name}/{champion.version}" if champion else ""}
     if f"{HELDOUT}.accuracy" not in candidate:
         return decision | {"decision": "kept", "reason": "the candidate has no held-out accuracy"}
-    accuracy, held_out = float(candidate[f"{HELDOUT}.accuracy"]), candidate.get(f"{HELDOUT}.set")
-    champion_on_set = None if champion is None else champion.tags.get(f"{HELDOUT}.{held_out}.accuracy") or (
-        champion.tags.get(f"{HELDOUT}.accuracy") if champion.tags.get(f"{HELDOUT}.set") == held_out else None)
+    accuracy = float(candidate[f"{HELDOUT}.accuracy"])
+    best = _accuracy_on(champion.tags, candidate.get(f"{HELDOUT}.set")) if champion is not None else None
     if champion is None:
         promote, reason = True, f"no champion yet; held-out accuracy {accuracy:.4f}"
     elif str(champion.version) == version:
         promote, reason = False, "the candidate already is the champion"
-    elif champion_on_set is None:
+    elif best is None:
         promote, reason = False, "not comparable: the champion was measured on a different held-out set"
     else:
-        best = float(champion_on_set)
         promote = accuracy >= best
         reason = f"held-out accuracy {accuracy:.4f} {'>=' if promote else '<'} champion's {best:.4f}"
     if promote:

@@ -48,7 +48,8 @@ def load_policy(ctx: StageContext, ref: ModelRef, finetune: str = "full", lora=N
 
     m = ctx.model
     model = load_model(ref.uri, finetune=finetune, lora=lora, dtype=m.dtype, revision=m.revision,
-                       trust_remote_code=m.trust_remote_code, seed=ctx.seed, gradient_checkpointing=m.gradient_checkpointing)
+                       trust_remote_code=m.trust_remote_code, seed=ctx.seed,
+                       gradient_checkpointing=m.gradient_checkpointing)
     tokenizer = load_tokenizer(ref.uri, revision=m.revision, trust_remote_code=m.trust_remote_code)
     return model, tokenizer
 

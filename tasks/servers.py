@@ -128,7 +128,8 @@ def port_free(host: str, port: int) -> bool:
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 return False
-            raise RuntimeError(f"cannot bind {host}:{port}: {e.strerror or e} (is --host an address of this machine?)") from None
+            raise RuntimeError(f"cannot bind {host}:{port}: {e.strerror or e} "
+                               "(is --host an address of this machine?)") from None
     return True
 
 

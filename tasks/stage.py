@@ -14,7 +14,8 @@ whose change invalidates it is found by following its module's imports
 Called inside a pipeline (`flows/pipeline.py`), a stage runs through the one cached Prefect
 task in `tasks/pipeline.py`; its cache key is `stage_key` below: the section, the model section
 and seed, the digest of every input it takes (and of nothing else), the DVC md5s of the files it
-reads, the content of every user source file (`source`, `heldout_source`, `samples.source`), and a hash of the code it runs.
+reads, the content of every user source file (`source`, `heldout_source`, `samples.source`), and a
+hash of the code it runs.
 """
 from __future__ import annotations
 

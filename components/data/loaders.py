@@ -15,11 +15,11 @@ All rows are validated before anything is returned; the first bad row raises.
 
 CSV cells are read as strings (empty cell -> None); list-valued fields (messages,
 responses, ...) may be written as JSON in a cell. `split`, `config` and `revision` only apply
-to datasets (`revision`: to hub ones). `column_map` renames input columns before validation: {"query": "prompt"}.
+to datasets (`revision`: to hub ones). `column_map` renames input columns before validation:
+{"query": "prompt"}.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 from contextlib import closing
@@ -57,10 +57,7 @@ def load_records(source: str | os.PathLike, schema: str, *, split: str = "train"
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
     fmt = detect_format(source)
     label = _label(source, fmt, split, config)
-    reader = READERS[fmt]
-    if fmt == "hf":
-        reader = functools.partial(_read_hf, revision=revision)
-    with closing(reader(os.fspath(source), label, split, config)) as rows:
+    with closing(READERS[fmt](os.fspath(source), label, split, config, revision)) as rows:
         records = [_record(label, n, row, spec, column_map or {})
                    for n, row in islice(rows, limit)]
     if not records:
@@ -146,9 +143,9 @@ def _label(source: str | os.PathLike, fmt: str, split: str, config: str | None) 
     return f"{os.fspath(source)} ({config_part}split '{split}')"
 
 
-# --- readers: (path, label, split, config) -> (row number, raw row) ------------------------
+# --- readers: (path, label, split, config, revision) -> (row number, raw row) ------------------------
 
-def _read_jsonl(path: str, label: str, split: str, config: str | None) -> NumberedRows:
+def _read_jsonl(path: str, label: str, split: str, config: str | None, revision: str | None) -> NumberedRows:
     _require_content(path, label)
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, 1):
@@ -162,7 +159,7 @@ def _read_jsonl(path: str, label: str, split: str, config: str | None) -> Number
                 raise DataError(f"{label}: row {n}: invalid JSON at column {e.colno}: {e.msg}") from None
 
 
-def _read_json(path: str, label: str, split: str, config: str | None) -> NumberedRows:
+def _read_json(path: str, label: str, split: str, config: str | None, revision: str | None) -> NumberedRows:
     _require_content(path, label)
     try:
         with open(path, encoding="utf-8-sig") as fh:
@@ -177,7 +174,7 @@ def _read_json(path: str, label: str, split: str, config: str | None) -> Numbere
     yield from enumerate(data, 1)
 
 
-def _read_csv(path: str, label: str, split: str, config: str | None) -> NumberedRows:
+def _read_csv(path: str, label: str, split: str, config: str | None, revision: str | None) -> NumberedRows:
     import pandas as pd
 
     _require_content(path, label)
@@ -195,7 +192,7 @@ def _read_csv(path: str, label: str, split: str, config: str | None) -> Numbered
         raise DataError(f"{label}: no columns (empty CSV)") from None
 
 
-def _read_parquet(path: str, label: str, split: str, config: str | None) -> NumberedRows:
+def _read_parquet(path: str, label: str, split: str, config: str | None, revision: str | None) -> NumberedRows:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -207,7 +204,7 @@ def _read_parquet(path: str, label: str, split: str, config: str | None) -> Numb
         raise DataError(f"{label}: not a readable parquet file: {e}") from None
 
 
-def _read_saved_dataset(path: str, label: str, split: str, config: str | None) -> NumberedRows:
+def _read_saved_dataset(path: str, label: str, split: str, config: str | None, revision: str | None) -> NumberedRows:
     import datasets
 
     try:
@@ -221,7 +218,7 @@ def _read_saved_dataset(path: str, label: str, split: str, config: str | None) -
     yield from enumerate(data, 1)
 
 
-def _read_hf(source: str, label: str, split: str, config: str | None, revision: str | None = None) -> NumberedRows:
+def _read_hf(source: str, label: str, split: str, config: str | None, revision: str | None) -> NumberedRows:
     import datasets
 
     name = source[len(HF_PREFIX):]

@@ -171,22 +171,16 @@ class VLLMEngine:
 def _save_plain(model, tokenizer, path: str) -> None:
     """A plain HF directory vLLM can load: for a peft (LoRA/QLoRA) policy, the base config without
     its quantization and the merged, dequantized weights; `save_pretrained` would write adapters only."""
-    import copy
-
     from safetensors.torch import save_file
 
-    from components.modeling.models import plain_state_dict
+    from components.modeling.models import plain_config, plain_state_dict
 
     if not hasattr(model, "peft_config"):
         model.save_pretrained(path)
     else:
-        base = model.get_base_model()
-        config = copy.deepcopy(base.config)
-        if getattr(config, "quantization_config", None) is not None:
-            del config.quantization_config
-        config.save_pretrained(path)
-        if getattr(base, "generation_config", None) is not None:
-            base.generation_config.save_pretrained(path)
+        plain_config(model).save_pretrained(path)
+        if getattr(model.get_base_model(), "generation_config", None) is not None:
+            model.get_base_model().generation_config.save_pretrained(path)
         state = plain_state_dict(model)
         seen = {}
         for k, v in list(state.items()):  # tied weights: safetensors refuses shared storage

@@ -23,7 +23,6 @@ recipe's GRPO ended at the bit-identical model).
 """
 from __future__ import annotations
 
-import copy
 import io
 import multiprocessing.connection as mpc
 import os
@@ -40,6 +39,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from components.modeling.models import plain_config, plain_state_dict
+
 
 class WorkerError(RuntimeError):
     """A helper process failed or died while decoding a batch."""
@@ -47,19 +48,9 @@ class WorkerError(RuntimeError):
 
 def cpu_state_bytes(model) -> bytes:
     """The model's weights as `torch.save` bytes (a LoRA model's adapters merged, 4-bit layers dequantized)."""
-    from components.modeling.models import plain_state_dict
-
     buf = io.BytesIO()
     torch.save(plain_state_dict(model), buf)
     return buf.getvalue()
-
-
-def base_config(model):
-    """The config a helper builds its copy from (a LoRA model's base model config)."""
-    config = copy.deepcopy(model.get_base_model().config if hasattr(model, "peft_config") else model.config)
-    if getattr(config, "quantization_config", None) is not None:  # helpers hold the dequantized weights
-        del config.quantization_config
-    return config
 
 
 class _Helper:
@@ -126,7 +117,7 @@ class WorkerPool:
             raise ValueError(f"a worker pool needs workers >= 2, got {workers}")
         self.threads = torch.get_num_threads()
         # the machine's threads shared out: each helper gets threads / workers, this process the rest
-        spec = (base_config(model), next(model.parameters()).dtype, getattr(model, "generation_config", None),
+        spec = (plain_config(model), next(model.parameters()).dtype, getattr(model, "generation_config", None),
                 max(1, self.threads // workers))
         self.helpers = [_Helper(spec, tokenizer, engine_kwargs) for _ in range(workers - 1)]
         self._call = 0

@@ -165,6 +165,17 @@ def merge_adapters(peft_model, base_path: str | None, dtype: str = "float32", *,
         return PeftModel.from_pretrained(base, adapters).merge_and_unload()
 
 
+def plain_config(model):
+    """The config `plain_state_dict`'s weights load into: a peft model's base config, without its 4-bit
+    quantization (a copy; `model` is untouched)."""
+    import copy
+
+    config = copy.deepcopy(model.get_base_model().config if hasattr(model, "peft_config") else model.config)
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
+    return config
+
+
 def plain_state_dict(model) -> dict[str, torch.Tensor]:
     """The weights under the names a plain HF checkpoint of the base architecture uses: LoRA deltas
     added, 4-bit layers dequantized. `model` is left untouched (no merge/unmerge round trip, which

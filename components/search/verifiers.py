@@ -158,7 +158,8 @@ def _logit(p: float, eps: float = 1e-6) -> float:
 
 
 def process_outcome(score_steps, agg: str = "last", sep: str = " "):
-    """An outcome scorer `(prompts, completions) -> logits` from a step scorer of probabilities, steps aggregated by `agg`."""
+    """An outcome scorer `(prompts, completions) -> logits` from a step scorer of probabilities, the
+    steps aggregated by `agg`."""
     aggregate = get_aggregation(agg)
 
     def score(prompts: list[str], completions: list[str]) -> list[float]:

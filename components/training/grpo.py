@@ -70,7 +70,7 @@ from components.generation import SamplingParams, make_engine, owned
 from components.io import write_json
 from components.rewards import RewardCombiner, RewardFn, RewardResult
 from components.seeds import derive_seed
-from components.training.loop import Log, LoopResult, Progress, Trainer, no_log, no_progress
+from components.training.loop import Log, LoopResult, Progress, Trainer, no_log, no_progress, shares
 from components.training.rollout_batch import RolloutBatch, batch_logprobs, completion_logprobs
 
 Table = Callable[[list[dict], int], None]
@@ -365,9 +365,8 @@ def optimise(trainer, batch: RolloutBatch, plan, loss_fn: Callable[[RolloutBatch
     mask = batch.completion_mask
     for step in plan:
         sizes = [float(mask[micro.to(mask.device)].sum()) if token_weighted else len(micro) for micro in step]
-        total = sum(sizes) or 1.0
         stats = trainer.step([lambda micro=micro: loss_fn(batch.select(micro)) for micro in step],
-                             weights=[size / total for size in sizes])
+                             weights=shares(sizes))
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + v / len(plan)
     return sums

@@ -107,6 +107,13 @@ def as_floats(metrics: Mapping) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+def shares(sizes: list[float]) -> list[float]:
+    """Each size's share of their sum (equal shares when they sum to 0): the `Trainer.step` weights
+    that make an accumulated step's loss the mean over the whole step's rows or tokens."""
+    total = sum(sizes)
+    return [size / total for size in sizes] if total else [1.0 / len(sizes)] * len(sizes)
+
+
 class Trainer:
     """AdamW + schedule + accumulation + clipping + checkpoint/resume + logging for `modules`.
 
@@ -144,12 +151,11 @@ class Trainer:
                 groups.append({"params": params, "lr": (lrs or {}).get(name, cfg.lr), "name": name})
         if not groups:
             raise ValueError(f"{what}: the model has no trainable parameters")
-        low = sorted({str(p.dtype).removeprefix("torch.") for g in groups for p in g["params"]
-                      if p.dtype in (torch.float16, torch.bfloat16)})
-        if "float16" in low:  # AdamW's eps (1e-8) and grad**2 underflow to 0: inf/NaN weights after one step
+        dtypes = {p.dtype for g in groups for p in g["params"]}
+        if torch.float16 in dtypes:  # AdamW's eps (1e-8) and grad**2 underflow to 0: inf/NaN weights after one step
             raise ValueError(f"{what}: trainable weights in float16 cannot take AdamW steps (no loss scaling); use "
                              "model.dtype float32 (+ mixed_precision bf16), or LoRA/QLoRA (adapters train in float32)")
-        if low:
+        if torch.bfloat16 in dtypes:
             warnings.warn(f"{what}: trainable weights in bfloat16: AdamW steps smaller than the weights' bf16 "
                           "resolution (lr 1e-6..1e-5 on weights ~0.02) are rounded away; prefer model.dtype float32 "
                           "with mixed_precision bf16, or LoRA", stacklevel=2)

@@ -18,7 +18,7 @@ from functools import lru_cache
 import torch
 
 from components.algorithms.sft import sft_loss
-from components.training.loop import Log, Progress, Trainer, no_log, no_progress
+from components.training.loop import Log, Progress, Trainer, no_log, no_progress, shares
 
 
 class EncodingError(ValueError):
@@ -136,9 +136,7 @@ def token_shares(batches: list[dict]) -> list[float]:
     """Each micro-batch's share of the step's loss tokens: weighting the micro-batches' token means
     by it makes an accumulated step's loss the token mean over the whole step, whatever the split
     (equal weights would not: a micro-batch of short answers would count as much as one of long)."""
-    counts = [float(b["loss_mask"][:, 1:].sum()) for b in batches]
-    total = sum(counts)
-    return [c / total for c in counts] if total else [1.0 / len(batches)] * len(batches)
+    return shares([float(b["loss_mask"][:, 1:].sum()) for b in batches])
 
 
 def sft_loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict]:

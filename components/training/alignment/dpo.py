@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 
-
 from components.algorithms import dpo_loss
 from components.training.alignment.base import AlignmentResult, check_rows, result
 from components.training.alignment.sequences import (
