@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
@@ -413,8 +413,10 @@ def _field_names(cls: type[BaseModel], path: tuple) -> list[str]:
     """The field names of the section at `path` inside `cls` ([] where the path leaves the models)."""
     for key in path:
         field = cls.model_fields.get(str(key))
-        cls = field.annotation if field is not None else None
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+        # a section, or an optional one (`DataSource | None`)
+        cls = next((c for c in (field.annotation, *get_args(field.annotation))
+                    if isinstance(c, type) and issubclass(c, BaseModel)), None) if field is not None else None
+        if cls is None:
             return []
     return list(cls.model_fields)
 

@@ -60,6 +60,13 @@ def test_tts_without_the_verifier_a_strategy_needs_is_one_line_before_anything_l
                                      "--process-verifier")
 
 
+def test_a_port_out_of_range_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["server", "start", "prefect", "--prefect-port", "99999"])
+    assert result.exit_code == 2 and "Invalid value for '--prefect-port'" in result.output, result.output
+    assert not (tmp_path / ".r1flow" / "servers").exists(), "nothing started, nothing recorded"
+
+
 def test_unknown_ui(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["ui", "grafana"])
