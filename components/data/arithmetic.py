@@ -7,8 +7,9 @@ tiny model can learn; the difficulty of a problem is set by its level (operand c
 range). Everything here is a pure function of a seeded ``random.Random``.
 
 Held-out split: a problem belongs to the evaluation split iff the hash of its canonical
-text falls in a fixed bucket (`is_heldout`), so no training set can ever contain an
-evaluation problem whatever seeds or sizes a recipe uses.
+text (`canonical`: factors and terms sorted) falls in a fixed bucket (`is_heldout`), so no
+training set can ever contain an evaluation problem, nor one that differs from it only by
+the order of commuting operands, whatever seeds or sizes a recipe uses.
 """
 from __future__ import annotations
 
@@ -76,8 +77,32 @@ def parse(expression: str) -> tuple[list[int], list[str]] | None:
     return [int(n) for n in re.findall(r"\d+", text)], re.findall(r"[+\-*]", text)
 
 
+def canonical(expression: str) -> str:
+    """One text for every reordering of a problem that keeps its value by commutativity.
+
+    The expression is a sum of signed product terms; the factors of each term and then the
+    terms are sorted, so ``3*9+8``, ``8+9*3`` and ``8+3*9`` are all ``+3*9+8``, and
+    ``7-3+2`` is ``+2+7-3``. Text that is not a flat expression is returned stripped.
+    """
+    parsed = parse(expression)
+    if parsed is None:
+        return expression.strip()
+    numbers, ops = parsed
+    terms, factors, sign = [], [numbers[0]], "+"
+    for op, n in zip(ops, numbers[1:]):
+        if op == "*":
+            factors.append(n)
+            continue
+        terms.append((sign, tuple(sorted(factors))))
+        factors, sign = [n], op
+    terms.append((sign, tuple(sorted(factors))))
+    return "".join(s + "*".join(map(str, f)) for s, f in sorted(terms))
+
+
 def is_heldout(expression: str) -> bool:
-    digest = hashlib.sha256(expression.encode()).digest()
+    """Whether a problem is in the evaluation split: decided on its `canonical` text, so a
+    commuted copy of an evaluation problem (``9*3+8`` for ``3*9+8``) is never trained on."""
+    digest = hashlib.sha256(canonical(expression).encode()).digest()
     return digest[0] % HELDOUT_BUCKETS == 0
 
 

@@ -1,6 +1,7 @@
 import hashlib
 import json
 import random
+import re
 
 import pytest
 
@@ -74,14 +75,57 @@ def _expression(row: dict) -> str:
     return prompt.removeprefix(MARKER).strip()
 
 
+@pytest.mark.parametrize("expression, form", [
+    ("3*9+8", "+3*9+8"), ("8+9*3", "+3*9+8"), ("9*3+8", "+3*9+8"),  # factors and terms sorted
+    ("7-3+2", "+2+7-3"), ("7+2-3", "+2+7-3"),  # a term keeps its sign
+    ("4*2*3", "+2*3*4"), ("5-2*3", "+5-2*3"), ("12", "+12"),
+    ("19*0-4*5", "+0*19-4*5"),
+    (" 6+2 ", "+2+6"), ("not a sum", "not a sum"),
+])
+def test_canonical_form(expression, form):
+    assert ar.canonical(expression) == form
+
+
+def test_canonical_form_keeps_the_value():
+    rng = random.Random(1)
+    for level in ar.LEVELS:
+        for _ in range(200):
+            p = ar.sample_problem(rng, level)
+            numbers, ops = ar.parse(ar.canonical(p.expression).removeprefix("+"))
+            assert ar.solve(numbers, ops)[0] == p.answer
+
+
+def _reordered(expression: str, rng: random.Random) -> str:
+    """The same sum with its terms and each term's factors shuffled (a '+' term first)."""
+    terms = [(t[0], t[1:].split("*")) for t in re.findall(r"[+-][\d*]+", "+" + expression)]
+    for _, factors in terms:
+        rng.shuffle(factors)
+    rng.shuffle(terms)
+    terms.sort(key=lambda t: t[0] == "-")  # stable: a '+' term leads, the rest keep their shuffle
+    return "".join(sign + "*".join(f) for sign, f in terms).removeprefix("+")
+
+
+def test_commuted_copies_share_a_split():
+    assert len({ar.is_heldout(e) for e in ("3*9+8", "9*3+8", "8+3*9", "8+9*3")}) == 1
+    rng, moved = random.Random(2), 0
+    for _ in range(2000):
+        p = ar.sample_problem(rng, rng.choice([2, 3, 4]))
+        other = _reordered(p.expression, rng)
+        assert ar.solve(*ar.parse(other))[0] == p.answer
+        assert ar.is_heldout(other) == ar.is_heldout(p.expression), (p.expression, other)
+        moved += other != p.expression
+    assert moved > 1000  # most draws were really reordered
+
+
 def test_heldout_split_never_overlaps_training(curated):
     _, out, _ = curated
     evals = {_expression(json.loads(line)) for name in HELDOUT_FILES for line in (out / name).open()}
     assert evals and all(ar.is_heldout(e) for e in evals)
+    forms = {ar.canonical(e) for e in evals}
     for name in set(FILES) - set(HELDOUT_FILES):
         for line in (out / name).read_text().splitlines():
             expression = _expression(json.loads(line))
-            assert expression not in evals, f"{name} contains held-out problem {expression}"
+            assert ar.canonical(expression) not in forms, f"{name} contains (a reordering of) held-out problem {expression}"
 
 
 def test_same_config_writes_identical_bytes(curated, tmp_path):
