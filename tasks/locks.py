@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 
 @contextlib.contextmanager
@@ -22,3 +22,13 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def file_locks(paths: Iterable[Path]) -> Iterator[None]:
+    """Hold the locks of several paths for the block, taken in sorted order (so two processes that
+    want overlapping sets cannot each hold one the other waits for); a path named twice is locked once."""
+    with contextlib.ExitStack() as stack:
+        for path in sorted(set(paths)):
+            stack.enter_context(file_lock(path))
+        yield

@@ -35,7 +35,7 @@ from components.evaluation.paired import paired_gain
 from components.io import digest_path
 from tasks import champion, tracking
 from tasks.console import say, summary_table
-from tasks.locks import file_lock
+from tasks.locks import file_lock, file_locks
 from tasks.refs import DatasetRef, EvalRef, ModelRef
 from tasks.runners import get_task_runner
 from tasks.stage import Stage, alias_of, output_dir, stage_key
@@ -104,11 +104,9 @@ class PipelineRun:
     def evaluate_models(self, models: dict[str, ModelRef]) -> dict[str, EvalRef]:
         """Score several models ({label: model}) side by side on the recipe's task runner."""
         spec = get_stage("evaluate")
-        with get_task_runner(self.recipe.runner) as runner:
-            futures = {label: self._submit(runner, spec, {"model": m}, f"evaluate/{label}") for label, m in models.items()}
-            for label, (future, t0, out) in futures.items():
-                future.wait()
-                self._scored(models[label], label, self._collect(spec, f"evaluate/{label}", future.state, t0, out=out))
+        scores = self._fan_out(spec, {label: ({"model": m}, f"evaluate/{label}", None) for label, m in models.items()})
+        for label, result in scores.items():
+            self._scored(models[label], label, result)
         return {label: self.evaluated[m.digest] for label, m in models.items()}
 
     def call_variants(self, spec: Stage, inputs: dict, sections: dict[str, Section],
@@ -117,12 +115,8 @@ class PipelineRun:
         runner (cached like any stage), then evaluate each model; returns {label: output}.
         `report_files=False`: the caller reports the variants' figures itself (combined)."""
         _check_inputs(spec, inputs, True)
-        with get_task_runner(self.recipe.runner) as runner:
-            futures = {label: self._submit(runner, spec, inputs, label, section) for label, section in sections.items()}
-            outputs = {}
-            for label, (future, t0, out) in futures.items():
-                future.wait()
-                outputs[label] = self._collect(spec, label, future.state, t0, report_files, out)
+        outputs = self._fan_out(spec, {label: (inputs, label, section) for label, section in sections.items()},
+                                report_files)
         for label, model in outputs.items():
             if spec.evaluate and isinstance(model, ModelRef):
                 self.evaluate(model, label)
@@ -205,18 +199,31 @@ class PipelineRun:
         task = stage_task.with_options(task_run_name=label, refresh_cache=not (out / "result.json").exists())
         return task, params, out
 
-    def _submit(self, runner, spec: Stage, inputs: dict, label: str, section: Section | None = None):
-        """Submit `spec` to the task runner: (future, start time, output folder)."""
-        task, params, out = self._task(spec, inputs, label, section)
-        return runner.submit(task, params), time.perf_counter(), out
-
     def run_stage(self, spec: Stage, inputs: dict, label: str, section: Section | None = None):
         _, out = self._output(spec, inputs, section)
         # The same stage and key in two pipelines at once: one runs it, the other then finds it done (cached).
-        with file_lock(out.parent / f".{out.name}.lock"):
+        with file_lock(_lock_path(out)):
             task, params, _ = self._task(spec, inputs, label, section)
             t0 = time.perf_counter()
             return self._collect(spec, label, task(**params, return_state=True), t0, out=out)
+
+    def _fan_out(self, spec: Stage, jobs: dict[str, tuple[dict, str, Section | None]],
+                 report_files: bool = True) -> dict:
+        """Run `spec` once per {key: (inputs, label, section)} side by side on the recipe's task runner;
+        returns {key: output}. Each stage key is locked as in `run_stage`, all of them before any
+        starts, taken in sorted order so that two processes fanning out overlapping jobs never
+        wait on each other; whichever comes second finds the shared ones done (cached)."""
+        outs = [self._output(spec, inputs, section)[1] for inputs, _, section in jobs.values()]
+        with file_locks(_lock_path(out) for out in outs), get_task_runner(self.recipe.runner) as runner:
+            started = {}
+            for key, (inputs, label, section) in jobs.items():
+                task, params, out = self._task(spec, inputs, label, section)
+                started[key] = (runner.submit(task, params), time.perf_counter(), out)
+            results = {}
+            for key, (future, t0, out) in started.items():
+                future.wait()
+                results[key] = self._collect(spec, jobs[key][1], future.state, t0, report_files, out)
+        return results
 
     def _collect(self, spec: Stage, label: str, state, t0: float, report_files: bool = True,
                  out: Path | None = None):
@@ -244,6 +251,11 @@ class PipelineRun:
                 "champion": self.champion,
                 "time": {"wall_s": wall, "compute_s": compute, "overhead_s": wall - compute,
                          "overhead_share": (wall - compute) / wall if wall else 0.0}}
+
+
+def _lock_path(out: Path) -> Path:
+    """The lock file of a stage's output folder (beside it, so `runs/` cleanup keeps working)."""
+    return out.parent / f".{out.name}.lock"
 
 
 def _outcomes(evaluation: EvalRef) -> dict | None:

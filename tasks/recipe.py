@@ -6,9 +6,10 @@ CLI calls it once, and every later layer receives typed objects (a stage receive
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from components.config import DataConfig, ModelConfig, RunConfig, Section, load_tree, validate
 from tasks.runners import RunnerConfig
@@ -23,12 +24,19 @@ class RecipeBase(Section):
     runner: RunnerConfig = Field(default_factory=RunnerConfig, description="How evaluations of several models fan "
                                  "out (a Prefect task runner: sequential, threads, dask or ray).")
 
+    @field_validator("run")
+    @classmethod
+    def _known_stages(cls, run: RunConfig) -> RunConfig:
+        known = sorted(registry())
+        for stage in run.stages:
+            if stage not in known:
+                close = difflib.get_close_matches(stage, known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"unknown stage {stage!r} in run.stages; {hint}choose from {known}")
+        return run
+
     @model_validator(mode="after")
-    def _known_stages(self):
-        known = registry()
-        bad = [s for s in self.run.stages if s not in known]
-        if bad:
-            raise ValueError(f"unknown stage(s) {bad} in run.stages; choose from {sorted(known)}")
+    def _consistent(self):
         if "base" not in self.run.stages and not self.model.name_or_path:
             raise ValueError("run.stages has no 'base' and model.name_or_path is empty: nothing to start from")
         if getattr(self, "alignment", None) is not None and self.alignment.compare and not self.evaluate.house_rules:

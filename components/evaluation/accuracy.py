@@ -53,7 +53,8 @@ def evaluate(model, tokenizer, rows: list[dict], *, max_new_tokens: int, batch_s
 
 
 def _summarise(correct, formatted, lengths, levels) -> dict[str, float]:
-    acc = accuracy_with_ci([c > 0.5 for c in correct])
+    correct = [c > 0.5 for c in correct]  # a partial-credit score counts as right above one half, everywhere
+    acc = accuracy_with_ci(correct)
     metrics = {"accuracy": acc.accuracy, "accuracy_se": acc.stderr, "accuracy_ci_low": acc.low,
                "accuracy_ci_high": acc.high, "format_rate": sum(formatted) / len(formatted),
                "mean_length": sum(lengths) / len(lengths), "n": float(len(correct))}

@@ -57,3 +57,19 @@ def test_the_same_recipe_twice_at_once_clobbers_nothing(tmp_path):
     for stage in ("base", "cold_start"):  # registered once, by the pipeline that ran it
         assert sum(v.run_id == rows[0][stage]["run_id"] for v in versions) == 1
     assert client.get_model_version_by_alias("tiny", "champion")
+
+    # Fanned-out stages lock their keys too: two `r1flow evaluate` of the same two models at once
+    # (threads: both evaluations of a process run side by side). One process holds both keys and
+    # scores both models; the other waits and finds both cached: one folder per key, no "ran" twice.
+    models = [str(next(stages.glob(f"{stage}-*/model"))) for stage in ("base", "cold_start")]
+    args = [sys.executable, "-m", "flows.cli", "evaluate", *models, "--recipe", "configs/tiny.yaml",
+            "--set", "evaluate.limit=7", "--set", "runner.task_runner=threads", "--json"]
+    procs = [subprocess.Popen(args, cwd=project, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-4000:]
+    statuses = [sorted({r["status"] for r in json.loads(out[out.index("{"):])["stages"]}) for out, _ in outputs]
+    assert sorted(statuses) == [["cached"], ["ran"]]
+    evaluations = [p for p in stages.glob("evaluate-*") if (p / "result.json").exists()]
+    assert len(evaluations) == 2 + 2  # the pipelines' two (whole set) and these two (limit 7)

@@ -37,7 +37,11 @@ def test_overrides_are_typed_and_nested():
     ("cold_start.lr=-1", "cold_start.lr: Input should be greater than 0"),
     ("cold_start.finetune=half", "cold_start.finetune: Input should be 'full', 'lora' or 'qlora'"),
     ("model.arch.hidden_size=33", "model.arch: Value error, hidden_size 33 is not divisible by num_heads"),
-    ("run.stages=[base, warmup]", "unknown stage(s) ['warmup'] in run.stages"),
+    ("run.stages=[base, warmup]", "run: Value error, unknown stage 'warmup' in run.stages; choose from"),
+    ("run.stages=[base, cold_strat]", "unknown stage 'cold_strat' in run.stages; did you mean 'cold_start'?"),
+    ("base.steps=true", "base.steps: Value error, expected a number, got true"),  # not 1
+    ("evaluate.limit=false", "evaluate.limit: Value error, expected a number, got false"),
+    ("cold_start.lr=true", "cold_start.lr: Value error, expected a number, got true"),
     ("run.stages=[cold_start]", "run.stages has no 'base' and model.name_or_path is empty"),
     ("rejection_sampling.rollout.backend=sglang", "rejection_sampling.rollout.backend: Input should be"),
     ("data.levels=[9]", "data.levels: Value error, unknown level(s) [9]"),

@@ -14,6 +14,13 @@ def test_summary_by_hand():
     assert m["accuracy_ci_low"] < 0.75 < m["accuracy_ci_high"]
 
 
+def test_partial_credit_counts_the_same_way_overall_and_per_level():
+    """Scores 0.9, 0.6, 0.4, 0.2 (a partial-credit checker): 2 of 4 above one half, overall and at
+    level 1 (1 of 2: 0.9 and 0.4), level 2 (1 of 2) -- not the mean scores 0.65 and 0.4."""
+    m = _summarise([0.9, 0.6, 0.4, 0.2], [1.0] * 4, [1] * 4, [1, 2, 1, 2])
+    assert m["accuracy"] == 0.5 and m["accuracy_level_1"] == 0.5 and m["accuracy_level_2"] == 0.5
+
+
 def test_evaluate_scores_greedy_completions(tiny_model, tiny_tokenizer):
     rows = [{"prompt": "1+2", "answer": "3", "level": 1}, {"prompt": "2*3", "answer": "6", "level": 1}]
     result = evaluate(tiny_model, tiny_tokenizer, rows, max_new_tokens=8, batch_size=2, table_rows=1)

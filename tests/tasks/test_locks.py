@@ -1,0 +1,43 @@
+"""File locks between r1flow processes: what keeps two pipelines from training into one folder."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tasks import locks
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from tasks.locks import file_lock
+with file_lock(Path(sys.argv[1])):
+    Path(sys.argv[2]).write_text("held")
+    time.sleep(1.0)
+Path(sys.argv[2]).write_text("released")
+"""
+
+
+def test_file_locks_waits_for_a_lock_another_process_holds(tmp_path):
+    a, b, marker = tmp_path / "a.lock", tmp_path / "b.lock", tmp_path / "marker"
+    child = subprocess.Popen([sys.executable, "-c", HOLD, str(b), str(marker)], cwd=Path(__file__).parents[2])
+    while not marker.exists():
+        time.sleep(0.01)
+    with locks.file_locks([a, b]):
+        assert marker.read_text() == "released"  # got b only once the other process let it go
+    assert child.wait(timeout=30) == 0
+
+
+def test_file_locks_takes_each_path_once_in_sorted_order(tmp_path, monkeypatch):
+    taken = []
+    real = locks.file_lock
+
+    def recording(path):
+        taken.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(locks, "file_lock", recording)
+    with locks.file_locks([tmp_path / "c", tmp_path / "a", tmp_path / "c", tmp_path / "b"]):
+        pass
+    assert taken == ["a", "b", "c"]  # a path named twice would deadlock on itself (flock per open file)
