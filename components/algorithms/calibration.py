@@ -41,7 +41,7 @@ def binary_accuracy(probs: Tensor, labels: Tensor, mask: Tensor | None = None, t
     """
     threshold = check_scalar("threshold", threshold, low=0.0, high=1.0)
     p, y = _valid(probs, labels, mask)
-    return ((p >= threshold) == (y >= threshold)).to(probs.dtype).mean()
+    return ((p >= threshold) == (y >= threshold)).double().mean()  # float64: exact against a threshold
 
 
 def brier_score(probs: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:

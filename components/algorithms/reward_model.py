@@ -141,7 +141,8 @@ def pairwise_accuracy(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tenso
     Shapes: [B], [B] -> scalar.
     """
     _check_pair(chosen_rewards, rejected_rewards)
-    wins = (chosen_rewards > rejected_rewards).float() + 0.5 * (chosen_rewards == rejected_rewards).float()
+    # float64: a share is compared with thresholds such as 0.9, which 180/200 in float32 falls short of
+    wins = (chosen_rewards > rejected_rewards).double() + 0.5 * (chosen_rewards == rejected_rewards).double()
     return wins.mean()
 
 
@@ -164,7 +165,7 @@ def ranking_accuracy(scores: Tensor, mask: Tensor | None = None) -> Tensor:
     diff, pair_mask = _ordered_pairs(scores, mask)
     if not bool(pair_mask.any()):
         raise ValueError("mask: no list has two valid items to compare")
-    credit = (diff > 0).float() + 0.5 * (diff == 0).float()
+    credit = (diff > 0).double() + 0.5 * (diff == 0).double()  # float64, as in pairwise_accuracy
     return credit[pair_mask].mean()
 
 

@@ -45,7 +45,7 @@ def test_ece_equals_a_loop_over_bins():
 def test_binary_accuracy_with_soft_labels():
     p = torch.tensor([0.9, 0.4, 0.6, 0.1])
     y = torch.tensor([1.0, 0.75, 0.5, 0.0])  # sides: agree, disagree, agree (0.5 >= 0.5), agree
-    torch.testing.assert_close(binary_accuracy(p, y), torch.tensor(0.75))
+    torch.testing.assert_close(binary_accuracy(p, y), torch.tensor(0.75, dtype=torch.float64))
 
 
 def test_errors():

@@ -115,11 +115,11 @@ def test_outcome_only_labels_and_orm_special_case():
 def test_pairwise_and_ranking_accuracy_by_hand():
     """Pairs (3>1) win, (1=1) tie counts 1/2, (2<5) loss -> 1.5 / 3 = 0.5."""
     c, r = torch.tensor([3.0, 1.0, 2.0]), torch.tensor([1.0, 1.0, 5.0])
-    torch.testing.assert_close(pairwise_accuracy(c, r), torch.tensor(0.5))
-    torch.testing.assert_close(ranking_accuracy(torch.stack([c, r], 1)), torch.tensor(0.5))
+    torch.testing.assert_close(pairwise_accuracy(c, r), torch.tensor(0.5, dtype=torch.float64))
+    torch.testing.assert_close(ranking_accuracy(torch.stack([c, r], 1)), torch.tensor(0.5, dtype=torch.float64))
     # [2, 3, 1]: pairs (2,3) wrong, (2,1) right, (3,1) right -> 2/3; second list fully right (3 pairs).
     s = torch.tensor([[2.0, 3.0, 1.0], [3.0, 2.0, 1.0]])
-    torch.testing.assert_close(ranking_accuracy(s), torch.tensor(5.0 / 6.0))
+    torch.testing.assert_close(ranking_accuracy(s), torch.tensor(5.0 / 6.0, dtype=torch.float64))
 
 
 def test_kendall_tau_by_hand():
@@ -129,7 +129,7 @@ def test_kendall_tau_by_hand():
     torch.testing.assert_close(kendall_tau(s[:3]), torch.tensor((1 - 1 + 1 / 3) / 3))
     torch.testing.assert_close(kendall_tau(s[3:], mask[3:]), torch.tensor(1.0))
     # for untied scores tau-a = 2 * accuracy - 1 on a single list
-    torch.testing.assert_close(kendall_tau(s[2:3]), 2 * ranking_accuracy(s[2:3]) - 1)
+    torch.testing.assert_close(kendall_tau(s[2:3]), (2 * ranking_accuracy(s[2:3]) - 1).float())
 
 
 def test_errors():

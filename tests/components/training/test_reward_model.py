@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from components.algorithms import bradley_terry_loss
+from components.algorithms.calibration import binary_accuracy
+from components.algorithms.reward_model import pairwise_accuracy, ranking_accuracy
 from components.config import LoraConfig
 from components.data import arithmetic as ar
 from components.modeling.models import save_model
@@ -173,6 +175,12 @@ def test_quality_gate_messages():
     assert low == (False, "reward model quality gate failed: heldout/accuracy = 0.5000 < "
                           "reward_model.min_accuracy = 0.9000")
     assert not quality_gate({"heldout/accuracy": math.nan}, "heldout/accuracy", 0.9, "t").passed
+    # 180 of 200 held-out pairs ordered right is 0.9 and passes a 0.9 gate (float32 made it 0.89999998:
+    # "heldout/accuracy = 0.9000 < reward_model.min_accuracy = 0.9000")
+    scores = torch.tensor([1.0] * 180 + [-1.0] * 20)
+    for accuracy in (pairwise_accuracy(scores, torch.zeros(200)), ranking_accuracy(torch.stack([scores, -scores], 1)),
+                     binary_accuracy(torch.sigmoid(scores), torch.ones(200))):
+        assert quality_gate({"heldout/accuracy": float(accuracy)}, "heldout/accuracy", 0.9, "t").passed
     assert "was not measured" in quality_gate({}, "heldout/accuracy", 0.9, "t").message
 
 
