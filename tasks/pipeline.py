@@ -222,19 +222,23 @@ class PipelineRun:
             results = {}
             for key, (future, t0, out) in started.items():
                 future.wait()
-                results[key] = self._collect(spec, jobs[key][1], future.state, t0, report_files, out)
+                results[key] = self._collect(spec, jobs[key][1], future.state, t0, report_files, out, queued=True)
         return results
 
     def _collect(self, spec: Stage, label: str, state, t0: float, report_files: bool = True,
-                 out: Path | None = None):
+                 out: Path | None = None, queued: bool = False):
+        """Record a finished stage task. `queued`: it was submitted beside others, so the time since `t0`
+        includes waiting for a worker; its wall is then the time the task itself recorded."""
         result = state.result()  # raises the stage's own error if it failed
         cached = state.name == "Cached"
         seconds = time.perf_counter() - t0
+        if queued and not cached and out is not None:
+            seconds = _recorded(out, "wall_s") or seconds
         if cached:
             say(f"◆ {label}  cached  (MLflow run {run_id_of(result)[:12]})")
             if isinstance(result, ModelRef):
                 tracking.point_alias(result.registered, self.recipe.run.name, alias_of(label))
-        compute = 0.0 if cached or out is None else _compute_seconds(out)
+        compute = 0.0 if cached or out is None else _recorded(out, "compute_s")
         self.records.append(StageRecord(label, spec.name, "cached" if cached else "ran", seconds, run_id_of(result),
                                         output_label(result), compute_s=compute))
         _record_on_parent(label, result)
@@ -344,10 +348,11 @@ def _check_inputs(spec: Stage, inputs: dict, enabled: bool) -> None:
         raise ValueError(f"{spec.name}: no {', '.join(missing)} to run on (the stage before it produced nothing)")
 
 
-def _compute_seconds(out: Path) -> float:
-    """The stage function's own time, as its task recorded it in result.json."""
+def _recorded(out: Path, field: str) -> float:
+    """A time the stage's task recorded in result.json: `compute_s` (the stage function's own work)
+    or `wall_s` (the whole task); 0.0 if missing (a result written before the field existed)."""
     try:
-        return float(json.loads((out / "result.json").read_text()).get("compute_s", 0.0))
+        return float(json.loads((out / "result.json").read_text()).get(field, 0.0))
     except (OSError, ValueError):
         return 0.0
 

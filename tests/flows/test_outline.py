@@ -62,6 +62,18 @@ def test_every_stage_of_the_outline_runs_in_order(trained):
     assert {"alignment", "student_base", "distill", "distill_control"} <= set(report["metrics"])
 
 
+def test_a_fanned_out_stage_reports_its_own_time_not_its_wait_in_the_queue(trained, project):
+    # the compared methods are submitted together to a one-worker runner: oreo waited for the
+    # others, and its row must show the time its task recorded (+ its evaluation), not the wait
+    report, _ = trained
+    rows = {r["label"]: r for r in report["stages"]}
+    row, evaluation = rows["alignment/oreo"], rows["evaluate/alignment/oreo"]
+    recorded = next(json.loads(p.read_text()) for p in (project / "runs" / "stages").glob("alignment-*/result.json")
+                    if json.loads(p.read_text())["run_id"] == row["run_id"])
+    assert row["status"] == "ran" and recorded["wall_s"] >= recorded["compute_s"] > 0
+    assert row["seconds"] == pytest.approx(recorded["wall_s"] + evaluation["seconds"])
+
+
 def test_every_evaluated_model_reports_the_true_preference_rate(trained):
     report, _ = trained
     for label, metrics in report["metrics"].items():
