@@ -9,13 +9,18 @@ from pathlib import Path
 from tasks import locks
 
 HOLD = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 from tasks.locks import file_lock
+
+def say(text):  # atomic: the test never reads a half-written marker
+    Path(sys.argv[2] + ".tmp").write_text(text)
+    os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+
 with file_lock(Path(sys.argv[1])):
-    Path(sys.argv[2]).write_text("held")
+    say("held")
     time.sleep(1.0)
-Path(sys.argv[2]).write_text("released")
+    say("done")  # still holding the lock
 """
 
 
@@ -25,7 +30,7 @@ def test_file_locks_waits_for_a_lock_another_process_holds(tmp_path):
     while not marker.exists():
         time.sleep(0.01)
     with locks.file_locks([a, b]):
-        assert marker.read_text() == "released"  # got b only once the other process let it go
+        assert marker.read_text() == "done"  # got b only once the other process let it go
     assert child.wait(timeout=30) == 0
 
 
