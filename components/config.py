@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
@@ -33,13 +33,21 @@ class Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_a_number(cls, value: Any, info) -> Any:
-        """`steps: true` is a typo, not 1 (pydantic's lax mode would read it so)."""
-        if isinstance(value, bool):
-            annotation = cls.model_fields[info.field_name].annotation
-            kinds = set(get_args(annotation)) or {annotation}
-            if bool not in kinds and kinds & {int, float}:
-                raise ValueError(f"expected a number, got {str(value).lower()}")
+        """`steps: true` or `levels: [1, true]` is a typo, not 1 (pydantic's lax mode would read it so)."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and _number(annotation):
+            raise ValueError(f"expected a number, got {str(value).lower()}")
+        if isinstance(value, list) and get_origin(annotation) is list and _number(get_args(annotation)[0]):
+            for i, item in enumerate(value):
+                if isinstance(item, bool):
+                    raise ValueError(f"item {i}: expected a number, got {str(item).lower()}")
         return value
+
+
+def _number(annotation: Any) -> bool:
+    """Whether a field typed `annotation` holds a number and never a boolean (int, float, int | None…)."""
+    kinds = set(get_args(annotation)) or {annotation}
+    return bool not in kinds and bool(kinds & {int, float})
 
 
 def registered(registry: str, kind: str):

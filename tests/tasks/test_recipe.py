@@ -42,6 +42,7 @@ def test_overrides_are_typed_and_nested():
     ("base.steps=true", "base.steps: Value error, expected a number, got true"),  # not 1
     ("evaluate.limit=false", "evaluate.limit: Value error, expected a number, got false"),
     ("cold_start.lr=true", "cold_start.lr: Value error, expected a number, got true"),
+    ("data.levels=[1, true]", "data.levels: Value error, item 1: expected a number, got true"),
     ("run.stages=[cold_start]", "run.stages has no 'base' and model.name_or_path is empty"),
     ("rejection_sampling.rollout.backend=sglang", "rejection_sampling.rollout.backend: Input should be"),
     ("data.levels=[9]", "data.levels: Value error, unknown level(s) [9]"),
