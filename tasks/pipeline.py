@@ -191,19 +191,19 @@ class PipelineRun:
         return cfg, output_dir(run.output_dir, spec.name, stage_key(spec, cfg, self.recipe.model, run.seed, inputs,
                                                                       self.data))
 
-    def _task(self, spec: Stage, inputs: dict, label: str, section: Section | None = None):
-        """(task, parameters, output folder) of running `spec` on `inputs` as the cached `stage_task`."""
-        cfg, out = self._output(spec, inputs, section)
+    def _task(self, spec: Stage, inputs: dict, label: str, cfg: Section, out: Path):
+        """(task, parameters) of running `spec` with section `cfg` on `inputs` as the cached `stage_task`;
+        `cfg, out` are `_output`'s. Made once the stage's lock is held: whether `out` is done decides
+        between a cache hit and a run."""
         params = dict(name=spec.name, cfg=cfg, model=self.recipe.model, run=self.recipe.run, inputs=inputs,
                       data=self.data, parent_run_id=self.parent_run_id, label=label)
-        task = stage_task.with_options(task_run_name=label, refresh_cache=not (out / "result.json").exists())
-        return task, params, out
+        return stage_task.with_options(task_run_name=label, refresh_cache=not (out / "result.json").exists()), params
 
     def run_stage(self, spec: Stage, inputs: dict, label: str, section: Section | None = None):
-        _, out = self._output(spec, inputs, section)
+        cfg, out = self._output(spec, inputs, section)
         # The same stage and key in two pipelines at once: one runs it, the other then finds it done (cached).
         with file_lock(_lock_path(out)):
-            task, params, _ = self._task(spec, inputs, label, section)
+            task, params = self._task(spec, inputs, label, cfg, out)
             t0 = time.perf_counter()
             return self._collect(spec, label, task(**params, return_state=True), t0, out=out)
 
@@ -213,16 +213,18 @@ class PipelineRun:
         returns {key: output}. Each stage key is locked as in `run_stage`, all of them before any
         starts, taken in sorted order so that two processes fanning out overlapping jobs never
         wait on each other; whichever comes second finds the shared ones done (cached)."""
-        outs = [self._output(spec, inputs, section)[1] for inputs, _, section in jobs.values()]
-        with file_locks(_lock_path(out) for out in outs), get_task_runner(self.recipe.runner) as runner:
+        outputs = {key: self._output(spec, inputs, section) for key, (inputs, _, section) in jobs.items()}
+        with (file_locks(_lock_path(out) for _, out in outputs.values()),
+              get_task_runner(self.recipe.runner) as runner):
             started = {}
-            for key, (inputs, label, section) in jobs.items():
-                task, params, out = self._task(spec, inputs, label, section)
-                started[key] = (runner.submit(task, params), time.perf_counter(), out)
+            for key, (inputs, label, _) in jobs.items():
+                task, params = self._task(spec, inputs, label, *outputs[key])
+                started[key] = (runner.submit(task, params), time.perf_counter())
             results = {}
-            for key, (future, t0, out) in started.items():
+            for key, (future, t0) in started.items():
                 future.wait()
-                results[key] = self._collect(spec, jobs[key][1], future.state, t0, report_files, out, queued=True)
+                results[key] = self._collect(spec, jobs[key][1], future.state, t0, report_files, outputs[key][1],
+                                             queued=True)
         return results
 
     def _collect(self, spec: Stage, label: str, state, t0: float, report_files: bool = True,

@@ -65,10 +65,10 @@ def stage_task(name: str, cfg: Section, model: ModelConfig, run: RunConfig, inpu
             compute = time.perf_counter() - t_fn - (tracking.seconds_spent() - tracked)
     finally:
         reporter.close()
-    write_json(out / "result.json", {"run_id": run_id, "key": key, "compute_s": compute,
-                                     "wall_s": time.perf_counter() - t0})  # the task's own time, queueing excluded
+    wall = time.perf_counter() - t0  # the task's own time, waiting in a runner's queue excluded
+    write_json(out / "result.json", {"run_id": run_id, "key": key, "compute_s": compute, "wall_s": wall})
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished and cached: its checkpoints only take disk
-    say(f"✔ {label}  done in {time.perf_counter() - t0:.1f} s  → {output_label(result)}")
+    say(f"✔ {label}  done in {wall:.1f} s  → {output_label(result)}")
     return result
 
 
