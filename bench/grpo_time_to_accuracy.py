@@ -3,36 +3,44 @@
 Run by hand once the default recipe has run (not a test):
 
     .venv/bin/uv pip install --python .venv/bin/python 'trl==1.16.0'    # or: make bench
-    .venv/bin/python bench/grpo_time_to_accuracy.py [--start models:/default@sft] [--budget 240]
+    .venv/bin/python bench/grpo_time_to_accuracy.py [RECIPE] [--set reasoning_rl.FIELD=VALUE ...]
+        [--start models:/default@sft] [--budget 240] [--seeds 0,1,2]
 
-Both sides start from the checkpoint the default recipe's `sft` stage produced, train on the same
-prompts (data/rl_prompts.jsonl, the first 4,000) with GRPO settings both have (those of the
-default recipe until 2026-12-05: 64 prompts a step at a constant rate with beta 0.02; the recipe
-now takes 32 with a cosine decay over its 300 iterations, which a wall-clock budget has no
-iteration count for, and no KL term), for the same wall-clock budget of training, one after the
-other in one process. At every --eval-every seconds of training time the policy is scored greedily
-on the same held-out problems (data/eval.jsonl, 1,000) by the same evaluator
-(`components.evaluation.accuracy.evaluate`); evaluation time is not training time (the clock is
-paused). Reported: the accuracy-versus-training-time curve of both (table + PNG) and the share of
-TRL's budget r1flow needs to reach TRL's final accuracy (target <= 0.5).
+Both sides start from the checkpoint the recipe's `sft` stage produced and train GRPO with the
+recipe's own `reasoning_rl` settings (RECIPE, default configs/default.yaml; `--set` overrides as
+in `r1flow run`), on the recipe's RL prompts (data/rl_prompts.jsonl, `reasoning_rl.limit` of
+them), for the same wall-clock budget of training, one after the other in one process, once per
+seed. TRL gets the same settings in its terms (`trl_settings`): one optimizer step per rollout
+batch of prompts_per_step x G sequences, the same learning rate and schedule over the same
+`reasoning_rl.steps` (a cosine decays over the recipe's iterations on both sides; the clock,
+not the step count, ends each run), KL coefficient, clip range, loss aggregation, advantage
+scaling, sampling (temperature, top-p, top-k, max new tokens), rewards and their weights, and
+precision (the recipe's `model.mixed_precision`: r1flow's autocast, TRL's bf16), torch threads
+--threads (1: the setting that was stable on the shared 2-core machine). A setting TRL cannot
+express is refused, not approximated. At every --eval-every seconds of training time each
+policy is scored greedily on the same held-out problems (data/eval.jsonl, 1,000) by the same
+evaluator (`components.evaluation.accuracy.evaluate`); evaluation time is not training time
+(the clock is paused). A side that finishes its steps before the budget is scored once more at
+its end. Reported per seed: the accuracy-versus-training-time curve of both (table; one PNG
+with every seed) and the share of TRL's budget r1flow needs to reach TRL's final accuracy; then
+the ratio's mean over the seeds (target <= 0.5) and each side's mean gain.
 
-Settings, identical on both sides unless listed below: G = 8 samples per prompt, 64 prompts
-per step, one optimizer step per rollout batch, at most 64 new tokens, temperature 1, lr 1e-4
-constant, beta 0.02 (k3 KL to the frozen start model), clip 0.2 / 0.28, token-mean loss,
-rewards exact_int (1.0) + format (0.2), torch threads --threads (1: the setting that was stable
-on the shared 2-core machine), and --mixed-precision (default bf16: matmuls in bfloat16 under
-torch.autocast, float32 weights; r1flow's model.mixed_precision, TRL's bf16=True; this CPU has
-AVX512-BF16. `--mixed-precision no` runs both in float32).
-What differs, and why (each is part of what r1flow is):
+What differs, and why (each is part of what r1flow is, and the recipe turns it on):
   * r1flow samples with its own rollout engine (batched KV-cache decoding, per-sequence early
     stop); TRL calls `model.generate`.
-  * r1flow first estimates every prompt's pass rate (4 samples each, counted in its clock) and
-    trains only on prompts it solves sometimes (pass-rate band [0.1, 0.9]); TRL trains on all.
-  * r1flow drops groups whose rewards are all equal (no gradient, DAPO); TRL trains on them
-    with zero advantage (its KL term still acts).
-  * with --retire-solved (off by default, as in the default recipe), r1flow retires a prompt once
-    all G of its samples came out correct; TRL keeps drawing every prompt.
-Defaults reproduce the figure in the README.
+  * r1flow drops groups whose rewards are all equal (`skip_zero_variance`: no gradient, DAPO);
+    TRL trains on them with zero advantage.
+  * r1flow computes each group's prompt once in its training forwards (`share_prompts`); TRL
+    runs every row whole.
+  * where the recipe probes pass rates (`pass_rate_band`) or retires solved prompts
+    (`retire_solved`), only r1flow does; the probes count in its clock. The default recipe
+    does neither.
+Defaults reproduce the figure in the README. The figures measured before 2026-12-06 08:00 UTC
+(64 prompts a step at a constant rate, beta 0.02, pass-rate probes over the first 4,000 prompts,
+bf16) are reproduced by `--set reasoning_rl.prompts_per_step=64 --set reasoning_rl.schedule=constant
+--set reasoning_rl.beta=0.02 --set "reasoning_rl.pass_rate_band=[0.1, 0.9]" --set
+reasoning_rl.pass_rate_samples=4 --set reasoning_rl.limit=4000 --set reasoning_rl.minibatch_size=512
+--set reasoning_rl.share_prompts=false --set model.mixed_precision=bf16 --seeds 0`.
 """
 from __future__ import annotations
 
@@ -55,14 +63,17 @@ quiet_libraries()  # before transformers is imported: the clock's lines are the 
 
 import torch  # noqa: E402
 
-from components.config import RewardItem, RLConfig  # noqa: E402
+from components.config import RecipeError  # noqa: E402
 from components.data.prompts import render_prompt  # noqa: E402
 from components.evaluation.accuracy import evaluate  # noqa: E402
-from components.rewards import exact_int, format_reward  # noqa: E402
+from components.rewards import get_reward  # noqa: E402
 from components.training.grpo import run_grpo  # noqa: E402
 from components.training.precision import mixed_precision  # noqa: E402
 
-REWARD_WEIGHTS = {"exact_int": 1.0, "format": 0.2}
+# r1flow's names for what TRL calls loss_type, scale_rewards and lr_scheduler_type
+TRL_LOSS = {"token-mean": "dapo"}
+TRL_SCALE = {"grpo": "group", "dr-grpo": "none"}
+TRL_SCHEDULE = {"constant": "constant", "linear": "linear", "cosine": "cosine"}
 
 
 class Clock:
@@ -72,7 +83,7 @@ class Clock:
         self.budget, self.every, self.score = budget, every, score
         self.start, self.paused, self.next = time.perf_counter(), 0.0, every
         self.curve: list[tuple[float, float]] = []
-        self.steps = 0
+        self.steps, self.spent = 0, False
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start - self.paused
@@ -81,29 +92,34 @@ class Clock:
         """Called after every optimizer step: evaluate if a checkpoint time passed; True once the budget is spent."""
         self.steps += 1
         t = self.elapsed()
-        if t >= self.next or t >= self.budget:
-            t0 = time.perf_counter()
-            self.curve.append((t, self.score(model)))
-            self.paused += time.perf_counter() - t0
-            print(f"    {t:6.1f} s  accuracy {self.curve[-1][1]:.3f}", flush=True)
+        self.spent = t >= self.budget
+        if t >= self.next or self.spent:
+            self.evaluate(model, t)
             while self.next <= t:
                 self.next += self.every
-        return t >= self.budget
+        return self.spent
+
+    def finish(self, model) -> None:
+        """A side that ran out of steps before the budget: scored once more, at its end."""
+        if not self.spent and self.steps:
+            self.evaluate(model, self.elapsed())
+
+    def evaluate(self, model, t: float) -> None:
+        t0 = time.perf_counter()
+        self.curve.append((t, self.score(model)))
+        self.paused += time.perf_counter() - t0
+        print(f"    {t:6.1f} s  accuracy {self.curve[-1][1]:.3f}", flush=True)
 
 
 class Spent(Exception):
     """The training budget is spent."""
 
 
-def r1flow_side(start: str, rows: list[dict], a, clock: Clock) -> None:
+def r1flow_side(start: str, rows: list[dict], cfg, precision: str, seed: int, clock: Clock) -> None:
     from components.modeling.models import load_model, load_tokenizer
 
     model, tok = load_model(start), load_tokenizer(start)
-    cfg = RLConfig(steps=100_000, prompts_per_step=a.prompts, group_size=a.G, max_new_tokens=a.max_new,
-                   minibatch_size=a.prompts * a.G, lr=a.lr, beta=a.beta, pass_rate_band=(0.1, 0.9),
-                   pass_rate_samples=4, retire_solved=a.retire_solved,
-                   rewards=[RewardItem(name=k, weight=w) for k, w in REWARD_WEIGHTS.items()],
-                   ckpt_every=10_000_000, log_every=1)
+    cfg = cfg.model_copy(update={"ckpt_every": 10**9, "log_every": 1, "table_every": 10**9})
 
     def log(metrics, step):
         if step > 0 and clock.tick(model):
@@ -111,13 +127,14 @@ def r1flow_side(start: str, rows: list[dict], a, clock: Clock) -> None:
 
     with tempfile.TemporaryDirectory() as ckpt:
         try:
-            with mixed_precision(a.mixed_precision, "cpu"):
-                run_grpo(model, tok, rows, cfg, ckpt, seed=a.seed, log=log)
+            with mixed_precision(precision, "cpu"):
+                run_grpo(model, tok, rows, cfg, ckpt, seed=seed, log=log)
         except Spent:
-            pass
+            return
+    clock.finish(model)
 
 
-def trl_side(start: str, rows: list[dict], a, clock: Clock) -> None:
+def trl_side(start: str, rows: list[dict], cfg, precision: str, seed: int, clock: Clock) -> None:
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
     from transformers.trainer_callback import PrinterCallback
@@ -125,36 +142,64 @@ def trl_side(start: str, rows: list[dict], a, clock: Clock) -> None:
 
     tok = AutoTokenizer.from_pretrained(start)
 
-    def exact_int_reward(completions, answer, **_):
-        return exact_int(completions, answer=answer)
-
-    def format_reward_fn(completions, **_):
-        return format_reward(completions)
-
     class Budget(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if clock.tick(model):
                 control.should_training_stop = True
 
-    data = Dataset.from_list([{"prompt": render_prompt(tok, r["prompt"]), "answer": r["answer"]} for r in rows])
-    args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="trl-grpo-"), **trl_settings(a))
-    trainer = GRPOTrainer(model=start, reward_funcs=[exact_int_reward, format_reward_fn], args=args,
+    data = Dataset.from_list([{"prompt": render_prompt(tok, r["prompt"], cfg.system_prompt), "answer": r["answer"]}
+                              for r in rows])
+    args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="trl-grpo-"), **trl_settings(cfg, precision, seed))
+    trainer = GRPOTrainer(model=start, reward_funcs=[trl_reward(item) for item in cfg.rewards], args=args,
                           train_dataset=data, processing_class=tok, callbacks=[Budget()])
     trainer.remove_callback(PrinterCallback)
     trainer.train()
+    clock.finish(trainer.model)
 
 
-def trl_settings(a) -> dict:
-    """GRPOConfig's arguments: the r1flow side's settings in TRL's terms (one rollout batch of
-    prompts x G sequences feeds one optimizer step; the clock, not max_steps, ends training)."""
+def trl_reward(item):
+    """A recipe's reward (registered name, kwargs) as a TRL reward function (dataset columns as keywords)."""
+    fn = get_reward(item.name)
+
+    def reward(completions, **columns):
+        return fn(completions, **columns, **item.kwargs)
+
+    reward.__name__ = item.name
+    return reward
+
+
+def trl_settings(cfg, precision: str, seed: int) -> dict:
+    """GRPOConfig's arguments: the recipe's `reasoning_rl` settings (an RLConfig) in TRL's terms. One
+    rollout batch of prompts_per_step x G sequences feeds one optimizer step on both sides, the
+    schedule spans the recipe's steps, and the clock ends training. A setting TRL has no
+    equivalent for is refused (SystemExit naming the field), not approximated."""
+    rows = cfg.prompts_per_step * cfg.group_size
+    refused = [f"reasoning_rl.{field}: {why}" for field, bad, why in [
+        ("minibatch_size", cfg.minibatch_size * cfg.grad_accum != rows,
+         f"minibatch_size x grad_accum = {cfg.minibatch_size * cfg.grad_accum}, not prompts_per_step x group_size "
+         f"= {rows}: the bench compares one optimizer step per rollout batch"),
+        ("loss_agg", cfg.loss_agg not in TRL_LOSS, f"{cfg.loss_agg!r} has no TRL loss_type here ({', '.join(TRL_LOSS)})"),
+        ("advantage", cfg.advantage not in TRL_SCALE,
+         f"{cfg.advantage!r} has no TRL scale_rewards here ({', '.join(TRL_SCALE)})"),
+        ("policy_loss", cfg.policy_loss != "clip", f"{cfg.policy_loss!r}: TRL's GRPO loss is the clipped one"),
+        ("kl_estimator", cfg.beta > 0 and cfg.kl_estimator != "k3", f"{cfg.kl_estimator!r}: TRL's KL term is k3"),
+        ("rollout.backend", cfg.rollout.backend != "transformers", "the bench runs both sides on CPU"),
+    ] if bad]
+    if refused:
+        raise SystemExit("grpo_time_to_accuracy: no like-for-like TRL setting for\n  " + "\n  ".join(refused))
+    schedule = TRL_SCHEDULE[cfg.schedule]
     return dict(
-        bf16=a.mixed_precision == "bf16", use_cpu=True, report_to="none", save_strategy="no",
+        bf16=precision == "bf16", use_cpu=True, report_to="none", save_strategy="no",
         logging_steps=10**9, disable_tqdm=True,  # the clock's lines are the output
-        max_steps=100_000, per_device_train_batch_size=a.prompts * a.G, gradient_accumulation_steps=1,
-        steps_per_generation=1, num_generations=a.G, max_completion_length=a.max_new, temperature=1.0,
-        learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, beta=a.beta, epsilon=0.2,
-        epsilon_high=0.28, loss_type="dapo", scale_rewards="group", num_iterations=1,
-        reward_weights=list(REWARD_WEIGHTS.values()), seed=a.seed, dataloader_num_workers=0, disable_dropout=True)
+        max_steps=cfg.steps, per_device_train_batch_size=rows, gradient_accumulation_steps=1,
+        steps_per_generation=1, num_generations=cfg.group_size, num_iterations=cfg.ppo_epochs,
+        max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+        learning_rate=cfg.lr, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        lr_scheduler_type=f"{schedule}_with_warmup" if schedule == "constant" and cfg.warmup_steps else schedule,
+        warmup_steps=cfg.warmup_steps, beta=cfg.beta, epsilon=cfg.clip_low, epsilon_high=cfg.clip_high,
+        loss_type=TRL_LOSS[cfg.loss_agg], scale_rewards=TRL_SCALE[cfg.advantage],
+        reward_weights=[item.weight for item in cfg.rewards], seed=seed, dataloader_num_workers=0,
+        disable_dropout=True)
 
 
 def reach(curve: list[tuple[float, float]], target: float) -> float | None:
@@ -162,53 +207,76 @@ def reach(curve: list[tuple[float, float]], target: float) -> float | None:
     return next((t for t, acc in curve if acc >= target), None)
 
 
-def plot(curves: dict, path: Path) -> None:
+def time_ratio(curves: dict) -> float | None:
+    """The share of TRL's training time r1flow needs to reach TRL's final accuracy (None: it never does)."""
+    t = reach(curves["r1flow"], curves["trl"][-1][1])
+    return None if t is None else t / curves["trl"][-1][0]
+
+
+def plot(runs: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for side, curve in curves.items():
-        ax.plot([t for t, _ in curve], [acc for _, acc in curve], marker="o", label=side)
+    colours = {}
+    for seed, curves in runs.items():
+        for side, curve in curves.items():
+            line, = ax.plot([t for t, _ in curve], [acc for _, acc in curve], marker="o", markersize=3,
+                            color=colours.get(side), alpha=0.8, label=f"{side}, seed {seed}",
+                            linestyle=("-", "--", ":", "-.")[list(runs).index(seed) % 4])
+            colours.setdefault(side, line.get_color())
     ax.set(xlabel="training wall time (s), evaluation excluded", ylabel="held-out accuracy (greedy)",
            title="GRPO from the same SFT checkpoint")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("recipe", nargs="?", default="configs/default.yaml",
+                   help="recipe whose reasoning_rl settings, model.mixed_precision and data both sides use")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="section.field=value (repeatable)")
     p.add_argument("--start", default="models:/default@sft", help="SFT checkpoint: a directory or models:/ URI")
     p.add_argument("--budget", type=float, default=240.0, help="training seconds per side")
     p.add_argument("--eval-every", type=float, default=30.0)
-    p.add_argument("--prompts", type=int, default=64)
-    p.add_argument("--G", type=int, default=8)
-    p.add_argument("--max-new", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--beta", type=float, default=0.02)
-    p.add_argument("--limit", type=int, default=4000,
-                   help="RL prompts used (data/rl_prompts.jsonl, the first N): more than either side trains on "
-                   "in the budget; r1flow's pass-rate probes of all of them count in its clock")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="comma-separated; both sides run once per seed")
     p.add_argument("--order", default="r1flow,trl")
     p.add_argument("--out", type=Path, default=Path("runs/bench/grpo_time_to_accuracy"))
-    p.add_argument("--retire-solved", action=argparse.BooleanOptionalAction, default=False,
-                   help="r1flow retires prompts whose G samples all came out correct (RLConfig.retire_solved)")
-    p.add_argument("--mixed-precision", choices=("no", "bf16"), default="bf16",
-                   help="both sides: r1flow's model.mixed_precision, TRL's bf16 (torch.autocast either way)")
     return p
 
 
-def main() -> None:
-    a = parser().parse_args()
+def seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed given twice: {text!r}")
+    return seeds
+
+
+def main(argv=None) -> dict:
+    a = parser().parse_args(argv)
+    from tasks.recipe import load_recipe
+
+    try:
+        recipe = load_recipe(a.recipe, a.overrides)
+    except RecipeError as e:
+        raise SystemExit(str(e)) from None
+    cfg, precision, data = recipe.reasoning_rl, recipe.model.mixed_precision, Path(recipe.data.dir)
+    trl_settings(cfg, precision, 0)  # a setting TRL cannot match is refused before anything trains
+    sides = a.order.split(",")
+    if not set(sides) <= {"r1flow", "trl"}:
+        raise SystemExit(f"--order {a.order}: expected r1flow and/or trl, comma-separated")
     torch.set_num_threads(a.threads)
     start = a.start if Path(a.start).is_dir() else local_model(a.start)
-    rows = [json.loads(x) for x in Path("data/rl_prompts.jsonl").read_text().splitlines()][: a.limit]
-    heldout = [json.loads(x) for x in Path("data/eval.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (data / "rl_prompts.jsonl").read_text().splitlines()][: cfg.limit]
+    heldout = [json.loads(x) for x in (data / "eval.jsonl").read_text().splitlines()]
 
     def score(model) -> float:
         from components.modeling.models import load_tokenizer
@@ -216,36 +284,68 @@ def main() -> None:
         was = model.training
         model.eval()
         with torch.inference_mode():
-            acc = evaluate(model, load_tokenizer(start), heldout, max_new_tokens=a.max_new, batch_size=250).metrics
+            acc = evaluate(model, load_tokenizer(start), heldout, max_new_tokens=recipe.evaluate.max_new_tokens,
+                           batch_size=250).metrics
         model.train(was)
         return acc["accuracy"]
 
     from components.modeling.models import load_model
 
     start_acc = score(load_model(start))
-    print(f"start {start}: held-out accuracy {start_acc:.3f}; budget {a.budget:.0f} s per side, threads {a.threads}")
-    curves = {}
-    for side in a.order.split(","):
-        torch.set_num_threads(a.threads)
-        print(f"  {side}:")
-        clock = Clock(a.budget, a.eval_every, score)
-        (r1flow_side if side == "r1flow" else trl_side)(start, rows, a, clock)
-        curves[side] = [(0.0, start_acc)] + clock.curve
-        print(f"  {side}: {clock.steps} optimizer steps in {clock.elapsed():.0f} s of training")
+    print(f"start {start}: held-out accuracy {start_acc:.3f}\nGRPO as {a.recipe}'s reasoning_rl: "
+          f"{cfg.prompts_per_step} prompts x G {cfg.group_size} a step on {len(rows)} prompts, lr {cfg.lr:g} "
+          f"({cfg.schedule} over {cfg.steps} steps), beta {cfg.beta:g}, precision {precision}; "
+          f"budget {a.budget:.0f} s per side, threads {a.threads}, seeds {','.join(map(str, a.seeds))}")
+    runs: dict[int, dict] = {}
+    for seed in a.seeds:
+        curves = runs[seed] = {}
+        for side in sides:
+            torch.set_num_threads(a.threads)
+            print(f"  seed {seed}, {side}:", flush=True)
+            clock = Clock(a.budget, a.eval_every, score)
+            (r1flow_side if side == "r1flow" else trl_side)(start, rows, cfg, precision, seed, clock)
+            curves[side] = [(0.0, start_acc)] + clock.curve
+            print(f"  seed {seed}, {side}: {clock.steps} optimizer steps in {clock.elapsed():.0f} s of training")
+        print_curves(seed, curves)
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "curves.json").write_text(json.dumps(curves, indent=2))
-    plot(curves, a.out / "time_to_accuracy.png")
-    print("\n  t (s)  " + "  ".join(f"{s:>8}" for s in curves))
+    (a.out / "curves.json").write_text(json.dumps({str(s): c for s, c in runs.items()}, indent=2))
+    plot(runs, a.out / "time_to_accuracy.png")
+    summary = summarise(runs, start_acc)
+    print(f"curves and plot in {a.out}")
+    return summary
+
+
+def print_curves(seed: int, curves: dict) -> None:
+    print(f"\n  seed {seed}\n  t (s)  " + "  ".join(f"{s:>8}" for s in curves))
     for i in range(max(len(c) for c in curves.values())):
         print("  " + "  ".join(f"{c[i][0]:6.0f} {c[i][1]:.3f}" if i < len(c) else " " * 12 for c in curves.values()))
     if {"r1flow", "trl"} <= curves.keys():
-        target = curves["trl"][-1][1]
-        t = reach(curves["r1flow"], target)
-        budget = curves["trl"][-1][0]
-        ratio = f"{t / budget:.2f}" if t is not None else "never (within its budget)"
-        print(f"\nTRL's final accuracy {target:.3f} after {budget:.0f} s; r1flow reaches it after "
-              f"{'-' if t is None else f'{t:.0f}'} s: time ratio {ratio} (target <= 0.5)")
-    print(f"curves and plot in {a.out}")
+        target, budget = curves["trl"][-1][1], curves["trl"][-1][0]
+        t, ratio = reach(curves["r1flow"], target), time_ratio(curves)
+        print(f"  TRL's final accuracy {target:.3f} after {budget:.0f} s; r1flow reaches it after "
+              f"{'-' if t is None else f'{t:.0f}'} s: time ratio "
+              f"{'never (within its budget)' if ratio is None else f'{ratio:.2f}'}\n", flush=True)
+
+
+def summarise(runs: dict, start_acc: float) -> dict:
+    """Each side's mean final accuracy and gain over the seeds, and the time ratio's mean (target <= 0.5)."""
+    out: dict = {}
+    sides = next(iter(runs.values())).keys()
+    for side in sides:
+        finals = [curves[side][-1][1] for curves in runs.values()]
+        out[side] = sum(finals) / len(finals)
+        print(f"{side}: final accuracy {' / '.join(f'{f:.3f}' for f in finals)} over seeds "
+              f"{','.join(map(str, runs))}; mean {out[side]:.3f}, gain {100 * (out[side] - start_acc):+.1f} points")
+    if {"r1flow", "trl"} <= set(sides):
+        ratios = [time_ratio(curves) for curves in runs.values()]
+        out["ratios"] = ratios
+        shown = " / ".join("never" if r is None else f"{r:.2f}" for r in ratios)
+        if None in ratios:
+            print(f"time ratio per seed {shown}: r1flow did not reach TRL's final accuracy on every seed")
+        else:
+            out["mean_ratio"] = sum(ratios) / len(ratios)
+            print(f"time ratio per seed {shown}; mean {out['mean_ratio']:.2f} (target <= 0.5)")
+    return out
 
 
 def local_model(uri: str) -> str:

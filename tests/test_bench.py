@@ -12,19 +12,58 @@ def load(name: str):
     return module
 
 
-def test_time_to_accuracy_gives_trl_the_r1flow_sides_batch_and_settings():
+def test_time_to_accuracy_gives_trl_the_recipes_grpo_settings():
+    import pytest
+
+    from tasks.recipe import load_recipe
+
     bench = load("grpo_time_to_accuracy")
     a = bench.parser().parse_args([])
-    trl = bench.trl_settings(a)
-    # one rollout batch of prompts x G sequences feeds one optimizer step, as on the r1flow side
-    assert trl["per_device_train_batch_size"] == a.prompts * a.G == 512 and trl["num_generations"] == a.G
-    assert trl["gradient_accumulation_steps"] == 1 and trl["steps_per_generation"] == 1
-    assert trl["num_iterations"] == 1 and trl["max_steps"] >= 100_000  # the clock ends training, not a step count
-    assert (trl["learning_rate"], trl["beta"], trl["epsilon"], trl["epsilon_high"]) == (a.lr, a.beta, 0.2, 0.28)
-    # the precision is matched: r1flow's model.mixed_precision is TRL's bf16
-    assert trl["max_completion_length"] == a.max_new and trl["bf16"] is (a.mixed_precision == "bf16")
-    fp32 = bench.trl_settings(bench.parser().parse_args(["--mixed-precision", "no"]))
-    assert fp32["bf16"] is False
+    assert a.recipe == "configs/default.yaml" and a.seeds == [0, 1, 2] and a.budget == 240
+    recipe = load_recipe(ROOT / a.recipe)
+    cfg = recipe.reasoning_rl
+    trl = bench.trl_settings(cfg, recipe.model.mixed_precision, seed=1)
+    # one rollout batch of the recipe's 32 prompts x G = 8 sequences feeds one optimizer step, as on the r1flow side
+    assert trl["per_device_train_batch_size"] == cfg.prompts_per_step * cfg.group_size == 256
+    assert trl["num_generations"] == 8 and trl["gradient_accumulation_steps"] == 1 and trl["steps_per_generation"] == 1
+    # the recipe's rate, its cosine over its 300 iterations, no KL term, DAPO's clip range and token-mean loss
+    assert (trl["learning_rate"], trl["lr_scheduler_type"], trl["max_steps"], trl["warmup_steps"]) == (1e-4, "cosine", 300, 0)
+    assert (trl["beta"], trl["epsilon"], trl["epsilon_high"], trl["loss_type"]) == (0.0, 0.2, 0.28, "dapo")
+    assert trl["scale_rewards"] == "group" and trl["num_iterations"] == 1 and trl["seed"] == 1
+    assert trl["reward_weights"] == [1.0, 0.2] and trl["max_completion_length"] == 64 and trl["bf16"] is False
+    # the bench's first settings, as its docstring gives them: 64 prompts at a constant rate, beta 0.02, bf16
+    old = load_recipe(ROOT / a.recipe, ["reasoning_rl.prompts_per_step=64", "reasoning_rl.schedule=constant",
+                                        "reasoning_rl.beta=0.02", "reasoning_rl.minibatch_size=512",
+                                        "model.mixed_precision=bf16"])
+    trl = bench.trl_settings(old.reasoning_rl, old.model.mixed_precision, seed=0)
+    assert (trl["per_device_train_batch_size"], trl["lr_scheduler_type"], trl["beta"], trl["bf16"]) == (
+        512, "constant", 0.02, True)
+    warm = load_recipe(ROOT / a.recipe, ["reasoning_rl.schedule=constant", "reasoning_rl.warmup_steps=10"])
+    assert bench.trl_settings(warm.reasoning_rl, "no", 0)["lr_scheduler_type"] == "constant_with_warmup"
+    # what TRL cannot do like for like is refused by name, before anything trains
+    with pytest.raises(SystemExit, match=r"reasoning_rl.minibatch_size: .* = 512, not prompts_per_step x group_size = 256"):
+        bench.main([a.recipe, "--set", "reasoning_rl.minibatch_size=512", "--start", "missing"])
+    odd = load_recipe(ROOT / a.recipe, ["reasoning_rl.advantage=rloo", "reasoning_rl.loss_agg=seq-mean-token-sum"])
+    with pytest.raises(SystemExit, match=r"(?s)loss_agg: 'seq-mean-token-sum'.*advantage: 'rloo'"):
+        bench.trl_settings(odd.reasoning_rl, "no", 0)
+    with pytest.raises(SystemExit, match="cold_strat"):
+        bench.main([a.recipe, "--set", "cold_strat.steps=1"])
+
+
+def test_time_to_accuracy_ratio_and_summary():
+    bench = load("grpo_time_to_accuracy")
+    # TRL ends at 0.70 after 240 s; r1flow first reaches 0.70 at 120 s: half the time
+    runs = {0: {"r1flow": [(0.0, 0.6), (60.0, 0.66), (120.0, 0.70), (180.0, 0.72)],
+                "trl": [(0.0, 0.6), (120.0, 0.65), (240.0, 0.70)]},
+            1: {"r1flow": [(0.0, 0.6), (60.0, 0.62), (180.0, 0.64)],
+                "trl": [(0.0, 0.6), (240.0, 0.66)]}}
+    assert bench.time_ratio(runs[0]) == 0.5 and bench.time_ratio(runs[1]) is None
+    out = bench.summarise(runs, start_acc=0.6)
+    assert out["r1flow"] == (0.72 + 0.64) / 2 and out["ratios"] == [0.5, None] and "mean_ratio" not in out
+    out = bench.summarise({0: runs[0]}, start_acc=0.6)
+    assert out["mean_ratio"] == 0.5
+    with __import__("pytest").raises(SystemExit):
+        bench.parser().parse_args(["--seeds", "0,0"])
 
 
 def test_grpo_vs_trl_gives_trl_the_same_steps_batch_and_settings():
