@@ -50,6 +50,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -141,6 +142,7 @@ def trl_side(start: str, rows: list[dict], cfg, precision: str, seed: int, clock
     from trl import GRPOConfig, GRPOTrainer
 
     tok = AutoTokenizer.from_pretrained(start)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # TRL's deprecated calls
 
     class Budget(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -203,8 +205,9 @@ def trl_settings(cfg, precision: str, seed: int) -> dict:
 
 
 def reach(curve: list[tuple[float, float]], target: float) -> float | None:
-    """The first training time at which `curve` reaches `target` accuracy."""
-    return next((t for t, acc in curve if acc >= target), None)
+    """The first training time at which `curve` reaches `target` accuracy (the start point does not count:
+    a TRL run that ends below its start is not reached at 0 s)."""
+    return next((t for t, acc in curve if t > 0 and acc >= target), None)
 
 
 def time_ratio(curves: dict) -> float | None:

@@ -58,6 +58,8 @@ def test_time_to_accuracy_ratio_and_summary():
             1: {"r1flow": [(0.0, 0.6), (60.0, 0.62), (180.0, 0.64)],
                 "trl": [(0.0, 0.6), (240.0, 0.66)]}}
     assert bench.time_ratio(runs[0]) == 0.5 and bench.time_ratio(runs[1]) is None
+    # a TRL run that ends below the start is not "reached" at 0 s by the shared start point
+    assert bench.time_ratio({"r1flow": [(0.0, 0.6), (60.0, 0.55)], "trl": [(0.0, 0.6), (240.0, 0.58)]}) is None
     out = bench.summarise(runs, start_acc=0.6)
     assert out["r1flow"] == (0.72 + 0.64) / 2 and out["ratios"] == [0.5, None] and "mean_ratio" not in out
     out = bench.summarise({0: runs[0]}, start_acc=0.6)
