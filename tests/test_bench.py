@@ -62,8 +62,14 @@ def test_time_to_accuracy_ratio_and_summary():
     assert bench.time_ratio({"r1flow": [(0.0, 0.6), (60.0, 0.55)], "trl": [(0.0, 0.6), (240.0, 0.58)]}) is None
     out = bench.summarise(runs, start_acc=0.6)
     assert out["r1flow"] == (0.72 + 0.64) / 2 and out["ratios"] == [0.5, None] and "mean_ratio" not in out
+    # the seed-mean curves, checkpoint by checkpoint as far as both seeds go: TRL's ends at 0.655 after
+    # (120 + 240) / 2 = 180 s; r1flow's (0.6, 0.64, 0.67 at 150 s) first reaches it at 150 s: 150 / 180
+    trl, r1 = bench.mean_curve(runs, "trl"), bench.mean_curve(runs, "r1flow")
+    assert [(t, round(acc, 3)) for t, acc in trl] == [(0.0, 0.6), (180.0, 0.655)]
+    assert [(t, round(acc, 3)) for t, acc in r1] == [(0.0, 0.6), (60.0, 0.64), (150.0, 0.67)]
+    assert abs(out["pooled_ratio"] - 150 / 180) < 1e-9
     out = bench.summarise({0: runs[0]}, start_acc=0.6)
-    assert out["mean_ratio"] == 0.5
+    assert out["mean_ratio"] == 0.5 and "pooled_ratio" not in out
     with __import__("pytest").raises(SystemExit):
         bench.parser().parse_args(["--seeds", "0,0"])
 
