@@ -35,7 +35,11 @@ What differs, and why (each is part of what r1flow is, and the recipe turns it o
   * where the recipe probes pass rates (`pass_rate_band`) or retires solved prompts
     (`retire_solved`), only r1flow does; the probes count in its clock. The default recipe
     does neither.
-Defaults reproduce the figure in the README. The figures measured before 2026-12-06 08:00 UTC
+TRL's cosine spans the recipe's steps, of which it completes fewer in the budget than r1flow
+does (~74 against ~270 of 300 on the default recipe): r1flow ends cooled down, TRL mid-schedule.
+`--trl-steps N` makes TRL's schedule span N steps instead (a control: N = what it completes in
+the budget). With a warmup, TRL's first step has rate 0 and r1flow's 1/warmup_steps.
+Defaults reproduce the figure in the README. The figures measured before 2026-12-06 06:50 UTC
 (64 prompts a step at a constant rate, beta 0.02, pass-rate probes over the first 4,000 prompts,
 bf16) are reproduced by `--set reasoning_rl.prompts_per_step=64 --set reasoning_rl.schedule=constant
 --set reasoning_rl.beta=0.02 --set "reasoning_rl.pass_rate_band=[0.1, 0.9]" --set
@@ -75,6 +79,8 @@ from components.training.precision import mixed_precision  # noqa: E402
 TRL_LOSS = {"token-mean": "dapo"}
 TRL_SCALE = {"grpo": "group", "dr-grpo": "none"}
 TRL_SCHEDULE = {"constant": "constant", "linear": "linear", "cosine": "cosine"}
+# rewards that read only the completions and the dataset's answer column, which TRL passes alike
+TRL_REWARDS = {"exact_int", "format", "soft_format", "math_equiv"}
 
 
 class Clock:
@@ -84,7 +90,7 @@ class Clock:
         self.budget, self.every, self.score = budget, every, score
         self.start, self.paused, self.next = time.perf_counter(), 0.0, every
         self.curve: list[tuple[float, float]] = []
-        self.steps, self.spent = 0, False
+        self.steps, self.spent, self.scored_last = 0, False, False
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start - self.paused
@@ -94,7 +100,8 @@ class Clock:
         self.steps += 1
         t = self.elapsed()
         self.spent = t >= self.budget
-        if t >= self.next or self.spent:
+        self.scored_last = t >= self.next or self.spent
+        if self.scored_last:
             self.evaluate(model, t)
             while self.next <= t:
                 self.next += self.every
@@ -102,7 +109,7 @@ class Clock:
 
     def finish(self, model) -> None:
         """A side that ran out of steps before the budget: scored once more, at its end."""
-        if not self.spent and self.steps:
+        if not self.spent and self.steps and not self.scored_last:
             self.evaluate(model, self.elapsed())
 
     def evaluate(self, model, t: float) -> None:
@@ -135,7 +142,8 @@ def r1flow_side(start: str, rows: list[dict], cfg, precision: str, seed: int, cl
     clock.finish(model)
 
 
-def trl_side(start: str, rows: list[dict], cfg, precision: str, seed: int, clock: Clock) -> None:
+def trl_side(start: str, rows: list[dict], cfg, precision: str, seed: int, clock: Clock,
+             steps: int | None = None) -> None:
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
     from transformers.trainer_callback import PrinterCallback
@@ -151,7 +159,7 @@ def trl_side(start: str, rows: list[dict], cfg, precision: str, seed: int, clock
 
     data = Dataset.from_list([{"prompt": render_prompt(tok, r["prompt"], cfg.system_prompt), "answer": r["answer"]}
                               for r in rows])
-    args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="trl-grpo-"), **trl_settings(cfg, precision, seed))
+    args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="trl-grpo-"), **trl_settings(cfg, precision, seed, steps))
     trainer = GRPOTrainer(model=start, reward_funcs=[trl_reward(item) for item in cfg.rewards], args=args,
                           train_dataset=data, processing_class=tok, callbacks=[Budget()])
     trainer.remove_callback(PrinterCallback)
@@ -170,11 +178,11 @@ def trl_reward(item):
     return reward
 
 
-def trl_settings(cfg, precision: str, seed: int) -> dict:
+def trl_settings(cfg, precision: str, seed: int, steps: int | None = None) -> dict:
     """GRPOConfig's arguments: the recipe's `reasoning_rl` settings (an RLConfig) in TRL's terms. One
     rollout batch of prompts_per_step x G sequences feeds one optimizer step on both sides, the
-    schedule spans the recipe's steps, and the clock ends training. A setting TRL has no
-    equivalent for is refused (SystemExit naming the field), not approximated."""
+    schedule spans the recipe's steps (or `steps`), and the clock ends training. A setting TRL has
+    no equivalent for here is refused (SystemExit naming the field), not approximated."""
     rows = cfg.prompts_per_step * cfg.group_size
     refused = [f"reasoning_rl.{field}: {why}" for field, bad, why in [
         ("minibatch_size", cfg.minibatch_size * cfg.grad_accum != rows,
@@ -184,6 +192,13 @@ def trl_settings(cfg, precision: str, seed: int) -> dict:
         ("advantage", cfg.advantage not in TRL_SCALE,
          f"{cfg.advantage!r} has no TRL scale_rewards here ({', '.join(TRL_SCALE)})"),
         ("policy_loss", cfg.policy_loss != "clip", f"{cfg.policy_loss!r}: TRL's GRPO loss is the clipped one"),
+        ("ppo_epochs", cfg.ppo_epochs != 1, f"{cfg.ppo_epochs}: TRL counts each pass as a scheduler step, r1flow "
+         "each iteration; the bench compares one pass"),
+        ("finetune", cfg.finetune != "full", f"{cfg.finetune!r}: the bench trains the full model on both sides"),
+        ("source", cfg.source is not None, "the bench reads the recipe's data/rl_prompts.jsonl"),
+        ("rewards", any(r.name not in TRL_REWARDS for r in cfg.rewards),
+         f"{', '.join(r.name for r in cfg.rewards if r.name not in TRL_REWARDS)}: TRL passes the completions and "
+         f"the dataset's columns only (like for like: {', '.join(sorted(TRL_REWARDS))})"),
         ("kl_estimator", cfg.beta > 0 and cfg.kl_estimator != "k3", f"{cfg.kl_estimator!r}: TRL's KL term is k3"),
         ("rollout.backend", cfg.rollout.backend != "transformers", "the bench runs both sides on CPU"),
     ] if bad]
@@ -193,7 +208,7 @@ def trl_settings(cfg, precision: str, seed: int) -> dict:
     return dict(
         bf16=precision == "bf16", use_cpu=True, report_to="none", save_strategy="no",
         logging_steps=10**9, disable_tqdm=True,  # the clock's lines are the output
-        max_steps=cfg.steps, per_device_train_batch_size=rows, gradient_accumulation_steps=1,
+        max_steps=steps or cfg.steps, per_device_train_batch_size=rows, gradient_accumulation_steps=1,
         steps_per_generation=1, num_generations=cfg.group_size, num_iterations=cfg.ppo_epochs,
         max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
@@ -261,6 +276,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="comma-separated; both sides run once per seed")
     p.add_argument("--order", default="r1flow,trl")
+    p.add_argument("--trl-steps", type=int, default=None,
+                   help="TRL's schedule spans this many steps instead of reasoning_rl.steps (a control; see above)")
     p.add_argument("--out", type=Path, default=Path("runs/bench/grpo_time_to_accuracy"))
     return p
 
@@ -285,13 +302,15 @@ def main(argv=None) -> dict:
         raise SystemExit(str(e)) from None
     cfg, precision, data = recipe.reasoning_rl, recipe.model.mixed_precision, Path(recipe.data.dir)
     trl_settings(cfg, precision, 0)  # a setting TRL cannot match is refused before anything trains
+    if recipe.evaluate.source is not None:
+        raise SystemExit("grpo_time_to_accuracy: evaluate.source: the bench scores data/eval.jsonl of the recipe's data")
     sides = a.order.split(",")
     if not set(sides) <= {"r1flow", "trl"}:
         raise SystemExit(f"--order {a.order}: expected r1flow and/or trl, comma-separated")
     torch.set_num_threads(a.threads)
     start = a.start if Path(a.start).is_dir() else local_model(a.start)
     rows = [json.loads(x) for x in (data / "rl_prompts.jsonl").read_text().splitlines()][: cfg.limit]
-    heldout = [json.loads(x) for x in (data / "eval.jsonl").read_text().splitlines()]
+    heldout = [json.loads(x) for x in (data / "eval.jsonl").read_text().splitlines()][: recipe.evaluate.limit]
 
     def score(model) -> float:
         from components.modeling.models import load_tokenizer
@@ -300,7 +319,7 @@ def main(argv=None) -> dict:
         model.eval()
         with torch.inference_mode():
             acc = evaluate(model, load_tokenizer(start), heldout, max_new_tokens=recipe.evaluate.max_new_tokens,
-                           batch_size=250).metrics
+                           batch_size=250, system_prompt=recipe.evaluate.system_prompt).metrics
         model.train(was)
         return acc["accuracy"]
 
@@ -318,9 +337,12 @@ def main(argv=None) -> dict:
             torch.set_num_threads(a.threads)
             print(f"  seed {seed}, {side}:", flush=True)
             clock = Clock(a.budget, a.eval_every, score)
-            (r1flow_side if side == "r1flow" else trl_side)(start, rows, cfg, precision, seed, clock)
+            if side == "r1flow":
+                r1flow_side(start, rows, cfg, precision, seed, clock)
+            else:
+                trl_side(start, rows, cfg, precision, seed, clock, a.trl_steps)
             curves[side] = [(0.0, start_acc)] + clock.curve
-            print(f"  seed {seed}, {side}: {clock.steps} optimizer steps in {clock.elapsed():.0f} s of training")
+            print(f"  seed {seed}, {side}: {clock.steps} iterations in {clock.elapsed():.0f} s of training")
         print_curves(seed, curves)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "curves.json").write_text(json.dumps({str(s): c for s, c in runs.items()}, indent=2))
@@ -339,7 +361,7 @@ def print_curves(seed: int, curves: dict) -> None:
         t, ratio = reach(curves["r1flow"], target), time_ratio(curves)
         print(f"  TRL's final accuracy {target:.3f} after {budget:.0f} s; r1flow reaches it after "
               f"{'-' if t is None else f'{t:.0f}'} s: time ratio "
-              f"{'never (within its budget)' if ratio is None else f'{ratio:.2f}'}\n", flush=True)
+              f"{'never (within its budget)' if ratio is None else f'{ratio:.3f}'}\n", flush=True)
 
 
 def summarise(runs: dict, start_acc: float) -> dict:
@@ -355,17 +377,17 @@ def summarise(runs: dict, start_acc: float) -> dict:
     if {"r1flow", "trl"} <= set(sides):
         ratios = [time_ratio(curves) for curves in runs.values()]
         out["ratios"] = ratios
-        shown = " / ".join("never" if r is None else f"{r:.2f}" for r in ratios)
+        shown = " / ".join("never" if r is None else f"{r:.3f}" for r in ratios)
         if None in ratios:
             print(f"time ratio per seed {shown}: r1flow did not reach TRL's final accuracy on every seed")
         else:
             out["mean_ratio"] = sum(ratios) / len(ratios)
-            print(f"time ratio per seed {shown}; mean {out['mean_ratio']:.2f} (target <= 0.5)")
+            print(f"time ratio per seed {shown}; mean {out['mean_ratio']:.3f} (target <= 0.5)")
         if len(runs) > 1:
             pooled = time_ratio({side: mean_curve(runs, side) for side in ("r1flow", "trl")})
             out["pooled_ratio"] = pooled
             print("the seed-mean curves: r1flow's reaches TRL's final mean accuracy "
-                  + ("never (within its budget)" if pooled is None else f"at a time ratio of {pooled:.2f}"))
+                  + ("never (within its budget)" if pooled is None else f"at a time ratio of {pooled:.3f}"))
     return out
 
 

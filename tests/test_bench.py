@@ -42,12 +42,18 @@ def test_time_to_accuracy_gives_trl_the_recipes_grpo_settings():
     assert bench.trl_settings(warm.reasoning_rl, "no", 0)["lr_scheduler_type"] == "constant_with_warmup"
     # what TRL cannot do like for like is refused by name, before anything trains
     with pytest.raises(SystemExit, match=r"reasoning_rl.minibatch_size: .* = 512, not prompts_per_step x group_size = 256"):
-        bench.main([a.recipe, "--set", "reasoning_rl.minibatch_size=512", "--start", "missing"])
+        bench.main([str(ROOT / a.recipe), "--set", "reasoning_rl.minibatch_size=512", "--start", "missing"])
     odd = load_recipe(ROOT / a.recipe, ["reasoning_rl.advantage=rloo", "reasoning_rl.loss_agg=seq-mean-token-sum"])
     with pytest.raises(SystemExit, match=r"(?s)loss_agg: 'seq-mean-token-sum'.*advantage: 'rloo'"):
         bench.trl_settings(odd.reasoning_rl, "no", 0)
     with pytest.raises(SystemExit, match="cold_strat"):
-        bench.main([a.recipe, "--set", "cold_strat.steps=1"])
+        bench.main([str(ROOT / a.recipe), "--set", "cold_strat.steps=1"])
+    lora = load_recipe(ROOT / a.recipe, ["reasoning_rl.finetune=lora", "reasoning_rl.ppo_epochs=2",
+                                         "reasoning_rl.rewards=[{name: exact_int}, {name: overlong}]"])
+    with pytest.raises(SystemExit, match=r"(?s)ppo_epochs: 2.*finetune: 'lora'.*rewards: overlong"):
+        bench.trl_settings(lora.reasoning_rl, "no", 0)
+    # the control: TRL's schedule spans the steps it completes in the budget
+    assert bench.trl_settings(cfg, "no", 0, steps=74)["max_steps"] == 74
 
 
 def test_time_to_accuracy_ratio_and_summary():
@@ -70,6 +76,19 @@ def test_time_to_accuracy_ratio_and_summary():
     assert abs(out["pooled_ratio"] - 150 / 180) < 1e-9
     out = bench.summarise({0: runs[0]}, start_acc=0.6)
     assert out["mean_ratio"] == 0.5 and "pooled_ratio" not in out
+
+
+def test_time_to_accuracy_clock_scores_a_side_that_ends_early_once():
+    bench = load("grpo_time_to_accuracy")
+    scores = iter([0.61, 0.62, 0.63])
+    clock = bench.Clock(budget=1e9, every=1e9, score=lambda model: next(scores))
+    assert clock.tick(None) is False and clock.curve == []  # no checkpoint time yet: not scored
+    clock.finish(None)  # the side ran out of steps: scored once at its end
+    assert [acc for _, acc in clock.curve] == [0.61]
+    spent = bench.Clock(budget=0.0, every=1e9, score=lambda model: next(scores))
+    assert spent.tick(None) is True and len(spent.curve) == 1
+    spent.finish(None)  # the budget's last tick already scored it
+    assert len(spent.curve) == 1
     with __import__("pytest").raises(SystemExit):
         bench.parser().parse_args(["--seeds", "0,0"])
 
