@@ -328,7 +328,8 @@ def main(argv=None) -> dict:
     start_acc = score(load_model(start))
     print(f"start {start}: held-out accuracy {start_acc:.3f}\nGRPO as {a.recipe}'s reasoning_rl: "
           f"{cfg.prompts_per_step} prompts x G {cfg.group_size} a step on {len(rows)} prompts, lr {cfg.lr:g} "
-          f"({cfg.schedule} over {cfg.steps} steps), beta {cfg.beta:g}, precision {precision}; "
+          f"({cfg.schedule} over {cfg.steps} steps{f'; TRL: over {a.trl_steps}' if a.trl_steps else ''}), "
+          f"beta {cfg.beta:g}, precision {precision}; "
           f"budget {a.budget:.0f} s per side, threads {a.threads}, seeds {','.join(map(str, a.seeds))}")
     runs: dict[int, dict] = {}
     for seed in a.seeds:
