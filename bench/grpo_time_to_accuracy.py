@@ -68,7 +68,6 @@ quiet_libraries()  # before transformers is imported: the clock's lines are the 
 
 import torch  # noqa: E402
 
-from components.config import RecipeError  # noqa: E402
 from components.data.prompts import render_prompt  # noqa: E402
 from components.evaluation.accuracy import evaluate  # noqa: E402
 from components.rewards import get_reward  # noqa: E402
@@ -294,12 +293,9 @@ def seed_list(text: str) -> list[int]:
 
 def main(argv=None) -> dict:
     a = parser().parse_args(argv)
-    from tasks.recipe import load_recipe
+    from tasks.recipe import load_recipe_or_exit
 
-    try:
-        recipe = load_recipe(a.recipe, a.overrides)
-    except RecipeError as e:
-        raise SystemExit(str(e)) from None
+    recipe = load_recipe_or_exit(a.recipe, a.overrides)
     cfg, precision, data = recipe.reasoning_rl, recipe.model.mixed_precision, Path(recipe.data.dir)
     trl_settings(cfg, precision, 0)  # a setting TRL cannot match is refused before anything trains
     if recipe.evaluate.source is not None:

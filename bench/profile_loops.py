@@ -116,13 +116,9 @@ def side_by_side_sharing(model, mb, rl, repeats: int) -> dict:
 
 def main(argv=None) -> dict:
     a = parser().parse_args(argv)
-    from components.config import RecipeError
-    from tasks.recipe import load_recipe
+    from tasks.recipe import load_recipe_or_exit
 
-    try:
-        recipe = load_recipe(a.recipe, a.overrides)
-    except RecipeError as e:
-        raise SystemExit(str(e)) from None
+    recipe = load_recipe_or_exit(a.recipe, a.overrides)
     base, rl, data = recipe.base, recipe.reasoning_rl, Path(recipe.data.dir)
 
     import torch

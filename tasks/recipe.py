@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import Field, create_model, field_validator, model_validator
 
-from components.config import DataConfig, ModelConfig, RunConfig, Section, load_tree, validate
+from components.config import DataConfig, ModelConfig, RecipeError, RunConfig, Section, load_tree, validate
 from tasks.runners import RunnerConfig
 from tasks.stages import registry
 
@@ -62,3 +62,11 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     """Load a YAML recipe (or the defaults when `path` is None) with `--set` overrides, validated."""
     tree, source = load_tree(path, overrides)
     return validate(Recipe, tree, source)
+
+
+def load_recipe_or_exit(path: str | Path | None = None, overrides: list[str] | None = None) -> RecipeBase:
+    """`load_recipe` for scripts (bench/): a bad recipe or override exits with its message, no traceback."""
+    try:
+        return load_recipe(path, overrides)
+    except RecipeError as e:
+        raise SystemExit(str(e)) from None
