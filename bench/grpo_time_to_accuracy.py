@@ -74,10 +74,9 @@ from components.rewards import get_reward  # noqa: E402
 from components.training.grpo import run_grpo  # noqa: E402
 from components.training.precision import mixed_precision  # noqa: E402
 
-# r1flow's names for what TRL calls loss_type, scale_rewards and lr_scheduler_type
+# r1flow's names for what TRL calls loss_type and scale_rewards (its schedules have TRL's names)
 TRL_LOSS = {"token-mean": "dapo"}
 TRL_SCALE = {"grpo": "group", "dr-grpo": "none"}
-TRL_SCHEDULE = {"constant": "constant", "linear": "linear", "cosine": "cosine"}
 # rewards that read only the completions and the dataset's answer column, which TRL passes alike
 TRL_REWARDS = {"exact_int", "format", "soft_format", "math_equiv"}
 
@@ -203,7 +202,6 @@ def trl_settings(cfg, precision: str, seed: int, steps: int | None = None) -> di
     ] if bad]
     if refused:
         raise SystemExit("grpo_time_to_accuracy: no like-for-like TRL setting for\n  " + "\n  ".join(refused))
-    schedule = TRL_SCHEDULE[cfg.schedule]
     return dict(
         bf16=precision == "bf16", use_cpu=True, report_to="none", save_strategy="no",
         logging_steps=10**9, disable_tqdm=True,  # the clock's lines are the output
@@ -211,7 +209,7 @@ def trl_settings(cfg, precision: str, seed: int, steps: int | None = None) -> di
         steps_per_generation=1, num_generations=cfg.group_size, num_iterations=cfg.ppo_epochs,
         max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-        lr_scheduler_type=f"{schedule}_with_warmup" if schedule == "constant" and cfg.warmup_steps else schedule,
+        lr_scheduler_type="constant_with_warmup" if cfg.schedule == "constant" and cfg.warmup_steps else cfg.schedule,
         warmup_steps=cfg.warmup_steps, beta=cfg.beta, epsilon=cfg.clip_low, epsilon_high=cfg.clip_high,
         loss_type=TRL_LOSS[cfg.loss_agg], scale_rewards=TRL_SCALE[cfg.advantage],
         reward_weights=[item.weight for item in cfg.rewards], seed=seed, dataloader_num_workers=0,
@@ -275,10 +273,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="comma-separated; both sides run once per seed")
     p.add_argument("--order", default="r1flow,trl")
-    p.add_argument("--trl-steps", type=int, default=None,
+    p.add_argument("--trl-steps", type=positive_int, default=None,
                    help="TRL's schedule spans this many steps instead of reasoning_rl.steps (a control; see above)")
     p.add_argument("--out", type=Path, default=Path("runs/bench/grpo_time_to_accuracy"))
     return p
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def seed_list(text: str) -> list[int]:
@@ -303,23 +311,26 @@ def main(argv=None) -> dict:
     sides = a.order.split(",")
     if not set(sides) <= {"r1flow", "trl"}:
         raise SystemExit(f"--order {a.order}: expected r1flow and/or trl, comma-separated")
+    from components.data.loaders import DataError, load_records
+    from components.modeling.models import load_model, load_tokenizer
+
+    try:
+        rows = load_records(data / "rl_prompts.jsonl", "prompt_answer", limit=cfg.limit)
+        heldout = load_records(data / "eval.jsonl", "prompt_answer", limit=recipe.evaluate.limit)
+    except DataError as e:
+        raise SystemExit(f"grpo_time_to_accuracy: {e}") from None
     torch.set_num_threads(a.threads)
     start = a.start if Path(a.start).is_dir() else local_model(a.start)
-    rows = [json.loads(x) for x in (data / "rl_prompts.jsonl").read_text().splitlines()][: cfg.limit]
-    heldout = [json.loads(x) for x in (data / "eval.jsonl").read_text().splitlines()][: recipe.evaluate.limit]
+    tokenizer = load_tokenizer(start)
 
     def score(model) -> float:
-        from components.modeling.models import load_tokenizer
-
         was = model.training
         model.eval()
         with torch.inference_mode():
-            acc = evaluate(model, load_tokenizer(start), heldout, max_new_tokens=recipe.evaluate.max_new_tokens,
+            acc = evaluate(model, tokenizer, heldout, max_new_tokens=recipe.evaluate.max_new_tokens,
                            batch_size=250, system_prompt=recipe.evaluate.system_prompt).metrics
         model.train(was)
         return acc["accuracy"]
-
-    from components.modeling.models import load_model
 
     start_acc = score(load_model(start))
     print(f"start {start}: held-out accuracy {start_acc:.3f}\nGRPO as {a.recipe}'s reasoning_rl: "
@@ -354,11 +365,11 @@ def print_curves(seed: int, curves: dict) -> None:
     for i in range(max(len(c) for c in curves.values())):
         print("  " + "  ".join(f"{c[i][0]:6.0f} {c[i][1]:.3f}" if i < len(c) else " " * 12 for c in curves.values()))
     if {"r1flow", "trl"} <= curves.keys():
-        target, budget = curves["trl"][-1][1], curves["trl"][-1][0]
-        t, ratio = reach(curves["r1flow"], target), time_ratio(curves)
+        budget, target = curves["trl"][-1]
+        t = reach(curves["r1flow"], target)
         print(f"  TRL's final accuracy {target:.3f} after {budget:.0f} s; r1flow reaches it after "
               f"{'-' if t is None else f'{t:.0f}'} s: time ratio "
-              f"{'never (within its budget)' if ratio is None else f'{ratio:.3f}'}\n", flush=True)
+              f"{'never (within its budget)' if t is None else f'{t / budget:.3f}'}\n", flush=True)
 
 
 def summarise(runs: dict, start_acc: float) -> dict:

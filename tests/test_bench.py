@@ -56,6 +56,28 @@ def test_time_to_accuracy_gives_trl_the_recipes_grpo_settings():
     assert bench.trl_settings(cfg, "no", 0, steps=74)["max_steps"] == 74
 
 
+def test_time_to_accuracy_names_a_bad_flag_or_data_file_before_anything_runs(tmp_path, capsys):
+    import pytest
+
+    bench = load("grpo_time_to_accuracy")
+    for flag, value, message in [("--trl-steps", "0", "expected a positive integer, got '0'"),
+                                 ("--seeds", "0,one", "expected comma-separated integers, got '0,one'")]:
+        with pytest.raises(SystemExit):
+            bench.parser().parse_args([flag, value])
+        assert message in capsys.readouterr().err
+    recipe, out = str(ROOT / "configs" / "default.yaml"), tmp_path / "out"
+    with pytest.raises(SystemExit, match="--order r1flow,tlr: expected r1flow and/or trl"):
+        bench.main([recipe, "--order", "r1flow,tlr", "--out", str(out)])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "rl_prompts.jsonl").write_text('{"prompt": "1+2", "answer": "3"}\n{"prompt": "1+3"}\n')
+    with pytest.raises(SystemExit, match=r"rl_prompts.jsonl.*(line|row) 2.*answer"):
+        bench.main([recipe, "--set", f"data.dir={tmp_path / 'data'}", "--out", str(out)])
+    (tmp_path / "data" / "rl_prompts.jsonl").write_text('{"prompt": "1+2", "answer": "3"}\n')
+    with pytest.raises(SystemExit, match=r"eval.jsonl: file not found"):
+        bench.main([recipe, "--set", f"data.dir={tmp_path / 'data'}", "--out", str(out)])
+    assert not out.exists()  # nothing written before the runs
+
+
 def test_time_to_accuracy_ratio_and_summary():
     bench = load("grpo_time_to_accuracy")
     # TRL ends at 0.70 after 240 s; r1flow first reaches 0.70 at 120 s: half the time
