@@ -5,6 +5,7 @@ Run by hand once the default recipe has run (not a test):
     .venv/bin/uv pip install --python .venv/bin/python 'trl==1.16.0'    # or: make bench
     .venv/bin/python bench/grpo_time_to_accuracy.py [RECIPE] [--set reasoning_rl.FIELD=VALUE ...]
         [--start models:/default@sft] [--budget 240] [--seeds 0,1,2]
+    .venv/bin/python bench/grpo_time_to_accuracy.py --summarise runs/bench/grpo_time_to_accuracy/curves.json
 
 Both sides start from the checkpoint the recipe's `sft` stage produced and train GRPO with the
 recipe's own `reasoning_rl` settings (RECIPE, default configs/default.yaml; `--set` overrides as
@@ -23,7 +24,13 @@ evaluator (`components.evaluation.accuracy.evaluate`); evaluation time is not tr
 (the clock is paused). A side that finishes its steps before the budget is scored once more at
 its end. Reported per seed: the accuracy-versus-training-time curve of both (table; one PNG
 with every seed) and the share of TRL's budget r1flow needs to reach TRL's final accuracy; then
-the ratio's mean over the seeds (target <= 0.5) and each side's mean gain.
+the ratio's mean over the seeds and the ratio of the seed-mean curves (target <= 0.5), and each
+side's mean gain. The ratio is read two ways: at the first checkpoint at or above TRL's final
+accuracy (an upper bound: the crossing happened in the --eval-every seconds before it) and where
+the curve crosses it, linearly between checkpoints. The interpolated ratios come with a 95 %
+bootstrap interval over the seeds and the held-out problems (paired: every curve is rescored on
+the same resampled problems) and the share of resamples at or under 0.5. curves.json keeps every
+checkpoint's outcome per problem; `--summarise curves.json` reprints the summary without training.
 
 What differs, and why (each is part of what r1flow is, and the recipe turns it on):
   * r1flow samples with its own rollout engine (batched KV-cache decoding, per-sequence early
@@ -66,6 +73,7 @@ from tasks.console import quiet_libraries  # noqa: E402
 
 quiet_libraries()  # before transformers is imported: the clock's lines are the output
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from components.data.prompts import render_prompt  # noqa: E402
@@ -82,12 +90,14 @@ TRL_REWARDS = {"exact_int", "format", "soft_format", "math_equiv"}
 
 
 class Clock:
-    """Training time: wall time minus the time spent evaluating; evaluates at every `every` seconds."""
+    """Training time: wall time minus the time spent evaluating; evaluates at every `every` seconds.
+    `score(model)` gives one 0/1 outcome per held-out problem; the curve keeps their mean, `outcomes` them."""
 
     def __init__(self, budget: float, every: float, score):
         self.budget, self.every, self.score = budget, every, score
         self.start, self.paused, self.next = time.perf_counter(), 0.0, every
         self.curve: list[tuple[float, float]] = []
+        self.outcomes: list[list[float]] = []
         self.steps, self.spent, self.scored_last = 0, False, False
 
     def elapsed(self) -> float:
@@ -112,8 +122,10 @@ class Clock:
 
     def evaluate(self, model, t: float) -> None:
         t0 = time.perf_counter()
-        self.curve.append((t, self.score(model)))
+        outcomes = self.score(model)
         self.paused += time.perf_counter() - t0
+        self.outcomes.append(outcomes)
+        self.curve.append((t, sum(outcomes) / len(outcomes)))
         print(f"    {t:6.1f} s  accuracy {self.curve[-1][1]:.3f}", flush=True)
 
 
@@ -217,25 +229,74 @@ def trl_settings(cfg, precision: str, seed: int, steps: int | None = None) -> di
 
 
 def reach(curve: list[tuple[float, float]], target: float) -> float | None:
-    """The first training time at which `curve` reaches `target` accuracy (the start point does not count:
-    a TRL run that ends below its start is not reached at 0 s)."""
+    """The first checkpoint's training time at which `curve` reaches `target` accuracy (the start point does not
+    count: a TRL run that ends below its start is not reached at 0 s). An upper bound on the crossing time."""
     return next((t for t, acc in curve if t > 0 and acc >= target), None)
 
 
-def mean_curve(runs: dict, side: str) -> list[tuple[float, float]]:
-    """`side`'s curve averaged over the seeds, checkpoint by checkpoint (as far as every seed has one)."""
-    curves = [c[side] for c in runs.values()]
-    return [(sum(c[i][0] for c in curves) / len(curves), sum(c[i][1] for c in curves) / len(curves))
-            for i in range(min(map(len, curves)))]
+def crossing(curve: list[tuple[float, float]], target: float) -> float | None:
+    """The training time at which `curve` crosses `target`, linearly interpolated between the last checkpoint
+    below it and the first at or above it (the start point does not count as reaching it, as in `reach`)."""
+    for (t0, a0), (t, acc) in zip(curve, curve[1:]):
+        if acc >= target:
+            return t if a0 >= target else t0 + (t - t0) * (target - a0) / (acc - a0)
+    return None
 
 
-def time_ratio(curves: dict) -> float | None:
-    """The share of TRL's training time r1flow needs to reach TRL's final accuracy (None: it never does)."""
-    t = reach(curves["r1flow"], curves["trl"][-1][1])
+def time_ratio(curves: dict, interpolate: bool = False) -> float | None:
+    """The share of TRL's training time r1flow needs to reach TRL's final accuracy (None: it never does), at the
+    first checkpoint that reaches it or (`interpolate`) where its curve crosses it."""
+    t = (crossing if interpolate else reach)(curves["r1flow"], curves["trl"][-1][1])
     return None if t is None else t / curves["trl"][-1][0]
 
 
-def plot(runs: dict, path: Path) -> None:
+def mean_curve(runs: dict, side: str, every: float) -> list[tuple[float, float]]:
+    """`side`'s curve averaged over the seeds at the same training times: every `every` seconds and at the end of
+    the shortest run, each seed's curve interpolated linearly between its checkpoints."""
+    curves = [c[side] for c in runs.values()]
+    end = min(c[-1][0] for c in curves)
+    grid = [k * every for k in range(int(end // every) + 1) if k * every < end] + [end]
+    accs = [np.interp(grid, [t for t, _ in c], [acc for _, acc in c]) for c in curves]
+    return [(t, float(sum(a[i] for a in accs) / len(accs))) for i, t in enumerate(grid)]
+
+
+def ratios(runs: dict, every: float, interpolate: bool) -> tuple[list[float | None], float | None, float | None]:
+    """Per seed, their mean (None if a seed never reaches TRL's final accuracy) and the seed-mean curves' ratio."""
+    each = [time_ratio(curves, interpolate) for curves in runs.values()]
+    mean = None if None in each else sum(each) / len(each)
+    pooled = time_ratio({side: mean_curve(runs, side, every) for side in ("r1flow", "trl")}, interpolate)
+    return each, mean, pooled
+
+
+def resample(runs: dict, outcomes: dict, every: float, reps: int = 2000, seed: int = 0) -> dict:
+    """A bootstrap of the interpolated ratios over the seeds and the held-out problems: each replicate draws the
+    seeds with replacement and the problems with replacement (the same draw for every curve: the comparisons stay
+    paired) and recomputes every accuracy, TRL's final one included. Returns, for the mean over the seeds and the
+    seed-mean curves, the 95 % percentile interval and the share of replicates at or under 0.5 (a seed that never
+    reaches TRL's final accuracy counts as a ratio above any bound)."""
+    rng = np.random.default_rng(seed)
+    seeds = list(runs)
+    mats = {s: {side: np.array(outcomes[s][side], dtype=float) for side in runs[s]} for s in seeds}
+    n = next(iter(mats[seeds[0]].values())).shape[1]
+    means, pooled = [], []
+    for _ in range(reps):
+        weights = rng.multinomial(n, np.full(n, 1 / n)) / n
+        drawn = {j: {side: list(zip([t for t, _ in runs[s][side]], (mats[s][side] @ weights).tolist()))
+                     for side in runs[s]}
+                 for j, s in enumerate(seeds[k] for k in rng.integers(len(seeds), size=len(seeds)))}
+        _, mean, both = ratios(drawn, every, interpolate=True)
+        means.append(np.inf if mean is None else mean)
+        pooled.append(np.inf if both is None else both)
+
+    def interval(values):
+        v = np.sort(values)
+        return {"low": float(v[int(0.025 * reps)]), "high": float(v[int(np.ceil(0.975 * reps)) - 1]),
+                "at_most_half": float(np.mean(v <= 0.5))}
+
+    return {"mean": interval(means), "pooled": interval(pooled), "reps": reps}
+
+
+def plot(runs: dict, every: float, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,11 +312,11 @@ def plot(runs: dict, path: Path) -> None:
             colours.setdefault(side, line.get_color())
     if len(runs) > 1:
         for side, colour in colours.items():
-            mean = mean_curve(runs, side)
+            mean = mean_curve(runs, side, every)
             ax.plot([t for t, _ in mean], [acc for _, acc in mean], color=colour, linewidth=3,
                     label=f"{side}, mean of {len(runs)} seeds")
     ax.set(xlabel="training wall time (s), evaluation excluded", ylabel="held-out accuracy (greedy)",
-           title="GRPO from the same SFT checkpoint")
+           title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -276,6 +337,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trl-steps", type=positive_int, default=None,
                    help="TRL's schedule spans this many steps instead of reasoning_rl.steps (a control; see above)")
     p.add_argument("--out", type=Path, default=Path("runs/bench/grpo_time_to_accuracy"))
+    p.add_argument("--summarise", type=Path, metavar="CURVES_JSON",
+                   help="train nothing: print the summary (and redraw the plot) of a run's curves.json")
     return p
 
 
@@ -301,6 +364,8 @@ def seed_list(text: str) -> list[int]:
 
 def main(argv=None) -> dict:
     a = parser().parse_args(argv)
+    if a.summarise:
+        return summarise_file(a.summarise)
     from tasks.recipe import load_recipe_or_exit
 
     recipe = load_recipe_or_exit(a.recipe, a.overrides)
@@ -323,24 +388,27 @@ def main(argv=None) -> dict:
     start = a.start if Path(a.start).is_dir() else local_model(a.start)
     tokenizer = load_tokenizer(start)
 
-    def score(model) -> float:
+    def score(model) -> list[float]:
         was = model.training
         model.eval()
         with torch.inference_mode():
-            acc = evaluate(model, tokenizer, heldout, max_new_tokens=recipe.evaluate.max_new_tokens,
-                           batch_size=250, system_prompt=recipe.evaluate.system_prompt).metrics
+            correct = evaluate(model, tokenizer, heldout, max_new_tokens=recipe.evaluate.max_new_tokens,
+                               batch_size=250, system_prompt=recipe.evaluate.system_prompt).correct
         model.train(was)
-        return acc["accuracy"]
+        return correct
 
-    start_acc = score(load_model(start))
+    start_outcomes = score(load_model(start))
+    start_acc = sum(start_outcomes) / len(start_outcomes)
     print(f"start {start}: held-out accuracy {start_acc:.3f}\nGRPO as {a.recipe}'s reasoning_rl: "
           f"{cfg.prompts_per_step} prompts x G {cfg.group_size} a step on {len(rows)} prompts, lr {cfg.lr:g} "
           f"({cfg.schedule} over {cfg.steps} steps{f'; TRL: over {a.trl_steps}' if a.trl_steps else ''}), "
           f"beta {cfg.beta:g}, precision {precision}; "
           f"budget {a.budget:.0f} s per side, threads {a.threads}, seeds {','.join(map(str, a.seeds))}")
     runs: dict[int, dict] = {}
+    outcomes: dict[int, dict] = {}
     for seed in a.seeds:
         curves = runs[seed] = {}
+        outcomes[seed] = {}
         for side in sides:
             torch.set_num_threads(a.threads)
             print(f"  seed {seed}, {side}:", flush=True)
@@ -350,13 +418,44 @@ def main(argv=None) -> dict:
             else:
                 trl_side(start, rows, cfg, precision, seed, clock, a.trl_steps)
             curves[side] = [(0.0, start_acc)] + clock.curve
+            outcomes[seed][side] = [start_outcomes] + clock.outcomes
             print(f"  seed {seed}, {side}: {clock.steps} iterations in {clock.elapsed():.0f} s of training")
         print_curves(seed, curves)
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "curves.json").write_text(json.dumps({str(s): c for s, c in runs.items()}, indent=2))
-    plot(runs, a.out / "time_to_accuracy.png")
-    summary = summarise(runs, start_acc)
-    print(f"curves and plot in {a.out}")
+    save(a.out / "curves.json", runs, outcomes, a.eval_every, argv if argv is not None else sys.argv[1:])
+    plot(runs, a.eval_every, a.out / "time_to_accuracy.png", "GRPO from the same SFT checkpoint")
+    summary = summarise(runs, start_acc, a.eval_every, outcomes)
+    print(f"curves, per-problem outcomes and plot in {a.out}")
+    return summary
+
+
+def save(path: Path, runs: dict, outcomes: dict, every: float, argv: list[str]) -> None:
+    """curves.json: the curves, and each checkpoint's outcome per held-out problem as a string of 0s and 1s."""
+    saved = {"every": every, "argv": argv, "runs": {str(s): c for s, c in runs.items()},
+             "outcomes": {str(s): {side: ["".join("1" if x > 0.5 else "0" for x in o) for o in marks]
+                                   for side, marks in by_side.items()} for s, by_side in outcomes.items()}}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(saved))
+    tmp.replace(path)
+
+
+def summarise_file(path: Path) -> dict:
+    """The summary of a saved run: curves.json as `main` writes it (or as it wrote it before per-problem outcomes
+    were kept: {seed: {side: curve}}, checkpoints every 30 s; then without the bootstrap interval)."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"grpo_time_to_accuracy: --summarise {path}: {e}") from None
+    if "runs" not in saved:
+        saved = {"every": 30.0, "runs": saved}
+    runs = {int(s): {side: [tuple(point) for point in curve] for side, curve in c.items()}
+            for s, c in saved["runs"].items()}
+    outcomes = {int(s): {side: [[float(ch) for ch in marks] for marks in by] for side, by in c.items()}
+                for s, c in saved["outcomes"].items()} if "outcomes" in saved else None
+    start_acc = next(iter(next(iter(runs.values())).values()))[0][1]  # every curve starts at the shared checkpoint
+    summary = summarise(runs, start_acc, saved["every"], outcomes)
+    plot(runs, saved["every"], path.with_suffix(".png"), "GRPO from the same SFT checkpoint")
+    print(f"plot redrawn: {path.with_suffix('.png')}")
     return summary
 
 
@@ -366,15 +465,17 @@ def print_curves(seed: int, curves: dict) -> None:
         print("  " + "  ".join(f"{c[i][0]:6.0f} {c[i][1]:.3f}" if i < len(c) else " " * 12 for c in curves.values()))
     if {"r1flow", "trl"} <= curves.keys():
         budget, target = curves["trl"][-1]
-        t = reach(curves["r1flow"], target)
-        print(f"  TRL's final accuracy {target:.3f} after {budget:.0f} s; r1flow reaches it after "
-              f"{'-' if t is None else f'{t:.0f}'} s: time ratio "
-              f"{'never (within its budget)' if t is None else f'{t / budget:.3f}'}\n", flush=True)
+        t, x = reach(curves["r1flow"], target), crossing(curves["r1flow"], target)
+        print(f"  TRL's final accuracy {target:.3f} after {budget:.0f} s; r1flow reaches it " + (
+            "never (within its budget)\n" if t is None else
+            f"at its {t:.0f} s checkpoint (time ratio {t / budget:.3f}), crossing it at {x:.0f} s "
+            f"(interpolated: {x / budget:.3f})\n"), flush=True)
 
 
-def summarise(runs: dict, start_acc: float) -> dict:
-    """Each side's mean final accuracy and gain over the seeds, the time ratio's mean over the seeds and the
-    ratio of the seed-mean curves (target <= 0.5)."""
+def summarise(runs: dict, start_acc: float, every: float, outcomes: dict | None = None) -> dict:
+    """Each side's mean final accuracy and gain over the seeds; the time ratio (target <= 0.5) per seed, its mean
+    and the seed-mean curves' ratio, first at the checkpoint that reaches TRL's final accuracy (an upper bound)
+    and then where the curve crosses it (interpolated), with a bootstrap interval when `outcomes` are given."""
     out: dict = {}
     sides = next(iter(runs.values())).keys()
     for side in sides:
@@ -382,20 +483,25 @@ def summarise(runs: dict, start_acc: float) -> dict:
         out[side] = sum(finals) / len(finals)
         print(f"{side}: final accuracy {' / '.join(f'{f:.3f}' for f in finals)} over seeds "
               f"{','.join(map(str, runs))}; mean {out[side]:.3f}, gain {100 * (out[side] - start_acc):+.1f} points")
-    if {"r1flow", "trl"} <= set(sides):
-        ratios = [time_ratio(curves) for curves in runs.values()]
-        out["ratios"] = ratios
-        shown = " / ".join("never" if r is None else f"{r:.3f}" for r in ratios)
-        if None in ratios:
-            print(f"time ratio per seed {shown}: r1flow did not reach TRL's final accuracy on every seed")
-        else:
-            out["mean_ratio"] = sum(ratios) / len(ratios)
-            print(f"time ratio per seed {shown}; mean {out['mean_ratio']:.3f} (target <= 0.5)")
-        if len(runs) > 1:
-            pooled = time_ratio({side: mean_curve(runs, side) for side in ("r1flow", "trl")})
-            out["pooled_ratio"] = pooled
-            print("the seed-mean curves: r1flow's reaches TRL's final mean accuracy "
-                  + ("never (within its budget)" if pooled is None else f"at a time ratio of {pooled:.3f}"))
+    if not {"r1flow", "trl"} <= set(sides):
+        return out
+
+    def shown(value):
+        return "never" if value is None else f"{value:.3f}"
+
+    for key, interpolate, how in [("checkpoint", False, "at the first checkpoint that reaches TRL's final accuracy"),
+                                  ("interpolated", True, "where the curve crosses it (linear between checkpoints)")]:
+        each, mean, pooled = ratios(runs, every, interpolate)
+        out[key] = {"ratios": each, "mean_ratio": mean, "pooled_ratio": pooled}
+        print(f"time ratio {how}: per seed {' / '.join(map(shown, each))}; mean {shown(mean)}; "
+              f"seed-mean curves {shown(pooled)} (target <= 0.5)")
+    if outcomes is not None:
+        band = out["interval"] = resample(runs, outcomes, every)
+        for key, what in [("mean", "the mean over seeds"), ("pooled", "the seed-mean curves")]:
+            b = band[key]
+            print(f"  {what}, interpolated: 95 % interval {shown(b['low'] if b['low'] < np.inf else None)} to "
+                  f"{shown(b['high'] if b['high'] < np.inf else None)}, <= 0.5 in {100 * b['at_most_half']:.0f} % "
+                  f"of {band['reps']:,} resamples of seeds and held-out problems")
     return out
 
 

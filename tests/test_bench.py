@@ -80,37 +80,86 @@ def test_time_to_accuracy_names_a_bad_flag_or_data_file_before_anything_runs(tmp
 
 def test_time_to_accuracy_ratio_and_summary():
     bench = load("grpo_time_to_accuracy")
-    # TRL ends at 0.70 after 240 s; r1flow first reaches 0.70 at 120 s: half the time
+    # TRL ends at 0.70 after 240 s; r1flow first reaches 0.70 at its 120 s checkpoint: half the time
     runs = {0: {"r1flow": [(0.0, 0.6), (60.0, 0.66), (120.0, 0.70), (180.0, 0.72)],
                 "trl": [(0.0, 0.6), (120.0, 0.65), (240.0, 0.70)]},
             1: {"r1flow": [(0.0, 0.6), (60.0, 0.62), (180.0, 0.64)],
                 "trl": [(0.0, 0.6), (240.0, 0.66)]}}
     assert bench.time_ratio(runs[0]) == 0.5 and bench.time_ratio(runs[1]) is None
+    # interpolated: 0.66 at 60 s, 0.70 at 120 s, so it crosses 0.70 at 120 s; a target of 0.68 at 90 s
+    assert bench.crossing(runs[0]["r1flow"], 0.70) == 120.0 and abs(bench.crossing(runs[0]["r1flow"], 0.68) - 90) < 1e-9
+    assert bench.reach(runs[0]["r1flow"], 0.68) == 120.0  # the checkpoint convention: the next checkpoint
     # a TRL run that ends below the start is not "reached" at 0 s by the shared start point
     assert bench.time_ratio({"r1flow": [(0.0, 0.6), (60.0, 0.55)], "trl": [(0.0, 0.6), (240.0, 0.58)]}) is None
-    out = bench.summarise(runs, start_acc=0.6)
-    assert out["r1flow"] == (0.72 + 0.64) / 2 and out["ratios"] == [0.5, None] and "mean_ratio" not in out
-    # the seed-mean curves, checkpoint by checkpoint as far as both seeds go: TRL's ends at 0.655 after
-    # (120 + 240) / 2 = 180 s; r1flow's (0.6, 0.64, 0.67 at 150 s) first reaches it at 150 s: 150 / 180
-    trl, r1 = bench.mean_curve(runs, "trl"), bench.mean_curve(runs, "r1flow")
-    assert [(t, round(acc, 3)) for t, acc in trl] == [(0.0, 0.6), (180.0, 0.655)]
-    assert [(t, round(acc, 3)) for t, acc in r1] == [(0.0, 0.6), (60.0, 0.64), (150.0, 0.67)]
-    assert abs(out["pooled_ratio"] - 150 / 180) < 1e-9
-    out = bench.summarise({0: runs[0]}, start_acc=0.6)
-    assert out["mean_ratio"] == 0.5 and "pooled_ratio" not in out
+    assert abs(bench.crossing([(0.0, 0.6), (60.0, 0.55), (90.0, 0.61)], 0.58) - 75) < 1e-9  # 60 + 30 * 0.03 / 0.06
+    assert bench.crossing([(0.0, 0.6), (30.0, 0.62)], 0.58) == 30.0  # start above: the first checkpoint
+    out = bench.summarise(runs, start_acc=0.6, every=60.0)
+    assert out["r1flow"] == (0.72 + 0.64) / 2
+    assert out["checkpoint"]["ratios"] == [0.5, None] and out["checkpoint"]["mean_ratio"] is None
+    # the seed-mean curves at the same times (every 60 s up to the side's shortest run's end), each seed
+    # interpolated between its checkpoints: TRL's seed 0 is 0.625 at 60 s, seed 1 0.615; r1flow's seed 1 0.63 at 120 s
+    trl, r1 = bench.mean_curve(runs, "trl", 60.0), bench.mean_curve(runs, "r1flow", 60.0)
+    assert [(t, round(acc, 4)) for t, acc in trl] == [(0.0, 0.6), (60.0, 0.62), (120.0, 0.64), (180.0, 0.66),
+                                                      (240.0, 0.68)]
+    assert [(t, round(acc, 4)) for t, acc in r1] == [(0.0, 0.6), (60.0, 0.64), (120.0, 0.665), (180.0, 0.68)]
+    # TRL's mean ends at 0.68 after 240 s; r1flow's mean reaches it at 180 s, its last point, by either reading
+    assert abs(out["checkpoint"]["pooled_ratio"] - 0.75) < 1e-9 and abs(out["interpolated"]["pooled_ratio"] - 0.75) < 1e-9
+    # a mean over seeds that end at different times stops at the shortest (TRL's seed 1 ending at 200 s here)
+    runs[1]["trl"] = [(0.0, 0.6), (200.0, 0.66)]
+    assert bench.mean_curve(runs, "trl", 60.0)[-1][0] == 200.0
+    out = bench.summarise({0: runs[0]}, start_acc=0.6, every=60.0)
+    assert out["checkpoint"]["mean_ratio"] == 0.5 and out["interpolated"]["mean_ratio"] == 0.5
+
+
+def test_time_to_accuracy_bootstrap_keeps_the_comparison_paired():
+    bench = load("grpo_time_to_accuracy")
+    # four problems; TRL ends solving 1 and 2; r1flow solves 1 at 60 s and 1, 2, 3 at 120 s. Whatever the
+    # resample's weights, r1flow's 120 s checkpoint is at or above TRL's final accuracy and its 60 s one at or
+    # below it, so every replicate crosses between 60 and 120 s: a ratio in [0.25, 0.5] every time
+    times = {"r1flow": [0.0, 60.0, 120.0], "trl": [0.0, 240.0]}
+    outcomes = {0: {"r1flow": [[1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]], "trl": [[1, 0, 0, 0], [1, 1, 0, 0]]}}
+    runs = {0: {side: [(t, sum(o) / 4) for t, o in zip(times[side], outcomes[0][side])] for side in times}}
+    band = bench.resample(runs, outcomes, every=60.0, reps=400)
+    for key in ("mean", "pooled"):
+        assert 0.25 <= band[key]["low"] <= band[key]["high"] <= 0.5 and band[key]["at_most_half"] == 1.0
+    # twenty problems, none solved at the start; TRL ends solving ten, r1flow none: a replicate reaches TRL's final
+    # accuracy only if it draws none of TRL's ten (2 ** -20), so none of 400 does
+    never = {0: {"r1flow": [[0] * 20] * 3, "trl": [[0] * 20, [1] * 10 + [0] * 10]}}
+    runs = {0: {side: [(t, sum(o) / 20) for t, o in zip(times[side], never[0][side])] for side in times}}
+    band = bench.resample(runs, never, every=60.0, reps=400)
+    assert band["mean"]["at_most_half"] == 0.0 and band["mean"]["low"] == float("inf")
+
+
+def test_time_to_accuracy_saves_each_problems_outcome_and_summarises_the_file(tmp_path, capsys):
+    bench = load("grpo_time_to_accuracy")
+    outcomes = {0: {"r1flow": [[1, 0, 0, 0], [1, 1, 1, 0]], "trl": [[1, 0, 0, 0], [1, 1, 0, 0]]}}
+    runs = {0: {"r1flow": [(0.0, 0.25), (120.0, 0.75)], "trl": [(0.0, 0.25), (240.0, 0.5)]}}
+    bench.save(tmp_path / "curves.json", runs, outcomes, 30.0, ["--seeds", "0"])
+    saved = __import__("json").loads((tmp_path / "curves.json").read_text())
+    assert saved["outcomes"]["0"]["r1flow"] == ["1000", "1110"] and saved["every"] == 30.0
+    out = bench.main(["--summarise", str(tmp_path / "curves.json")])
+    # interpolated: 0.25 at 0 s, 0.75 at 120 s, crosses 0.5 at 60 s of TRL's 240
+    assert out["checkpoint"]["mean_ratio"] == 0.5 and out["interpolated"]["mean_ratio"] == 0.25
+    assert "interval" in out and (tmp_path / "curves.png").exists()
+    assert "<= 0.5 in" in capsys.readouterr().out
+    # a file written before outcomes were kept: {seed: {side: curve}}; summarised without an interval
+    (tmp_path / "old.json").write_text(__import__("json").dumps({"0": runs[0]}))
+    assert "interval" not in bench.main(["--summarise", str(tmp_path / "old.json")])
+    with __import__("pytest").raises(SystemExit, match="missing.json"):
+        bench.main(["--summarise", str(tmp_path / "missing.json")])
 
 
 def test_time_to_accuracy_clock_scores_a_side_that_ends_early_once():
     bench = load("grpo_time_to_accuracy")
-    scores = iter([0.61, 0.62, 0.63])
+    scores = iter([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
     clock = bench.Clock(budget=1e9, every=1e9, score=lambda model: next(scores))
     assert clock.tick(None) is False and clock.curve == []  # no checkpoint time yet: not scored
     clock.finish(None)  # the side ran out of steps: scored once at its end
-    assert [acc for _, acc in clock.curve] == [0.61]
+    assert [acc for _, acc in clock.curve] == [0.5] and clock.outcomes == [[1.0, 0.0]]
     spent = bench.Clock(budget=0.0, every=1e9, score=lambda model: next(scores))
     assert spent.tick(None) is True and len(spent.curve) == 1
     spent.finish(None)  # the budget's last tick already scored it
-    assert len(spent.curve) == 1
+    assert len(spent.curve) == 1 and spent.curve[0][1] == 1.0
     with __import__("pytest").raises(SystemExit):
         bench.parser().parse_args(["--seeds", "0,0"])
 
