@@ -26,11 +26,17 @@ its end. Reported per seed: the accuracy-versus-training-time curve of both (tab
 with every seed) and the share of TRL's budget r1flow needs to reach TRL's final accuracy; then
 the ratio's mean over the seeds and the ratio of the seed-mean curves (target <= 0.5), and each
 side's mean gain. The ratio is read two ways: at the first checkpoint at or above TRL's final
-accuracy (an upper bound: the crossing happened in the --eval-every seconds before it) and where
-the curve crosses it, linearly between checkpoints. The interpolated ratios come with a 95 %
-bootstrap interval over the seeds and the held-out problems (paired: every curve is rescored on
-the same resampled problems) and the share of resamples at or under 0.5. curves.json keeps every
-checkpoint's outcome per problem; `--summarise curves.json` reprints the summary without training.
+accuracy (for one seed an upper bound: the crossing happened since the checkpoint before) and
+where the curve crosses it, linearly between checkpoints. The seed-mean curves are averaged at
+the same training times (every --eval-every seconds, each seed interpolated between its
+checkpoints). The interpolated ratios come with a 95 % bootstrap interval over the seeds and the
+held-out problems (paired: every curve is rescored on the same resampled problems) and the share
+of resamples at or under 0.5. What the interval leaves out: a seed's checkpoint times are kept
+as recorded, so how a rerun of the same seed would move its curve (timing, which iteration a
+checkpoint falls after) enters only as the differences between seeds, and three seeds give ten
+distinct draws, which understate the spread between seeds; the share is a description of the
+resamples, not a probability that the target is met. curves.json keeps every checkpoint's
+outcome per problem; `--summarise curves.json` reprints the summary without training.
 
 What differs, and why (each is part of what r1flow is, and the recipe turns it on):
   * r1flow samples with its own rollout engine (batched KV-cache decoding, per-sequence early
@@ -246,8 +252,9 @@ def crossing(curve: list[tuple[float, float]], target: float) -> float | None:
 def time_ratio(curves: dict, interpolate: bool = False) -> float | None:
     """The share of TRL's training time r1flow needs to reach TRL's final accuracy (None: it never does), at the
     first checkpoint that reaches it or (`interpolate`) where its curve crosses it."""
-    t = (crossing if interpolate else reach)(curves["r1flow"], curves["trl"][-1][1])
-    return None if t is None else t / curves["trl"][-1][0]
+    budget, target = curves["trl"][-1]
+    t = (crossing if interpolate else reach)(curves["r1flow"], target)
+    return None if t is None or budget <= 0 else t / budget  # budget 0: TRL was never scored after its start
 
 
 def mean_curve(runs: dict, side: str, every: float) -> list[tuple[float, float]]:
@@ -261,11 +268,20 @@ def mean_curve(runs: dict, side: str, every: float) -> list[tuple[float, float]]
 
 
 def ratios(runs: dict, every: float, interpolate: bool) -> tuple[list[float | None], float | None, float | None]:
-    """Per seed, their mean (None if a seed never reaches TRL's final accuracy) and the seed-mean curves' ratio."""
+    """Per seed, their mean (None if a seed never reaches TRL's final accuracy) and the seed-mean curves' ratio
+    (None for one seed: its own curves are the ones to read)."""
     each = [time_ratio(curves, interpolate) for curves in runs.values()]
     mean = None if None in each else sum(each) / len(each)
-    pooled = time_ratio({side: mean_curve(runs, side, every) for side in ("r1flow", "trl")}, interpolate)
+    pooled = None if len(runs) < 2 else time_ratio(
+        {side: mean_curve(runs, side, every) for side in ("r1flow", "trl")}, interpolate)
     return each, mean, pooled
+
+
+def band(values: list[float]) -> dict:
+    """The 95 % percentile interval of bootstrap values (inf: never reached) and the share at or under 0.5."""
+    v = np.sort(values)
+    return {"low": float(v[int(0.025 * len(v))]), "high": float(v[int(np.ceil(0.975 * len(v))) - 1]),
+            "at_most_half": float(np.mean(v <= 0.5))}
 
 
 def resample(runs: dict, outcomes: dict, every: float, reps: int = 2000, seed: int = 0) -> dict:
@@ -276,27 +292,22 @@ def resample(runs: dict, outcomes: dict, every: float, reps: int = 2000, seed: i
     reaches TRL's final accuracy counts as a ratio above any bound)."""
     rng = np.random.default_rng(seed)
     seeds = list(runs)
+    times = {s: {side: [t for t, _ in curve] for side, curve in runs[s].items()} for s in seeds}
     mats = {s: {side: np.array(outcomes[s][side], dtype=float) for side in runs[s]} for s in seeds}
     n = next(iter(mats[seeds[0]].values())).shape[1]
     means, pooled = [], []
     for _ in range(reps):
-        weights = rng.multinomial(n, np.full(n, 1 / n)) / n
-        drawn = {j: {side: list(zip([t for t, _ in runs[s][side]], (mats[s][side] @ weights).tolist()))
-                     for side in runs[s]}
-                 for j, s in enumerate(seeds[k] for k in rng.integers(len(seeds), size=len(seeds)))}
-        _, mean, both = ratios(drawn, every, interpolate=True)
+        weights = rng.multinomial(n, np.full(n, 1 / n)) / n  # how often each problem is drawn, over n
+        drawn = [seeds[k] for k in rng.integers(len(seeds), size=len(seeds))]
+        rescored = {j: {side: list(zip(times[s][side], (mats[s][side] @ weights).tolist())) for side in runs[s]}
+                    for j, s in enumerate(drawn)}
+        _, mean, both = ratios(rescored, every, interpolate=True)
         means.append(np.inf if mean is None else mean)
         pooled.append(np.inf if both is None else both)
-
-    def interval(values):
-        v = np.sort(values)
-        return {"low": float(v[int(0.025 * reps)]), "high": float(v[int(np.ceil(0.975 * reps)) - 1]),
-                "at_most_half": float(np.mean(v <= 0.5))}
-
-    return {"mean": interval(means), "pooled": interval(pooled), "reps": reps}
+    return {"mean": band(means), "pooled": band(pooled) if len(seeds) > 1 else None, "reps": reps}
 
 
-def plot(runs: dict, every: float, path: Path, title: str) -> None:
+def plot(runs: dict, every: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -316,7 +327,7 @@ def plot(runs: dict, every: float, path: Path, title: str) -> None:
             ax.plot([t for t, _ in mean], [acc for _, acc in mean], color=colour, linewidth=3,
                     label=f"{side}, mean of {len(runs)} seeds")
     ax.set(xlabel="training wall time (s), evaluation excluded", ylabel="held-out accuracy (greedy)",
-           title=title)
+           title="GRPO from the same SFT checkpoint")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -329,8 +340,8 @@ def parser() -> argparse.ArgumentParser:
                    help="recipe whose reasoning_rl settings, model.mixed_precision and data both sides use")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="section.field=value (repeatable)")
     p.add_argument("--start", default="models:/default@sft", help="SFT checkpoint: a directory or models:/ URI")
-    p.add_argument("--budget", type=float, default=240.0, help="training seconds per side")
-    p.add_argument("--eval-every", type=float, default=30.0)
+    p.add_argument("--budget", type=positive_float, default=240.0, help="training seconds per side")
+    p.add_argument("--eval-every", type=positive_float, default=30.0, help="seconds of training between scorings")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="comma-separated; both sides run once per seed")
     p.add_argument("--order", default="r1flow,trl")
@@ -349,6 +360,16 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
 
 
@@ -423,7 +444,7 @@ def main(argv=None) -> dict:
         print_curves(seed, curves)
     a.out.mkdir(parents=True, exist_ok=True)
     save(a.out / "curves.json", runs, outcomes, a.eval_every, argv if argv is not None else sys.argv[1:])
-    plot(runs, a.eval_every, a.out / "time_to_accuracy.png", "GRPO from the same SFT checkpoint")
+    plot(runs, a.eval_every, a.out / "time_to_accuracy.png")
     summary = summarise(runs, start_acc, a.eval_every, outcomes)
     print(f"curves, per-problem outcomes and plot in {a.out}")
     return summary
@@ -454,8 +475,8 @@ def summarise_file(path: Path) -> dict:
                 for s, c in saved["outcomes"].items()} if "outcomes" in saved else None
     start_acc = next(iter(next(iter(runs.values())).values()))[0][1]  # every curve starts at the shared checkpoint
     summary = summarise(runs, start_acc, saved["every"], outcomes)
-    plot(runs, saved["every"], path.with_suffix(".png"), "GRPO from the same SFT checkpoint")
-    print(f"plot redrawn: {path.with_suffix('.png')}")
+    plot(runs, saved["every"], path.parent / "time_to_accuracy.png")
+    print(f"plot redrawn: {path.parent / 'time_to_accuracy.png'}")
     return summary
 
 
@@ -487,21 +508,20 @@ def summarise(runs: dict, start_acc: float, every: float, outcomes: dict | None 
         return out
 
     def shown(value):
-        return "never" if value is None else f"{value:.3f}"
+        return "never" if value is None or value == np.inf else f"{value:.3f}"
 
     for key, interpolate, how in [("checkpoint", False, "at the first checkpoint that reaches TRL's final accuracy"),
                                   ("interpolated", True, "where the curve crosses it (linear between checkpoints)")]:
         each, mean, pooled = ratios(runs, every, interpolate)
         out[key] = {"ratios": each, "mean_ratio": mean, "pooled_ratio": pooled}
-        print(f"time ratio {how}: per seed {' / '.join(map(shown, each))}; mean {shown(mean)}; "
-              f"seed-mean curves {shown(pooled)} (target <= 0.5)")
+        print(f"time ratio {how}: per seed {' / '.join(map(shown, each))}; mean {shown(mean)}"
+              + ("" if pooled is None else f"; seed-mean curves {shown(pooled)}") + " (target <= 0.5)")
     if outcomes is not None:
-        band = out["interval"] = resample(runs, outcomes, every)
+        interval = out["interval"] = resample(runs, outcomes, every)
         for key, what in [("mean", "the mean over seeds"), ("pooled", "the seed-mean curves")]:
-            b = band[key]
-            print(f"  {what}, interpolated: 95 % interval {shown(b['low'] if b['low'] < np.inf else None)} to "
-                  f"{shown(b['high'] if b['high'] < np.inf else None)}, <= 0.5 in {100 * b['at_most_half']:.0f} % "
-                  f"of {band['reps']:,} resamples of seeds and held-out problems")
+            if (b := interval[key]) is not None:
+                print(f"  {what}, interpolated: 95 % interval {shown(b['low'])} to {shown(b['high'])}, <= 0.5 in "
+                      f"{100 * b['at_most_half']:.0f} % of {interval['reps']:,} resamples of seeds and held-out problems")
     return out
 
 

@@ -1,6 +1,9 @@
 """The benchmarks compare like with like: their settings, checked without running them (TRL is a bench extra)."""
 import importlib.util
+import json
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -13,7 +16,6 @@ def load(name: str):
 
 
 def test_time_to_accuracy_gives_trl_the_recipes_grpo_settings():
-    import pytest
 
     from tasks.recipe import load_recipe
 
@@ -57,7 +59,6 @@ def test_time_to_accuracy_gives_trl_the_recipes_grpo_settings():
 
 
 def test_time_to_accuracy_names_a_bad_flag_or_data_file_before_anything_runs(tmp_path, capsys):
-    import pytest
 
     bench = load("grpo_time_to_accuracy")
     for flag, value, message in [("--trl-steps", "0", "expected a positive integer, got '0'"),
@@ -81,7 +82,7 @@ def test_time_to_accuracy_names_a_bad_flag_or_data_file_before_anything_runs(tmp
 def test_time_to_accuracy_ratio_and_summary():
     bench = load("grpo_time_to_accuracy")
     # TRL ends at 0.70 after 240 s; r1flow first reaches 0.70 at its 120 s checkpoint: half the time
-    runs = {0: {"r1flow": [(0.0, 0.6), (60.0, 0.66), (120.0, 0.70), (180.0, 0.72)],
+    runs = {0: {"r1flow": [(0.0, 0.6), (60.0, 0.66), (120.0, 0.70), (180.0, 0.74)],
                 "trl": [(0.0, 0.6), (120.0, 0.65), (240.0, 0.70)]},
             1: {"r1flow": [(0.0, 0.6), (60.0, 0.62), (180.0, 0.64)],
                 "trl": [(0.0, 0.6), (240.0, 0.66)]}}
@@ -94,21 +95,25 @@ def test_time_to_accuracy_ratio_and_summary():
     assert abs(bench.crossing([(0.0, 0.6), (60.0, 0.55), (90.0, 0.61)], 0.58) - 75) < 1e-9  # 60 + 30 * 0.03 / 0.06
     assert bench.crossing([(0.0, 0.6), (30.0, 0.62)], 0.58) == 30.0  # start above: the first checkpoint
     out = bench.summarise(runs, start_acc=0.6, every=60.0)
-    assert out["r1flow"] == (0.72 + 0.64) / 2
+    assert out["r1flow"] == (0.74 + 0.64) / 2
     assert out["checkpoint"]["ratios"] == [0.5, None] and out["checkpoint"]["mean_ratio"] is None
     # the seed-mean curves at the same times (every 60 s up to the side's shortest run's end), each seed
     # interpolated between its checkpoints: TRL's seed 0 is 0.625 at 60 s, seed 1 0.615; r1flow's seed 1 0.63 at 120 s
     trl, r1 = bench.mean_curve(runs, "trl", 60.0), bench.mean_curve(runs, "r1flow", 60.0)
     assert [(t, round(acc, 4)) for t, acc in trl] == [(0.0, 0.6), (60.0, 0.62), (120.0, 0.64), (180.0, 0.66),
                                                       (240.0, 0.68)]
-    assert [(t, round(acc, 4)) for t, acc in r1] == [(0.0, 0.6), (60.0, 0.64), (120.0, 0.665), (180.0, 0.68)]
-    # TRL's mean ends at 0.68 after 240 s; r1flow's mean reaches it at 180 s, its last point, by either reading
-    assert abs(out["checkpoint"]["pooled_ratio"] - 0.75) < 1e-9 and abs(out["interpolated"]["pooled_ratio"] - 0.75) < 1e-9
+    assert [(t, round(acc, 4)) for t, acc in r1] == [(0.0, 0.6), (60.0, 0.64), (120.0, 0.665), (180.0, 0.69)]
+    # TRL's mean ends at 0.68 after 240 s; r1flow's mean is at or above it first at 180 s (180 / 240), and crosses it
+    # at 120 + 60 * (0.68 - 0.665) / (0.69 - 0.665) = 156 s (156 / 240)
+    assert abs(out["checkpoint"]["pooled_ratio"] - 0.75) < 1e-9 and abs(out["interpolated"]["pooled_ratio"] - 0.65) < 1e-9
     # a mean over seeds that end at different times stops at the shortest (TRL's seed 1 ending at 200 s here)
     runs[1]["trl"] = [(0.0, 0.6), (200.0, 0.66)]
     assert bench.mean_curve(runs, "trl", 60.0)[-1][0] == 200.0
     out = bench.summarise({0: runs[0]}, start_acc=0.6, every=60.0)
     assert out["checkpoint"]["mean_ratio"] == 0.5 and out["interpolated"]["mean_ratio"] == 0.5
+    assert out["checkpoint"]["pooled_ratio"] is None  # one seed: its own curves, not a resampled mean
+    # TRL never scored after its start (no step in the budget): no ratio rather than a division by zero
+    assert bench.time_ratio({"r1flow": [(0.0, 0.6), (60.0, 0.7)], "trl": [(0.0, 0.6)]}) is None
 
 
 def test_time_to_accuracy_bootstrap_keeps_the_comparison_paired():
@@ -120,14 +125,28 @@ def test_time_to_accuracy_bootstrap_keeps_the_comparison_paired():
     outcomes = {0: {"r1flow": [[1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]], "trl": [[1, 0, 0, 0], [1, 1, 0, 0]]}}
     runs = {0: {side: [(t, sum(o) / 4) for t, o in zip(times[side], outcomes[0][side])] for side in times}}
     band = bench.resample(runs, outcomes, every=60.0, reps=400)
-    for key in ("mean", "pooled"):
-        assert 0.25 <= band[key]["low"] <= band[key]["high"] <= 0.5 and band[key]["at_most_half"] == 1.0
+    assert 0.25 <= band["mean"]["low"] < band["mean"]["high"] <= 0.5 and band["mean"]["at_most_half"] == 1.0
+    # ... and the problems are resampled: unresampled, every replicate would be 60 + 60 * 0.25 / 0.5 = 90 s (0.375)
+    assert band["pooled"] is None  # one seed: no seed-mean curves
     # twenty problems, none solved at the start; TRL ends solving ten, r1flow none: a replicate reaches TRL's final
     # accuracy only if it draws none of TRL's ten (2 ** -20), so none of 400 does
     never = {0: {"r1flow": [[0] * 20] * 3, "trl": [[0] * 20, [1] * 10 + [0] * 10]}}
     runs = {0: {side: [(t, sum(o) / 20) for t, o in zip(times[side], never[0][side])] for side in times}}
     band = bench.resample(runs, never, every=60.0, reps=400)
     assert band["mean"]["at_most_half"] == 0.0 and band["mean"]["low"] == float("inf")
+    # two seeds that disagree: seed 0 as in the first case, seed 1 reaching TRL's final accuracy only at 240 s of
+    # 240 (ratio 1) unless the draw leaves TRL no gain (then at 60 s). A mean of 1.0 needs seed 1 drawn twice: the
+    # seeds are resampled too (with both kept, the mean is at most (0.5 + 1) / 2)
+    two = {0: outcomes[0], 1: {"r1flow": [[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]],
+                               "trl": outcomes[0]["trl"]}}
+    times2 = {0: times, 1: {"r1flow": [0.0, 60.0, 120.0, 240.0], "trl": [0.0, 240.0]}}
+    runs = {s: {side: [(t, sum(o) / 4) for t, o in zip(times2[s][side], two[s][side])] for side in two[s]} for s in two}
+    band = bench.resample(runs, two, every=60.0, reps=400)
+    assert band["mean"]["low"] < 0.5 < band["mean"]["high"] == 1.0 and 0.2 < band["mean"]["at_most_half"] < 0.8
+    assert band["pooled"] is not None
+    # the percentile interval itself: of 40 values 0..39, the 2.5th and 97.5th percentiles drop one value each end
+    assert bench.band(list(range(40))[::-1]) == {"low": 1.0, "high": 38.0, "at_most_half": 1 / 40}
+    assert bench.band([0.4, float("inf")] * 20)["high"] == float("inf")
 
 
 def test_time_to_accuracy_saves_each_problems_outcome_and_summarises_the_file(tmp_path, capsys):
@@ -135,17 +154,17 @@ def test_time_to_accuracy_saves_each_problems_outcome_and_summarises_the_file(tm
     outcomes = {0: {"r1flow": [[1, 0, 0, 0], [1, 1, 1, 0]], "trl": [[1, 0, 0, 0], [1, 1, 0, 0]]}}
     runs = {0: {"r1flow": [(0.0, 0.25), (120.0, 0.75)], "trl": [(0.0, 0.25), (240.0, 0.5)]}}
     bench.save(tmp_path / "curves.json", runs, outcomes, 30.0, ["--seeds", "0"])
-    saved = __import__("json").loads((tmp_path / "curves.json").read_text())
+    saved = json.loads((tmp_path / "curves.json").read_text())
     assert saved["outcomes"]["0"]["r1flow"] == ["1000", "1110"] and saved["every"] == 30.0
     out = bench.main(["--summarise", str(tmp_path / "curves.json")])
     # interpolated: 0.25 at 0 s, 0.75 at 120 s, crosses 0.5 at 60 s of TRL's 240
     assert out["checkpoint"]["mean_ratio"] == 0.5 and out["interpolated"]["mean_ratio"] == 0.25
-    assert "interval" in out and (tmp_path / "curves.png").exists()
+    assert "interval" in out and (tmp_path / "time_to_accuracy.png").exists()
     assert "<= 0.5 in" in capsys.readouterr().out
     # a file written before outcomes were kept: {seed: {side: curve}}; summarised without an interval
-    (tmp_path / "old.json").write_text(__import__("json").dumps({"0": runs[0]}))
+    (tmp_path / "old.json").write_text(json.dumps({"0": runs[0]}))
     assert "interval" not in bench.main(["--summarise", str(tmp_path / "old.json")])
-    with __import__("pytest").raises(SystemExit, match="missing.json"):
+    with pytest.raises(SystemExit, match="missing.json"):
         bench.main(["--summarise", str(tmp_path / "missing.json")])
 
 
@@ -160,7 +179,7 @@ def test_time_to_accuracy_clock_scores_a_side_that_ends_early_once():
     assert spent.tick(None) is True and len(spent.curve) == 1
     spent.finish(None)  # the budget's last tick already scored it
     assert len(spent.curve) == 1 and spent.curve[0][1] == 1.0
-    with __import__("pytest").raises(SystemExit):
+    with pytest.raises(SystemExit):
         bench.parser().parse_args(["--seeds", "0,0"])
 
 
@@ -174,7 +193,6 @@ def test_grpo_vs_trl_gives_trl_the_same_steps_batch_and_settings():
 
 
 def test_fact_probe_reads_the_held_out_problems_and_names_a_bad_line(tmp_path):
-    import pytest
 
     bench = load("fact_probe")
     good = tmp_path / "eval.jsonl"
@@ -195,7 +213,6 @@ def test_fact_probe_reads_the_held_out_problems_and_names_a_bad_line(tmp_path):
 def test_profile_loops_times_and_ranks_the_operators_of_each_hot_loop(tmp_path, tiny_model, tiny_tokenizer, capsys):
     import json
 
-    import pytest
 
     bench = load("profile_loops")
     model_dir, data = tmp_path / "model", tmp_path / "data"
