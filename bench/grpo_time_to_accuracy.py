@@ -259,10 +259,12 @@ def time_ratio(curves: dict, interpolate: bool = False) -> float | None:
 
 def mean_curve(runs: dict, side: str, every: float) -> list[tuple[float, float]]:
     """`side`'s curve averaged over the seeds at the same training times: every `every` seconds and at the end of
-    the shortest run, each seed's curve interpolated linearly between its checkpoints."""
+    the shortest run (a grid time within half a step of the end gives way to it), each seed's curve interpolated
+    linearly between its checkpoints."""
     curves = [c[side] for c in runs.values()]
     end = min(c[-1][0] for c in curves)
-    grid = [k * every for k in range(int(end // every) + 1) if k * every < end] + [end]
+    grid = [k * every for k in range(int(end // every) + 1) if k == 0 or end - k * every > every / 2]
+    grid += [end] if end > 0 else []
     accs = [np.interp(grid, [t for t, _ in c], [acc for _, acc in c]) for c in curves]
     return [(t, float(sum(a[i] for a in accs) / len(accs))) for i, t in enumerate(grid)]
 

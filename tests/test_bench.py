@@ -108,7 +108,9 @@ def test_time_to_accuracy_ratio_and_summary():
     assert abs(out["checkpoint"]["pooled_ratio"] - 0.75) < 1e-9 and abs(out["interpolated"]["pooled_ratio"] - 0.65) < 1e-9
     # a mean over seeds that end at different times stops at the shortest (TRL's seed 1 ending at 200 s here)
     runs[1]["trl"] = [(0.0, 0.6), (200.0, 0.66)]
-    assert bench.mean_curve(runs, "trl", 60.0)[-1][0] == 200.0
+    assert [t for t, _ in bench.mean_curve(runs, "trl", 60.0)] == [0.0, 60.0, 120.0, 200.0]  # 180 s gives way to 200
+    runs[1]["trl"] = [(0.0, 0.6), (215.0, 0.66)]
+    assert [t for t, _ in bench.mean_curve(runs, "trl", 60.0)] == [0.0, 60.0, 120.0, 180.0, 215.0]
     out = bench.summarise({0: runs[0]}, start_acc=0.6, every=60.0)
     assert out["checkpoint"]["mean_ratio"] == 0.5 and out["interpolated"]["mean_ratio"] == 0.5
     assert out["checkpoint"]["pooled_ratio"] is None  # one seed: its own curves, not a resampled mean
