@@ -469,13 +469,19 @@ def summarise_file(path: Path) -> dict:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"grpo_time_to_accuracy: --summarise {path}: {e}") from None
-    if "runs" not in saved:
-        saved = {"every": 30.0, "runs": saved}
-    runs = {int(s): {side: [tuple(point) for point in curve] for side, curve in c.items()}
-            for s, c in saved["runs"].items()}
-    outcomes = {int(s): {side: [[float(ch) for ch in marks] for marks in by] for side, by in c.items()}
-                for s, c in saved["outcomes"].items()} if "outcomes" in saved else None
-    start_acc = next(iter(next(iter(runs.values())).values()))[0][1]  # every curve starts at the shared checkpoint
+    try:
+        if "runs" not in saved:
+            saved = {"every": 30.0, "runs": saved}
+        runs = {int(s): {side: [(float(t), float(acc)) for t, acc in curve] for side, curve in c.items()}
+                for s, c in saved["runs"].items()}
+        outcomes = {int(s): {side: [[float(ch) for ch in marks] for marks in by] for side, by in c.items()}
+                    for s, c in saved["outcomes"].items()} if "outcomes" in saved else None
+        start_acc = next(iter(next(iter(runs.values())).values()))[0][1]  # every curve starts at the shared checkpoint
+        if outcomes is not None and any(len(outcomes[s][side]) != len(runs[s][side]) for s in runs for side in runs[s]):
+            raise ValueError("a curve and its outcomes have different numbers of checkpoints")
+    except (AttributeError, KeyError, TypeError, ValueError, StopIteration, IndexError) as e:
+        raise SystemExit(f"grpo_time_to_accuracy: --summarise {path}: not a curves.json this bench wrote "
+                         f"({type(e).__name__}: {e})") from None
     summary = summarise(runs, start_acc, saved["every"], outcomes)
     plot(runs, saved["every"], path.parent / "time_to_accuracy.png")
     print(f"plot redrawn: {path.parent / 'time_to_accuracy.png'}")

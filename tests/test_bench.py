@@ -168,6 +168,11 @@ def test_time_to_accuracy_saves_each_problems_outcome_and_summarises_the_file(tm
     assert "interval" not in bench.main(["--summarise", str(tmp_path / "old.json")])
     with pytest.raises(SystemExit, match="missing.json"):
         bench.main(["--summarise", str(tmp_path / "missing.json")])
+    for bad in ({"runs": {"0": {"trl": [[0.0]]}}}, [1, 2], {"runs": {}},
+                {"every": 30.0, "runs": {"0": runs[0]}, "outcomes": {"0": {"r1flow": ["1000"], "trl": ["1000", "1100"]}}}):
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(SystemExit, match="bad.json: not a curves.json"):
+            bench.main(["--summarise", str(tmp_path / "bad.json")])
 
 
 def test_time_to_accuracy_clock_scores_a_side_that_ends_early_once():
