@@ -36,7 +36,8 @@ as recorded, so how a rerun of the same seed would move its curve (timing, which
 checkpoint falls after) enters only as the differences between seeds, and three seeds give ten
 distinct draws, which understate the spread between seeds; the share is a description of the
 resamples, not a probability that the target is met. curves.json keeps every checkpoint's
-outcome per problem; `--summarise curves.json` reprints the summary without training.
+outcome per problem, rewritten after every seed (Ctrl-C keeps the seeds already finished);
+`--summarise curves.json` reprints the summary without training.
 
 What differs, and why (each is part of what r1flow is, and the recipe turns it on):
   * r1flow samples with its own rollout engine (batched KV-cache decoding, per-sequence early
@@ -444,8 +445,8 @@ def main(argv=None) -> dict:
             outcomes[seed][side] = [start_outcomes] + clock.outcomes
             print(f"  seed {seed}, {side}: {clock.steps} iterations in {clock.elapsed():.0f} s of training")
         print_curves(seed, curves)
-    a.out.mkdir(parents=True, exist_ok=True)
-    save(a.out / "curves.json", runs, outcomes, a.eval_every, argv if argv is not None else sys.argv[1:])
+        a.out.mkdir(parents=True, exist_ok=True)  # after every seed: an interrupted run keeps the seeds it finished
+        save(a.out / "curves.json", runs, outcomes, a.eval_every, argv if argv is not None else sys.argv[1:])
     plot(runs, a.eval_every, a.out / "time_to_accuracy.png")
     summary = summarise(runs, start_acc, a.eval_every, outcomes)
     print(f"curves, per-problem outcomes and plot in {a.out}")
@@ -542,4 +543,9 @@ def local_model(uri: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\ninterrupted: the seeds finished so far are in the output folder's curves.json "
+              "(--summarise it; a run interrupted in its first seed saved nothing)", file=sys.stderr)
+        sys.exit(130)
