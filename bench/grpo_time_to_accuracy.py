@@ -26,7 +26,7 @@ its end. Reported per seed: the accuracy-versus-training-time curve of both (tab
 with every seed) and the share of TRL's budget r1flow needs to reach TRL's final accuracy; then
 the ratio's mean over the seeds and the ratio of the seed-mean curves (target <= 0.5), and each
 side's mean gain. The ratio is read two ways: at the first checkpoint at or above TRL's final
-accuracy (for one seed an upper bound: the crossing happened since the checkpoint before) and
+accuracy (for each seed an upper bound: the crossing happened since the checkpoint before) and
 where the curve crosses it, linearly between checkpoints. The seed-mean curves are averaged at
 the same training times (every --eval-every seconds, each seed interpolated between its
 checkpoints). The interpolated ratios come with a 95 % bootstrap interval over the seeds and the
@@ -356,24 +356,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def positive(cast, what: str):
+    """An argparse type: `cast(text)`, which must be above 0 and finite, or one error saying what was expected."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = 0
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+positive_int, positive_float = positive(int, "a positive integer"), positive(float, "a positive number of seconds")
 
 
 def seed_list(text: str) -> list[int]:

@@ -16,7 +16,6 @@ def load(name: str):
 
 
 def test_time_to_accuracy_gives_trl_the_recipes_grpo_settings():
-
     from tasks.recipe import load_recipe
 
     bench = load("grpo_time_to_accuracy")
@@ -59,9 +58,11 @@ def test_time_to_accuracy_gives_trl_the_recipes_grpo_settings():
 
 
 def test_time_to_accuracy_names_a_bad_flag_or_data_file_before_anything_runs(tmp_path, capsys):
-
     bench = load("grpo_time_to_accuracy")
     for flag, value, message in [("--trl-steps", "0", "expected a positive integer, got '0'"),
+                                 ("--budget", "0", "expected a positive number of seconds, got '0'"),
+                                 ("--eval-every", "inf", "expected a positive number of seconds, got 'inf'"),
+                                 ("--eval-every", "30s", "expected a positive number of seconds, got '30s'"),
                                  ("--seeds", "0,one", "expected comma-separated integers, got '0,one'")]:
         with pytest.raises(SystemExit):
             bench.parser().parse_args([flag, value])
