@@ -196,3 +196,35 @@ def test_fast_is_the_chain_its_figures_were_measured_with():
     rl = fast.reasoning_rl
     assert (rl.steps, rl.lr, rl.prompts_per_step, rl.group_size, rl.schedule) == (30, 3e-5, 32, 8, "cosine")
     assert (rl.beta, rl.pass_rate_band, rl.share_prompts) == (0.0, None, True)
+
+
+def test_strong_base_is_the_chain_its_figures_were_measured_with():
+    """configs/strong_base.yaml's header figures (85.2 / 88.9 % after GRPO, every stage > 3 paired s.e.) hold
+    for accurate's base followed by the default's small stages; a change that reaches them through `extends`
+    fails here, so the header is measured again."""
+    strong = load_recipe(REPO / "configs" / "strong_base.yaml")
+    assert strong.run.stages == ["base", "cold_start", "rejection_sampling", "sft", "reasoning_rl"]
+    assert (strong.data.dir, strong.data.n_cold_start, strong.data.pretrain_level_weights) == ("data-weighted", 2000,
+                                                                                              {4: 3})
+    assert (strong.base.steps, strong.base.lr, strong.base.batch_size, strong.base.pack) == (3000, 1e-3, 64, True)
+    assert (strong.cold_start.steps, strong.cold_start.limit) == (150, 400)
+    assert (strong.rejection_sampling.limit, strong.sft.steps) == (2000, 300)
+    rl = strong.reasoning_rl
+    assert (rl.steps, rl.lr, rl.prompts_per_step, rl.group_size, rl.schedule) == (200, 1e-4, 32, 8, "cosine")
+    assert (rl.beta, rl.pass_rate_band, rl.share_prompts) == (0.0, None, True)
+
+
+def test_strong_base_cold_starts_on_the_default_recipes_curated_rows(tmp_path):
+    """The first 400 of data-weighted's 2,000 cold-start rows are the default's 400 (the recipe's header says
+    so): the generator draws the curated rows of both versions from one seeded stream."""
+    from components.data.curate import build
+
+    small = {"n_pretrain": 5, "n_rl": 5, "n_general": 5, "n_preferences": 5, "n_rankings": 5, "n_align": 5,
+             "n_eval": 5, "n_pref_eval": 5}
+    rows = {}
+    for name in ("default", "strong_base"):
+        recipe = load_recipe(REPO / "configs" / f"{name}.yaml")
+        build(recipe.data.model_copy(update=small), tmp_path / name)
+        rows[name] = (tmp_path / name / "cold_start.jsonl").read_text().splitlines()
+    assert len(rows["default"]) == 400 and len(rows["strong_base"]) == 2000
+    assert rows["strong_base"][:400] == rows["default"]
