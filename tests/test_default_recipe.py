@@ -1,4 +1,5 @@
-"""The default recipe end to end (slow: ~13 minutes on 2 cores). Run with `make test-slow`.
+"""The default recipe end to end (slow: ~13 minutes on 2 cores), and configs/strong_base.yaml (~9-12 more).
+Run with `make test-slow`.
 
 Checks the claims the README makes, on a fresh copy of the project:
 - each reasoning stage (base → cold_start → rejection sampling + sft → GRPO) beats the model it
@@ -17,6 +18,9 @@ Checks the claims the README makes, on a fresh copy of the project:
   the aligned teacher's accuracy and beats the same student trained on curated data alone by
   more than three standard errors;
 - the TTS evaluation of both final models ran and logged its cells.
+
+And the same for configs/strong_base.yaml's claim: every reasoning stage > 3 paired standard errors
+and at least 85 % after GRPO.
 """
 import json
 import math
@@ -37,27 +41,52 @@ def gain_in_se(before: dict, after: dict, key: str = "accuracy") -> float:
     return (after[key] - before[key]) / se
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(3600)
-def test_default_recipe_meets_its_claims(tmp_path):
-    for name in ("configs", "data.dvc", ".dvc", ".dvcignore"):
+def run_recipe(workdir: Path, recipe: str) -> dict:
+    """`r1flow run RECIPE --json` on a fresh copy of the project's recipes and data versions in `workdir`."""
+    for name in ("configs", "data.dvc", "data-weighted.dvc", ".dvc", ".dvcignore"):
         src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / name)
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)  # DVC here is git-backed, like a clone
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, workdir / name)
+    subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)  # DVC here is git-backed, like a clone
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "R1FLOW_"))}
     cli = [sys.executable, "-m", "flows.cli"]
-    subprocess.run([*cli, "data", "ensure"], cwd=tmp_path, env=env, check=True)
-    out = subprocess.run([*cli, "run", "configs/default.yaml", "--json"], cwd=tmp_path, env=env, check=True,
+    subprocess.run([*cli, "data", "ensure", recipe], cwd=workdir, env=env, check=True)
+    out = subprocess.run([*cli, "run", recipe, "--json"], cwd=workdir, env=env, check=True,
                          capture_output=True, text=True).stdout
-    report = json.loads(out)
+    return json.loads(out)
+
+
+def assert_every_reasoning_stage_gains(report: dict) -> None:
+    """Each reasoning stage beats the model it started from by more than three paired standard errors."""
     m, gains = report["metrics"], report["gains"]
     for before, after in zip(REASONING, REASONING[1:]):
         g = gains[after]
         assert g["over"] == before and g["gain"] == pytest.approx(m[after]["accuracy"] - m[before]["accuracy"])
         assert g["gain"] > 3 * g["gain_se"], f"{after} does not beat {before}: {g}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_default_recipe_meets_its_claims(tmp_path):
+    report = run_recipe(tmp_path, "configs/default.yaml")
+    m = report["metrics"]
+    assert_every_reasoning_stage_gains(report)
     assert gain_in_se(m["reasoning_rl"], m["alignment"], "preference_rate") > 3
     assert m["reasoning_rl"]["accuracy"] - m["alignment"]["accuracy"] <= 0.02
     assert m["distill"]["accuracy"] >= 0.85 * m["alignment"]["accuracy"]
     assert gain_in_se(m["distill_control"], m["distill"]) > 3
     ran = {r["label"] for r in report["stages"]}
     assert {"reward_model", "process_reward_model", "tts_eval", "tts_eval/student"} <= ran
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_strong_base_passes_85_percent_with_every_stage_measurable(tmp_path):
+    """configs/strong_base.yaml (~9-12 minutes on 2 cores): the README's claim that 85 % held-out accuracy after
+    GRPO and a gain of more than three paired standard errors from every reasoning stage hold together
+    (measured: 85.2 / 88.9 / 85.9 % on seeds 0-2, GRPO +4.5 to +4.9 points, 4.8-5.7 s.e.). On one machine the
+    run repeats itself to the decimal; another machine's rounding moves a GRPO run's end by about half a point
+    (the default recipe's chance spread), so seed 0's 85.2 % is 0.2 points above the line, not more."""
+    report = run_recipe(tmp_path, "configs/strong_base.yaml")
+    assert_every_reasoning_stage_gains(report)
+    assert report["metrics"]["reasoning_rl"]["accuracy"] >= 0.85
+    assert [r["label"] for r in report["stages"] if r["label"] in REASONING] == REASONING
