@@ -185,33 +185,27 @@ def test_accurate_keeps_the_grpo_and_dpo_settings_it_was_measured_with():
     assert (dpo.steps, dpo.lr) == (150, 2e-5)
 
 
-def test_fast_is_the_chain_its_figures_were_measured_with():
-    """configs/fast.yaml's header figures (83.1 % after GRPO in 413 s) hold for these settings; a change of the
-    default recipe that reaches them through `extends` fails here, so the header is measured again."""
-    fast = load_recipe(REPO / "configs" / "fast.yaml")
-    assert fast.run.stages == ["base", "cold_start", "rejection_sampling", "sft", "reasoning_rl"]
-    assert (fast.data.dir, fast.data.n_cold_start, fast.data.pretrain_level_weights) == ("data-weighted", 2000, {4: 3})
-    assert (fast.base.steps, fast.base.lr, fast.base.batch_size, fast.base.pack) == (2000, 1e-3, 64, True)
-    assert (fast.cold_start.steps, fast.rejection_sampling.limit, fast.sft.steps) == (150, 6000, 600)
-    rl = fast.reasoning_rl
-    assert (rl.steps, rl.lr, rl.prompts_per_step, rl.group_size, rl.schedule) == (30, 3e-5, 32, 8, "cosine")
-    assert (rl.beta, rl.pass_rate_band, rl.share_prompts) == (0.0, None, True)
+# The settings each shipped chain's header figures were measured with (configs/fast.yaml: 83.1 % after GRPO in
+# 413 s; configs/strong_base.yaml: 85.2 / 88.9 / 85.9 % on seeds 0-2, every stage > 3 paired s.e.): base steps,
+# cold-start steps and rows, rejection-sampling prompts, SFT steps, then GRPO's iterations and rate.
+MEASURED_CHAINS = {
+    "fast.yaml": (2000, 150, None, 6000, 600, 30, 3e-5),
+    "strong_base.yaml": (3000, 150, 400, 2000, 300, 200, 1e-4),
+}
 
 
-def test_strong_base_is_the_chain_its_figures_were_measured_with():
-    """configs/strong_base.yaml's header figures (85.2 / 88.9 / 85.9 % after GRPO on seeds 0-2, every stage
-    > 3 paired s.e.) hold
-    for accurate's base followed by the default's small stages; a change that reaches them through `extends`
-    fails here, so the header is measured again."""
-    strong = load_recipe(REPO / "configs" / "strong_base.yaml")
-    assert strong.run.stages == ["base", "cold_start", "rejection_sampling", "sft", "reasoning_rl"]
-    assert (strong.data.dir, strong.data.n_cold_start, strong.data.pretrain_level_weights) == ("data-weighted", 2000,
-                                                                                              {4: 3})
-    assert (strong.base.steps, strong.base.lr, strong.base.batch_size, strong.base.pack) == (3000, 1e-3, 64, True)
-    assert (strong.cold_start.steps, strong.cold_start.limit) == (150, 400)
-    assert (strong.rejection_sampling.limit, strong.sft.steps) == (2000, 300)
-    rl = strong.reasoning_rl
-    assert (rl.steps, rl.lr, rl.prompts_per_step, rl.group_size, rl.schedule) == (200, 1e-4, 32, 8, "cosine")
+@pytest.mark.parametrize("name", sorted(MEASURED_CHAINS))
+def test_a_measured_chain_keeps_the_settings_of_its_figures(name):
+    """A change of the default recipe that reaches a chain through `extends` fails here, so its header is
+    measured again."""
+    r = load_recipe(REPO / "configs" / name)
+    assert r.run.stages == ["base", "cold_start", "rejection_sampling", "sft", "reasoning_rl"]
+    assert (r.data.dir, r.data.n_cold_start, r.data.pretrain_level_weights) == ("data-weighted", 2000, {4: 3})
+    assert (r.base.lr, r.base.batch_size, r.base.pack) == (1e-3, 64, True)
+    rl = r.reasoning_rl
+    assert (r.base.steps, r.cold_start.steps, r.cold_start.limit, r.rejection_sampling.limit, r.sft.steps,
+            rl.steps, rl.lr) == MEASURED_CHAINS[name]
+    assert (rl.prompts_per_step, rl.group_size, rl.schedule) == (32, 8, "cosine")
     assert (rl.beta, rl.pass_rate_band, rl.share_prompts) == (0.0, None, True)
 
 
