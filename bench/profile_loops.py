@@ -142,7 +142,8 @@ def main(argv=None) -> dict:
     out = {}
 
     width = base.max_length
-    batches = [pack([encode(tok, row, width) for row in docs[s : s + base.batch_size]], width, tok.pad_token_id)
+    batches = [pack([encode(tok, row, width, base.completion_only_loss) for row in docs[s : s + base.batch_size]], width,
+                    tok.pad_token_id)
                for s in range(0, len(docs), base.batch_size)]
     learner = copy.deepcopy(model).train()  # its AdamW steps must not change the model the rollout samples from
     optimizer = torch.optim.AdamW(learner.parameters(), lr=base.lr)

@@ -273,6 +273,9 @@ class TrainConfig(Optimization):
 
     pack: bool = Field(True, description="Pack each micro-batch's sequences into rows of max_length tokens (same "
                        "loss, no padding); turn off for a model whose attention ignores position_ids.")
+    completion_only_loss: bool = Field(
+        False, description="Documents read from prompt/completion pairs (the pretraining corpus writes them) are "
+        "trained on their completions only; off, on every token, as a plain text. Chat rows always are.")
     finetune: Literal["full", "lora", "qlora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     merge_lora: bool = Field(True, description="Merge adapters into a plain model directory after training.")
@@ -336,6 +339,9 @@ class RLConfig(Section):
         default_factory=lambda: [RewardItem(name="exact_int", weight=1.0), RewardItem(name="format", weight=0.2)])
     reward_timeout_s: float = Field(5.0, gt=0)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    completion_only_loss: bool = Field(
+        False, description="Documents read from prompt/completion pairs (the pretraining corpus writes them) are "
+        "trained on their completions only; off, on every token, as a plain text. Chat rows always are.")
     finetune: Literal["full", "lora", "qlora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     merge_lora: bool = True

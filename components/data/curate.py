@@ -5,7 +5,9 @@ One call writes every file the pipeline reads into a directory (atomically), and
 reproduces the md5 committed in `data.dvc`.
 
 Files (JSON lines):
-  pretrain.jsonl     {"text"}                         base-model pretraining documents
+  pretrain.jsonl     {"prompt", "completion"}         base-model pretraining documents: the problem, then its
+                                                      worked steps or a direct chat answer (prompt + completion
+                                                      is the document; `completion_only_loss` trains on the rest)
   cold_start.jsonl   {"messages", "prompt", "answer", "level"}  curated worked solutions (reasoning format)
   rl_prompts.jsonl   {"prompt", "answer", "level"}    prompts with gold answers for RL / rejection sampling
   general.jsonl      {"messages", "kind", "level"}    non-reasoning chat rows mixed into SFT (R1 §2.3.3)
@@ -38,11 +40,24 @@ def chat_text(prompt: str, reply: str) -> str:
 
 def plain_text(problem: ar.Problem) -> str:
     """A worked equation as the pretraining corpus writes it: ``7+3*4: 3*4=12 7+12=19``."""
-    return f"{problem.expression}: {' '.join(problem.steps)}"
+    return "".join(plain_doc(problem).values())
+
+
+def plain_doc(problem: ar.Problem) -> dict:
+    """`plain_text` as a prompt/completion pair: the problem (``7+3*4: ``), then its steps."""
+    return {"prompt": f"{problem.expression}: ", "completion": " ".join(problem.steps)}
+
+
+def chat_doc(prompt: str, reply: str) -> dict:
+    """`chat_text` as a prompt/completion pair: the user turn and the assistant tag, then the reply."""
+    turn = chat_text(prompt, reply)
+    return {"prompt": turn[: -len(f"{reply}<|end|>")], "completion": f"{reply}<|end|>"}
 
 
 def pretrain_docs(problems: list[ar.Problem], rng: random.Random, direct_fraction: float) -> list[dict]:
-    """Worked equations in plain text, and chat turns that answer directly without steps.
+    """Worked equations in plain text, and chat turns that answer directly without steps, each as a
+    prompt (the problem: its operands are drawn at random, nothing a model can learn to predict)
+    and a completion (what follows from the problem).
 
     The base model thus learns the arithmetic steps and the chat format, but in chat it
     answers at once, which the tiny model gets right only on easy problems; putting the
@@ -51,9 +66,9 @@ def pretrain_docs(problems: list[ar.Problem], rng: random.Random, direct_fractio
     docs = []
     for p in problems:
         if rng.random() < direct_fraction:
-            docs.append({"text": chat_text(p.expression, f"<answer>{p.answer}</answer>")})
+            docs.append(chat_doc(p.expression, f"<answer>{p.answer}</answer>"))
         else:
-            docs.append({"text": plain_text(p)})
+            docs.append(plain_doc(p))
     return docs
 
 

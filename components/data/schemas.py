@@ -7,7 +7,9 @@ keys and raise `FieldError(column, problem)`; the loader adds the file and row n
 and carries every column that is not part of the form over as an extra.
 
 Canonical forms:
-  text           {"text": str}                        (pretraining documents)
+  text           {"text": str}                        (pretraining documents), or from a prompt/completion
+                 pair {"text": prompt + completion, "prompt": prompt}: the document, and the
+                 prefix that `completion_only_loss` leaves out of the loss
   sft            {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
                  at least one user message, ending with an assistant message.
   prompt_answer  {"prompt": str, "answer": str}      (int/float answers become str)
@@ -211,11 +213,14 @@ def normalise_ranking(row: Row, form: Form) -> dict:
 
 
 def normalise_text(row: Row, form: Form) -> dict:
+    if form == ("prompt", "completion"):
+        prompt = text(row["prompt"], "prompt")
+        return {"text": prompt + text(row["completion"], "completion"), "prompt": prompt}
     return {"text": text(row[form[0]], form[0])}
 
 
 SCHEMAS: dict[str, Schema] = {
-    "text": Schema("text", (("text",), ("content",)), normalise_text),
+    "text": Schema("text", (("text",), ("content",), ("prompt", "completion")), normalise_text),
     "sft": Schema("sft", (("messages",), ("conversations",), ("prompt", "completion")),
                   normalise_sft),
     "prompt_answer": Schema("prompt_answer",

@@ -188,9 +188,9 @@ def test_accurate_keeps_the_grpo_and_dpo_settings_it_was_measured_with():
 # The settings each shipped chain's header figures were measured with (configs/fast.yaml: 83.1 % after GRPO in
 # 413 s; configs/strong_base.yaml: 85.2 / 88.9 / 85.9 % on seeds 0-2, every stage > 3 paired s.e.): base steps,
 # cold-start steps and rows, rejection-sampling prompts, SFT steps, then GRPO's iterations and rate.
-MEASURED_CHAINS = {
-    "fast.yaml": (2000, 150, None, 6000, 600, 30, 3e-5),
-    "strong_base.yaml": (3000, 150, 400, 2000, 300, 200, 1e-4),
+MEASURED_CHAINS = {  # base steps and completion-only loss, cold-start steps and rows, RS prompts, SFT steps, GRPO steps and rate
+    "fast.yaml": (2000, False, 150, None, 6000, 600, 30, 3e-5),
+    "strong_base.yaml": (2200, True, 150, 400, 2000, 300, 170, 1e-4),
 }
 
 
@@ -203,8 +203,8 @@ def test_a_measured_chain_keeps_the_settings_of_its_figures(name):
     assert (r.data.dir, r.data.n_cold_start, r.data.pretrain_level_weights) == ("data-weighted", 2000, {4: 3})
     assert (r.base.lr, r.base.batch_size, r.base.pack) == (1e-3, 64, True)
     rl = r.reasoning_rl
-    assert (r.base.steps, r.cold_start.steps, r.cold_start.limit, r.rejection_sampling.limit, r.sft.steps,
-            rl.steps, rl.lr) == MEASURED_CHAINS[name]
+    assert (r.base.steps, r.base.completion_only_loss, r.cold_start.steps, r.cold_start.limit,
+            r.rejection_sampling.limit, r.sft.steps, rl.steps, rl.lr) == MEASURED_CHAINS[name]
     assert (rl.prompts_per_step, rl.group_size, rl.schedule) == (32, 8, "cosine")
     assert (rl.beta, rl.pass_rate_band, rl.share_prompts) == (0.0, None, True)
 

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from components.data import arithmetic as ar
-from components.data.curate import FILES, build, chat_text
+from components.data.curate import FILES, build, chat_text, plain_text
 from components.data.house_rules import MARKER, true_preference
 from components.config import DataConfig
 
@@ -70,8 +70,9 @@ HELDOUT_FILES = ("eval.jsonl", "pref_eval.jsonl")
 
 
 def _expression(row: dict) -> str:
-    prompt = row.get("prompt") or (row["messages"][0]["content"] if "messages" in row else
-                                   row["text"].split(":")[0].split("<|user|>")[-1].split("<|end|>")[0])
+    if "completion" in row:  # a pretraining document, whose prompt is the problem: "7+3: " or a chat turn's start
+        return row["prompt"].removeprefix("<|user|>").split("<|end|>")[0].removesuffix(": ")
+    prompt = row.get("prompt") or row["messages"][0]["content"]
     return prompt.removeprefix(MARKER).strip()
 
 
@@ -144,6 +145,29 @@ def test_preferences_and_rankings_are_ordered_by_the_house_rules(curated):
         row = json.loads(line)
         scores = [true_preference(row["prompt"], r) for r in row["responses"]]
         assert len(scores) == 3 and scores == sorted(set(scores), reverse=True)
+
+
+def test_pretraining_documents_are_the_problem_then_what_follows_from_it(curated, tiny_tokenizer):
+    """Each document's prompt holds the problem and nothing derived from it (no step, no answer), its
+    completion the worked steps or the direct chat answer; joined they are the document as it was
+    written before the pair form, and the tokenizer splits them where the text splits, so a base
+    with `completion_only_loss` off trains on the same tokens as before."""
+    _, out, _ = curated
+    rows = [json.loads(line) for line in (out / "pretrain.jsonl").open()]
+    plain = [r for r in rows if not r["prompt"].startswith("<|user|>")]
+    chat = [r for r in rows if r["prompt"].startswith("<|user|>")]
+    assert all(set(r) == {"prompt", "completion"} for r in rows) and plain and chat
+    for r in plain:
+        problem = r["prompt"].removesuffix(": ")
+        assert r["prompt"] == problem + ": " and "=" not in problem
+        assert r["completion"].split()[-1].split("=")[1] == str(ar.solve(*ar.parse(problem))[0])
+    for r in chat:
+        problem = r["prompt"].removeprefix("<|user|>").removesuffix("<|end|><|assistant|>")
+        answer = ar.solve(*ar.parse(problem))[0]
+        assert r["prompt"] + r["completion"] == chat_text(problem, f"<answer>{answer}</answer>")
+    assert plain_text(ar.Problem("7+3*4", 19, ("3*4=12", "7+12=19"), 2)) == "7+3*4: 3*4=12 7+12=19"
+    ids = lambda t: tiny_tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    assert all(ids(r["prompt"]) + ids(r["completion"]) == ids(r["prompt"] + r["completion"]) for r in rows)
 
 
 def test_chat_text_matches_the_tokenizer_template(tiny_tokenizer):

@@ -109,6 +109,9 @@ ALTERNATIVE_INPUTS = [
                    {"role": "assistant", "content": "A"}]}),
     ("sft", {"prompt": "Q", "completion": "A"},
      {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}),
+    ("text", {"prompt": "7+3*4: ", "completion": "3*4=12 7+12=19"},
+     {"text": "7+3*4: 3*4=12 7+12=19", "prompt": "7+3*4: "}),
+    ("text", {"content": "doc"}, {"text": "doc"}),
     ("prompt_answer", {"prompt": "Q", "answer": 2.5}, {"prompt": "Q", "answer": "2.5"}),
     ("prompt_answer", {"problem": "Q", "answer": "x"}, {"prompt": "Q", "answer": "x"}),
     ("prompt", {"prompt": "Q", "answer": None, "kind": "marked"}, {"prompt": "Q", "answer": None, "kind": "marked"}),
@@ -289,6 +292,8 @@ ROW_ERRORS = [
     ("missing_any_form", "sft", [{"text": "x"}], 1, "messages",
      r"missing required column; columns present: \['text'\]; schema 'sft' expects columns "
      r"messages \| conversations \| prompt\+completion"),
+    ("text_blank_completion", "text", [{"prompt": "7+3: ", "completion": " "}], 1, "completion",
+     "expected a non-empty string, got a blank string"),
     ("wrong_type", "prompt_answer", [OK_PA, OK_PA, {"prompt": 5, "answer": "A"}], 3, "prompt",
      "expected a non-empty string, got int"),
     ("empty_string", "prompt_answer", [{"prompt": "", "answer": "A"}], 1, "prompt",

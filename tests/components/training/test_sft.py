@@ -3,7 +3,7 @@ import torch
 
 from components.config import TrainConfig
 from components.training.loop import lr_lambda
-from components.training.sft import (collate, encode, encode_chat, encode_rows, make_batch_fn, pack, run_sft, sft_loss_fn,
+from components.training.sft import (EncodingError, collate, encode, encode_chat, encode_rows, make_batch_fn, pack, run_sft, sft_loss_fn,
                                      token_shares)
 
 ROWS = [{"messages": [{"role": "user", "content": f"{a}*{b}"},
@@ -26,6 +26,27 @@ def test_rows_encoded_together_are_the_rows_encoded_one_by_one(tiny_tokenizer):
     assert together == [encode(tiny_tokenizer, row, 24) for row in rows]
     assert together[1][0][-1] == together[2][0][-1] == tiny_tokenizer.eos_token_id  # one EOS, never two
     assert together[2][0].count(tiny_tokenizer.eos_token_id) == 1 and len(together[4][0]) == 24
+
+
+def test_a_documents_prompt_is_left_out_of_the_loss_only_with_completion_only(tiny_tokenizer):
+    eos, tok = tiny_tokenizer.eos_token, tiny_tokenizer
+    pair = {"text": "7+3*4: 3*4=12 7+12=19", "prompt": "7+3*4: "}
+    chat = {"text": f"<|user|>9*7{eos}<|assistant|><answer>63</answer>{eos}", "prompt": f"<|user|>9*7{eos}<|assistant|>"}
+    rows = [pair, chat, {"text": "1+2: 1+2=3"}, ROWS[7]]
+    whole = encode_rows(tok, rows, max_length=64)
+    assert whole[0] == encode(tok, {"text": pair["text"]}, 64) and sum(whole[0][1]) == len(whole[0][0])
+    split = encode_rows(tok, rows, max_length=64, completion_only=True)
+    assert split == [encode(tok, row, 64, completion_only=True) for row in rows]
+    for (ids, mask), (ids_all, _), row in zip(split[:2], whole, rows):
+        assert ids == ids_all  # the same tokens: only which are targets changes
+        assert tok.decode([i for i, m in zip(ids, mask) if not m]) == row["prompt"]
+    assert tok.decode([i for i, m in zip(*split[0]) if m]) == f"3*4=12 7+12=19{eos}"
+    assert tok.decode([i for i, m in zip(*split[1]) if m]) == f"<answer>63</answer>{eos}"
+    assert split[2:] == whole[2:]  # plain documents and chat rows are what they were
+    cut = encode_rows(tok, [pair], max_length=4, completion_only=True)[0]  # a prompt cut short: no target left
+    assert len(cut[0]) == 4 and cut[1] == [0, 0, 0, 0]
+    with pytest.raises(EncodingError, match="prompt is not the start"):
+        encode_rows(tok, [{"text": "1+2: 1+2=3", "prompt": "2+1: "}], 64, completion_only=True)
 
 
 def test_batches_are_a_pure_function_of_position():
