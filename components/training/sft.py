@@ -71,13 +71,12 @@ def encode_rows(tokenizer, rows: list[dict], max_length: int,
     def ids(texts: list[str]) -> list[list[int]]:
         return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
-    plain = [i for i, row in enumerate(rows) if "messages" not in row]
-    split = [i for i in plain if completion_only and row_prompt(rows[i])]
-    whole = [i for i in plain if not (completion_only and row_prompt(rows[i]))]
+    prompts = {i: row_prompt(row) if completion_only else "" for i, row in enumerate(rows) if "messages" not in row}
+    whole = [i for i, prompt in prompts.items() if not prompt]
+    split = [i for i, prompt in prompts.items() if prompt]
     documents = {i: _document(tokenizer, x, max_length) for i, x in zip(whole, ids([rows[i]["text"] for i in whole]))}
-    prompts = ids([row_prompt(rows[i]) for i in split])
-    rests = ids([rows[i]["text"][len(row_prompt(rows[i])):] for i in split])
-    documents |= {i: _document(tokenizer, p + r, max_length, untrained=len(p)) for i, p, r in zip(split, prompts, rests)}
+    heads, rests = ids([prompts[i] for i in split]), ids([rows[i]["text"][len(prompts[i]):] for i in split])
+    documents |= {i: _document(tokenizer, h + r, max_length, untrained=len(h)) for i, h, r in zip(split, heads, rests)}
     return [documents[i] if i in documents else encode_chat(tokenizer, row["messages"], max_length)
             for i, row in enumerate(rows)]
 

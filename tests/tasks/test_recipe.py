@@ -185,10 +185,10 @@ def test_accurate_keeps_the_grpo_and_dpo_settings_it_was_measured_with():
     assert (dpo.steps, dpo.lr) == (150, 2e-5)
 
 
-# The settings each shipped chain's header figures were measured with (configs/fast.yaml: 83.1 % after GRPO in
-# 413 s; configs/strong_base.yaml: 85.2 / 88.9 / 85.9 % on seeds 0-2, every stage > 3 paired s.e.): base steps,
-# cold-start steps and rows, rejection-sampling prompts, SFT steps, then GRPO's iterations and rate.
-MEASURED_CHAINS = {  # base steps and completion-only loss, cold-start steps and rows, RS prompts, SFT steps, GRPO steps and rate
+# The settings each shipped chain's figures were measured with (configs/fast.yaml: 83.1 % after GRPO in 413 s;
+# configs/strong_base.yaml: 86.0 / 85.7 / 84.3 % on seeds 0-2, docs/performance.md): base steps and completion-only
+# loss, cold-start steps and rows, rejection-sampling prompts, SFT steps, then GRPO's iterations and rate.
+MEASURED_CHAINS = {
     "fast.yaml": (2000, False, 150, None, 6000, 600, 30, 3e-5),
     "strong_base.yaml": (2200, True, 150, 400, 2000, 300, 170, 1e-4),
 }

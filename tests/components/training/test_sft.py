@@ -3,8 +3,8 @@ import torch
 
 from components.config import TrainConfig
 from components.training.loop import lr_lambda
-from components.training.sft import (EncodingError, collate, encode, encode_chat, encode_rows, make_batch_fn, pack, run_sft, sft_loss_fn,
-                                     token_shares)
+from components.training.sft import (EncodingError, collate, encode, encode_chat, encode_rows, make_batch_fn, pack,
+                                     run_sft, sft_loss_fn, token_shares)
 
 ROWS = [{"messages": [{"role": "user", "content": f"{a}*{b}"},
                       {"role": "assistant", "content": f"<think>{a}*{b}={a * b}</think><answer>{a * b}</answer>"}]}
@@ -31,7 +31,8 @@ def test_rows_encoded_together_are_the_rows_encoded_one_by_one(tiny_tokenizer):
 def test_a_documents_prompt_is_left_out_of_the_loss_only_with_completion_only(tiny_tokenizer):
     eos, tok = tiny_tokenizer.eos_token, tiny_tokenizer
     pair = {"text": "7+3*4: 3*4=12 7+12=19", "prompt": "7+3*4: "}
-    chat = {"text": f"<|user|>9*7{eos}<|assistant|><answer>63</answer>{eos}", "prompt": f"<|user|>9*7{eos}<|assistant|>"}
+    chat = {"text": f"<|user|>9*7{eos}<|assistant|><answer>63</answer>{eos}",
+            "prompt": f"<|user|>9*7{eos}<|assistant|>"}
     rows = [pair, chat, {"text": "1+2: 1+2=3"}, ROWS[7]]
     whole = encode_rows(tok, rows, max_length=64)
     assert whole[0] == encode(tok, {"text": pair["text"]}, 64) and sum(whole[0][1]) == len(whole[0][0])
