@@ -339,9 +339,6 @@ class RLConfig(Section):
         default_factory=lambda: [RewardItem(name="exact_int", weight=1.0), RewardItem(name="format", weight=0.2)])
     reward_timeout_s: float = Field(5.0, gt=0)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    completion_only_loss: bool = Field(
-        False, description="Documents read from prompt/completion pairs (the pretraining corpus writes them) are "
-        "trained on their completions only; off, on every token, as a plain text. Chat rows always are.")
     finetune: Literal["full", "lora", "qlora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     merge_lora: bool = True
