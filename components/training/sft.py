@@ -41,10 +41,6 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int) -> tuple[list[
     return ids, ([0] * len(p_ids) + [1] * len(c_ids))[:max_length]
 
 
-def encode_text(tokenizer, text: str, max_length: int) -> tuple[list[int], list[int]]:
-    return _document(tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"], max_length)
-
-
 def _document(tokenizer, ids: list[int], max_length: int, untrained: int = 0) -> tuple[list[int], list[int]]:
     """A document's token ids ended by EOS and cut to `max_length`, every token trained on but the
     first `untrained` (a prompt's)."""
