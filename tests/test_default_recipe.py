@@ -13,7 +13,7 @@ Checks the claims the README makes, on a fresh copy of the project:
 - alignment raises the true preference rate by more than three standard errors (unpaired, as the
   alignment comparison reports them; so are the distillation checks below) while held-out
   accuracy drops by at most 2 points (the alignment issue's target; measured: +32.5 points,
-  11.9 s.e., and -1.5 points of accuracy on seed 0, +20.0 points and -1.3 on seed 1: see the README);
+  11.9 s.e., and -1.5 points of accuracy on seed 0; +20.0 / -1.3 on seed 1; seed 2 loses 2.7: see the README);
 - the distilled student, at most a third of the teacher's parameters, keeps at least 85 % of
   the aligned teacher's accuracy and beats the same student trained on curated data alone by
   more than three standard errors;
