@@ -5,8 +5,10 @@ sample the alignment prompts and are rewarded by the trained reward model (plus 
 where the method's config lists them); `oreo` learns offline from trajectories the policy
 samples once at the start, scored by the reward model. Each method's own section
 (`alignment.dpo`, `alignment.ppo`, …) enters the cache key only when it is the chosen one.
-After training, the KL to the starting policy and the reward model's mean score are measured
-on the held-out preference prompts (`summary.json`), for the side-by-side comparison.
+With `average_with_start` < 1 the trained weights are then averaged with the starting policy's,
+keeping that fraction of the change (less alignment tax). Then the KL to the starting policy and
+the reward model's mean score are measured on the held-out preference prompts (`summary.json`),
+for the side-by-side comparison.
 """
 from __future__ import annotations
 
@@ -48,6 +50,10 @@ class AlignmentConfig(Section):
     merge_lora: bool = True
     limit: int | None = Field(None, ge=1, description="Use at most this many training rows (pairs or prompts).")
     source: Source = Field(None, description="Training rows instead of the curated file (the method's schema).")
+    average_with_start: float = Field(
+        1.0, gt=0, le=1, description="Keep this fraction of the trained change: the weights become start + "
+        "a * (trained - start), averaged with the starting policy (Lin et al. 2024: less alignment tax for a "
+        "little less alignment; components/training/averaging.py). 1 = the trained weights.")
     measure_limit: int = Field(256, ge=1, description="Held-out preference prompts for the final KL and RM score.")
     compare: list[Method] = Field(
         default_factory=list, description="Also run these methods from the same policy and reward model, side by "
@@ -69,6 +75,7 @@ def _keyed(cfg: AlignmentConfig) -> dict:
 def alignment(ctx: StageContext, policy: ModelRef, reward_model: ModelRef | None, reference: ModelRef | None):
     """Align the policy to the preference data with the recipe's method (dpo|orpo|ppo|grpo_rm|trpo|oreo)."""
     from components.training.alignment import get_alignment_method
+    from components.training.averaging import average_with_start_
 
     cfg = ctx.cfg
     method = get_alignment_method(cfg.method)
@@ -88,9 +95,11 @@ def alignment(ctx: StageContext, policy: ModelRef, reward_model: ModelRef | None
     out = method.run(model, tokenizer, rows, cfg.method_config(), ctx.ckpt_dir, ctx.seed, reference=frozen,
                      reward_fn=reward_fn if "reward_fn" in method.inputs else None, replay=replay, log=ctx.log,
                      progress=ctx.progress)
+    start = _frozen(ctx, policy) if cfg.average_with_start < 1 or frozen is None else frozen
+    average_with_start_(model, start, cfg.average_with_start)
     summary = {"method": cfg.method, "wall_s": time.perf_counter() - t0,
-               "tokens_generated": out.tokens_generated + sampled,
-               **_measure(ctx, model, tokenizer, frozen or _frozen(ctx, policy), reward_fn)}
+               "tokens_generated": out.tokens_generated + sampled, "average_with_start": cfg.average_with_start,
+               **_measure(ctx, model, tokenizer, frozen or start, reward_fn)}
     ctx.log({f"final/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}, out.steps)
     write_json(ctx.out_dir / "summary.json", summary)
     return finish(ctx, model, tokenizer, base=policy, merge=cfg.merge_lora)

@@ -188,3 +188,24 @@ def test_the_tts_flow_runs_one_cached_task_per_model_strategy_and_budget(trained
         "models:/tiny@process_reward_model", "", str(project))
     ran = [r["label"] for r in again["stages"] if r["status"] == "ran"]
     assert sorted(ran) == ["tts/tiny-alignment/best_of_n/n3", "tts/tiny-distill/best_of_n/n3"]
+
+
+def test_averaging_with_the_start_keeps_that_fraction_of_the_aligned_change(trained, project):
+    # the outline's DPO run again, its weights then averaged halfway back to the reasoner it started from
+    import torch
+    from safetensors.torch import load_file
+
+    stages = load_recipe(project / "configs/tiny.yaml").run.stages
+    stages = stages[:stages.index("alignment") + 1]
+    report, parent = run(project, "alignment.average_with_start=0.5", f"run.stages=[{', '.join(stages)}]")
+    before, after = ({r["label"]: r for r in rep["stages"]} for rep in (trained[0], report))
+    assert after["alignment"]["status"] == "ran" and after["reasoning_rl"]["status"] == "cached"
+    start, aligned, averaged = (load_file(Path(mlflow.artifacts.download_artifacts(r["output"])) / "model"
+                                          / "model.safetensors")
+                                for r in (before["reasoning_rl"], before["alignment"], after["alignment"]))
+    moved = 0
+    for name, w0 in start.items():
+        torch.testing.assert_close(averaged[name], w0 + 0.5 * (aligned[name] - w0))
+        moved += not torch.equal(aligned[name], w0)
+    assert moved > 0
+    assert stage_runs(parent)["alignment"].data.metrics["final/average_with_start"] == 0.5

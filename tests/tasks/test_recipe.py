@@ -182,7 +182,7 @@ def test_accurate_keeps_the_grpo_and_dpo_settings_it_was_measured_with():
     rl, dpo = accurate.reasoning_rl, accurate.alignment.dpo
     assert (rl.steps, rl.prompts_per_step, rl.schedule, rl.beta, rl.limit) == (100, 64, "constant", 0.02, 12000)
     assert (rl.pass_rate_band, rl.pass_rate_samples) == ((0.1, 0.9), 4)
-    assert (dpo.steps, dpo.lr, dpo.beta) == (150, 2e-5, 0.5)
+    assert (dpo.steps, dpo.lr, dpo.beta, accurate.alignment.average_with_start) == (150, 2e-5, 0.5, 1.0)
 
 
 # The settings each shipped chain's figures were measured with (configs/fast.yaml: 83.1 % after GRPO in 413 s;
