@@ -51,6 +51,8 @@ def test_overrides_are_typed_and_nested():
      "rejection_sampling.samples_per_prompt: Input should be greater than or equal to 1"),
     ("reasoning_rl.rewards=[{weight: 1}]", "reasoning_rl.rewards.0.name: Field required"),
     ("reasoning_rl.share_prompts=maybe", "reasoning_rl.share_prompts: Input should be a valid boolean"),
+    ("alignment.average_with_start=0", "alignment.average_with_start: Input should be greater than 0"),
+    ("alignment.average_with_start=1.5", "alignment.average_with_start: Input should be less than or equal to 1"),
     ("reasoning_rl.share_prompt=true", "(did you mean reasoning_rl.share_prompts?)"),
     ("reasoning_rl={beta: 0.04, kl_estimator: k1}", "reasoning_rl: Value error, kl_estimator: 'k1' as a loss term has"),
     ("evaluate.source={path: x.jsonl, splt: test}",

@@ -28,7 +28,7 @@ def test_each_weight_lands_at_the_given_fraction_of_its_change(tiny_model):
     assert changed == len(before)
     for name, p in trained.named_parameters():
         torch.testing.assert_close(p, start[name] + 0.25 * (before[name] - start[name]))
-        # by hand for the first element: the change of parameter i is 0.01 (i + 1), a quarter of it is kept
+    # by hand for the first element: the change of parameter i is 0.01 (i + 1), a quarter of it is kept
     first = next(iter(before))
     assert (trained.get_parameter(first) - start[first]).flatten()[0].item() == pytest.approx(0.0025, abs=1e-6)
 
