@@ -38,7 +38,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(f): (folder / f).read_bytes() for f in files if f.parts[0] not in (".git", ".dvc")}
 
 
-@pytest.mark.parametrize("recipe, folder", [("tiny", "data-tiny"), ("accurate", "data-weighted")])
+@pytest.mark.parametrize("recipe, folder", [("tiny", "data-tiny"), ("default", "data"), ("accurate", "data-weighted")])
 def test_the_generator_reproduces_a_committed_data_version(tmp_path, recipe, folder):
     from components.data.curate import build
     from tasks.recipe import load_recipe

@@ -188,40 +188,43 @@ def test_accurate_keeps_the_grpo_and_dpo_settings_it_was_measured_with():
 
 
 # The settings each shipped chain's figures were measured with (configs/fast.yaml: 83.1 % after GRPO in 413 s;
-# configs/strong_base.yaml: 86.0 / 85.7 / 84.3 % on seeds 0-2, docs/performance.md): base steps and completion-only
-# loss, cold-start steps and rows, rejection-sampling prompts, SFT steps, then GRPO's iterations and rate.
+# the default recipe's reasoning stages: 86.0 / 85.7 / 84.3 % on seeds 0-2, docs/performance.md): the data, base
+# steps and completion-only loss, cold-start steps and rows, rejection-sampling prompts, SFT steps, then GRPO's
+# iterations and rate.
 MEASURED_CHAINS = {
-    "fast.yaml": (2000, False, 150, None, 6000, 600, 30, 3e-5),
-    "strong_base.yaml": (2200, True, 150, 400, 2000, 300, 170, 1e-4),
+    "fast.yaml": (("data-weighted", 2000, {4: 3}), 2000, False, 150, None, 6000, 600, 30, 3e-5),
+    "default.yaml": (("data", 400, {4: 3}), 2200, True, 150, None, 2000, 300, 170, 1e-4),
 }
 
 
 @pytest.mark.parametrize("name", sorted(MEASURED_CHAINS))
 def test_a_measured_chain_keeps_the_settings_of_its_figures(name):
     """A change of the default recipe that reaches a chain through `extends` fails here, so its header is
-    measured again."""
+    measured again (and a change of the default's own chain, so its README figures are)."""
     r = load_recipe(REPO / "configs" / name)
-    assert r.run.stages == ["base", "cold_start", "rejection_sampling", "sft", "reasoning_rl"]
-    assert (r.data.dir, r.data.n_cold_start, r.data.pretrain_level_weights) == ("data-weighted", 2000, {4: 3})
+    assert r.run.stages[:5] == ["base", "cold_start", "rejection_sampling", "sft", "reasoning_rl"]
     assert (r.base.lr, r.base.batch_size, r.base.pack) == (1e-3, 64, True)
     rl = r.reasoning_rl
-    assert (r.base.steps, r.base.completion_only_loss, r.cold_start.steps, r.cold_start.limit,
-            r.rejection_sampling.limit, r.sft.steps, rl.steps, rl.lr) == MEASURED_CHAINS[name]
+    assert ((r.data.dir, r.data.n_cold_start, r.data.pretrain_level_weights), r.base.steps, r.base.completion_only_loss,
+            r.cold_start.steps, r.cold_start.limit, r.rejection_sampling.limit, r.sft.steps, rl.steps,
+            rl.lr) == MEASURED_CHAINS[name]
     assert (rl.prompts_per_step, rl.group_size, rl.schedule) == (32, 8, "cosine")
     assert (rl.beta, rl.pass_rate_band, rl.share_prompts) == (0.0, None, True)
 
 
-def test_strong_base_cold_starts_on_the_default_recipes_curated_rows(tmp_path):
-    """The first 400 of data-weighted's 2,000 cold-start rows are the default's 400 (the recipe's header says
-    so): the generator draws the curated rows of both versions from one seeded stream."""
+def test_the_default_and_the_weighted_data_share_the_curated_rows_and_the_corpus(tmp_path):
+    """data-weighted/ (fast, accurate) differs from the default's data/ only by 1,600 more cold-start rows: the
+    first 400 are the default's, and the pretraining corpus is the same (the generator draws each file from its
+    own seeded stream), so the chains' bases are comparable."""
     from components.data.curate import build
 
-    small = {"n_pretrain": 5, "n_rl": 5, "n_general": 5, "n_preferences": 5, "n_rankings": 5, "n_align": 5,
-             "n_eval": 5, "n_pref_eval": 5}
+    small = {"n_rl": 5, "n_general": 5, "n_preferences": 5, "n_rankings": 5, "n_align": 5, "n_eval": 5,
+             "n_pref_eval": 5, "n_pretrain": 300}
     rows = {}
-    for name in ("default", "strong_base"):
+    for name in ("default", "fast"):
         recipe = load_recipe(REPO / "configs" / f"{name}.yaml")
         build(recipe.data.model_copy(update=small), tmp_path / name)
-        rows[name] = (tmp_path / name / "cold_start.jsonl").read_text().splitlines()
-    assert len(rows["default"]) == 400 and len(rows["strong_base"]) == 2000
-    assert rows["strong_base"][:400] == rows["default"]
+        rows[name] = {f: (tmp_path / name / f).read_text().splitlines() for f in ("cold_start.jsonl", "pretrain.jsonl")}
+    assert len(rows["default"]["cold_start.jsonl"]) == 400 and len(rows["fast"]["cold_start.jsonl"]) == 2000
+    assert rows["fast"]["cold_start.jsonl"][:400] == rows["default"]["cold_start.jsonl"]
+    assert rows["fast"]["pretrain.jsonl"] == rows["default"]["pretrain.jsonl"]
