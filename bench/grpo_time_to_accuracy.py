@@ -50,7 +50,8 @@ What differs, and why (each is part of what r1flow is, and the recipe turns it o
     (`retire_solved`), only r1flow does; the probes count in its clock. The default recipe
     does neither.
 TRL's cosine spans the recipe's steps, of which it completes fewer in the budget than r1flow
-does (~74 against ~270 of 300 on the default recipe): r1flow ends cooled down, TRL mid-schedule.
+does (on the default recipe ~70 of 170, while r1flow runs all 170 in ~160-170 s and is scored at its end;
+before 2026-12-07, ~74 against ~270 of 300): r1flow ends cooled down, TRL mid-schedule.
 `--trl-steps N` makes TRL's schedule span N steps instead (a control: N = what it completes in
 the budget). With a warmup, TRL's first step has rate 0 and r1flow's 1/warmup_steps.
 Defaults reproduce the figure in the README. The figures measured before 2026-12-06 06:50 UTC
@@ -58,7 +59,9 @@ Defaults reproduce the figure in the README. The figures measured before 2026-12
 bf16) are reproduced by `--set reasoning_rl.prompts_per_step=64 --set reasoning_rl.schedule=constant
 --set reasoning_rl.beta=0.02 --set "reasoning_rl.pass_rate_band=[0.1, 0.9]" --set
 reasoning_rl.pass_rate_samples=4 --set reasoning_rl.limit=4000 --set reasoning_rl.minibatch_size=512
---set reasoning_rl.share_prompts=false --set model.mixed_precision=bf16 --seeds 0`.
+--set reasoning_rl.share_prompts=false --set model.mixed_precision=bf16 --seeds 0`. Figures measured
+before 2026-12-07 started from the `sft` model of the default's earlier chain and ran its 300
+iterations: that recipe is `git show f9caa03:configs/default.yaml`, run on that commit's data version.
 """
 from __future__ import annotations
 
