@@ -27,8 +27,9 @@ def test_time_to_accuracy_gives_trl_the_recipes_grpo_settings():
     # one rollout batch of the recipe's 32 prompts x G = 8 sequences feeds one optimizer step, as on the r1flow side
     assert trl["per_device_train_batch_size"] == cfg.prompts_per_step * cfg.group_size == 256
     assert trl["num_generations"] == 8 and trl["gradient_accumulation_steps"] == 1 and trl["steps_per_generation"] == 1
-    # the recipe's rate, its cosine over its 300 iterations, no KL term, DAPO's clip range and token-mean loss
-    assert (trl["learning_rate"], trl["lr_scheduler_type"], trl["max_steps"], trl["warmup_steps"]) == (1e-4, "cosine", 300, 0)
+    # the recipe's rate, its cosine over its 170 iterations, no KL term, DAPO's clip range and token-mean loss
+    assert cfg.steps == 170
+    assert (trl["learning_rate"], trl["lr_scheduler_type"], trl["max_steps"], trl["warmup_steps"]) == (1e-4, "cosine", 170, 0)
     assert (trl["beta"], trl["epsilon"], trl["epsilon_high"], trl["loss_type"]) == (0.0, 0.2, 0.28, "dapo")
     assert trl["scale_rewards"] == "group" and trl["num_iterations"] == 1 and trl["seed"] == 1
     assert trl["reward_weights"] == [1.0, 0.2] and trl["max_completion_length"] == 64 and trl["bf16"] is False
