@@ -43,7 +43,7 @@ def gain_in_se(before: dict, after: dict, key: str = "accuracy") -> float:
 
 def run_recipe(workdir: Path, recipe: str) -> dict:
     """`r1flow run RECIPE --json` on a fresh copy of the project's recipes and data versions in `workdir`."""
-    for name in ("configs", "data.dvc", "data-weighted.dvc", ".dvc", ".dvcignore"):
+    for name in ("configs", "data.dvc", ".dvc", ".dvcignore"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, workdir / name)
     subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)  # DVC here is git-backed, like a clone
