@@ -209,6 +209,12 @@ class ModelConfig(Section):
                          "(set it to the base model's license when you start from a hub model).")
     arch: ArchConfig = Field(default_factory=ArchConfig)
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value):
+        """YAML 1.1 reads a bare `no` (in a recipe or `--set model.mixed_precision=no`) as false."""
+        return "no" if value is False else value
+
     @model_validator(mode="after")
     def _master_weights_in_float32(self) -> "ModelConfig":
         if self.mixed_precision != "no" and self.dtype != "float32":

@@ -26,6 +26,15 @@ def test_overrides_are_typed_and_nested():
     assert r.cold_start.source is None
 
 
+def test_a_bare_no_is_the_precision_mode_not_false(tmp_path):
+    """YAML 1.1 reads `no` as false; `model.mixed_precision: no` is the documented way to turn it off."""
+    assert load_recipe(REPO / "configs/tiny.yaml", ["model.mixed_precision=no"]).model.mixed_precision == "no"
+    (tmp_path / "r.yaml").write_text("extends: %s\nmodel: {mixed_precision: no}\n" % (REPO / "configs/tiny.yaml"))
+    assert load_recipe(tmp_path / "r.yaml").model.mixed_precision == "no"
+    with pytest.raises(RecipeError, match="model.mixed_precision: Input should be 'no' or 'bf16'"):
+        load_recipe(REPO / "configs/tiny.yaml", ["model.mixed_precision=yes"])
+
+
 @pytest.mark.parametrize("override, message", [
     ("cold_start.lrr=1", "cold_start.lrr: Extra inputs are not permitted (did you mean cold_start.lr?)"),
     ("sft.stpes=3", "sft.stpes: Extra inputs are not permitted (did you mean sft.steps?)"),
