@@ -54,4 +54,5 @@ def _result(before: dict, after: dict, summary: dict) -> dict:
     return {"preference_before": before["preference_rate"], "preference_after": after["preference_rate"],
             "preference_n": after["preference_n"], "accuracy_before": before["accuracy"],
             "accuracy_after": after["accuracy"], "kl": summary["kl"], "rm_score": summary.get("rm_score", 0.0),
+            "rm_score_before": summary.get("rm_score_before", 0.0),
             "wall_s": summary["wall_s"], "tokens_generated": summary["tokens_generated"]}

@@ -6,11 +6,13 @@ Each method's result dict (the stage builds it after training and evaluating the
     preference_n                         completions each rate was measured on
     accuracy_before, accuracy_after      held-out reasoning accuracy (0..1)
     kl                                   KL(pi || pi_ref) of the aligned policy (nats per completion)
-    rm_score                             mean reward-model score of the aligned policy's completions
+    rm_score, rm_score_before            mean reward-model score of the aligned and the starting policy's
+                                         greedy completions
     wall_s                               training wall time (seconds)
     tokens_generated                     completion tokens sampled while training
 
-Derived columns: `preference_gain` (points) and its standard error as for two independent
+Derived columns: `rm_score_change` (what the method moved the score it was trained on, for the
+online methods); `preference_gain` (points) and its standard error as for two independent
 proportions, sqrt(p0 (1 - p0) / n + p1 (1 - p1) / n) (conservative when both rates come
 from the same prompts, whose errors are positively correlated); `gain_in_se`;
 `accuracy_change` (points); and `meets_target`: gain > `min_gain_se` standard errors with an
@@ -25,11 +27,11 @@ from typing import Mapping
 from components.io import atomic_file
 
 REQUIRED = ("preference_before", "preference_after", "preference_n", "accuracy_before", "accuracy_after", "kl",
-            "rm_score", "wall_s", "tokens_generated")
+            "rm_score", "rm_score_before", "wall_s", "tokens_generated")
 RATES = ("preference_before", "preference_after", "accuracy_before", "accuracy_after")
 COLUMNS = ("method", "preference_before", "preference_after", "preference_gain", "preference_gain_se", "gain_in_se",
-           "accuracy_before", "accuracy_after", "accuracy_change", "kl", "rm_score", "wall_s", "tokens_generated",
-           "meets_target")
+           "accuracy_before", "accuracy_after", "accuracy_change", "kl", "rm_score", "rm_score_change", "wall_s",
+           "tokens_generated", "meets_target")
 
 
 def comparison_rows(results: Mapping[str, Mapping[str, float]], *, min_gain_se: float = 3.0,
@@ -66,25 +68,26 @@ def _row(method: str, r: dict[str, float], min_gain_se: float, max_accuracy_drop
     return {"method": method, "preference_before": p0, "preference_after": p1, "preference_gain": gain,
             "preference_gain_se": se, "gain_in_se": in_se, "accuracy_before": r["accuracy_before"],
             "accuracy_after": r["accuracy_after"], "accuracy_change": accuracy_change, "kl": r["kl"],
-            "rm_score": r["rm_score"], "wall_s": r["wall_s"], "tokens_generated": int(r["tokens_generated"]),
+            "rm_score": r["rm_score"], "rm_score_change": r["rm_score"] - r["rm_score_before"], "wall_s": r["wall_s"],
+            "tokens_generated": int(r["tokens_generated"]),
             "meets_target": bool(in_se > min_gain_se and accuracy_change >= -max_accuracy_drop)}
 
 
 def markdown_table(rows: list[dict]) -> str:
     """The rows as a Markdown table (for the README and an MLflow text artifact)."""
-    head = ["method", "pref. gain (pts ± SE)", "gain / SE", "accuracy Δ (pts)", "KL", "RM score", "wall (s)",
+    head = ["method", "pref. gain (pts ± SE)", "gain / SE", "accuracy Δ (pts)", "KL", "RM score (Δ)", "wall (s)",
             "tokens", "target met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], f"{r['preference_gain']:+.1f} ± {r['preference_gain_se']:.1f}", f"{r['gain_in_se']:.1f}",
-                 f"{r['accuracy_change']:+.1f}", f"{r['kl']:.3f}", f"{r['rm_score']:.3f}", f"{r['wall_s']:.0f}",
-                 f"{r['tokens_generated']:,}", "yes" if r["meets_target"] else "no"]
+                 f"{r['accuracy_change']:+.1f}", f"{r['kl']:.3f}", f"{r['rm_score']:.2f} ({r['rm_score_change']:+.2f})",
+                 f"{r['wall_s']:.0f}", f"{r['tokens_generated']:,}", "yes" if r["meets_target"] else "no"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 PANELS = (("preference_gain", "true preference gain (pts, ±1 SE)"), ("accuracy_change", "reasoning accuracy Δ (pts)"),
-          ("kl", "KL to reference (nats)"), ("rm_score", "reward-model score"), ("wall_s", "wall time (s)"),
+          ("kl", "KL to reference (nats)"), ("rm_score_change", "reward-model score Δ"), ("wall_s", "wall time (s)"),
           ("tokens_generated", "tokens generated"))
 
 

@@ -151,21 +151,28 @@ def _trajectories(ctx: StageContext, model, tokenizer, rows: list[dict], reward_
 
 
 def _measure(ctx: StageContext, model, tokenizer, reference, reward_fn) -> dict:
-    """KL to the starting policy and the RM's mean score of greedy answers, on held-out preference prompts."""
-    import torch
-
+    """KL to the starting policy, and the RM's mean score of the greedy answers of the aligned policy and of
+    the starting one (`rm_score`, `rm_score_before`), on held-out preference prompts."""
     from components.evaluation.policy_kl import sampled_kl
-    from components.generation import SamplingParams, make_engine
 
     prompts = [r["prompt"] for r in read_rows(ctx, "pref_eval.jsonl", "prompt", limit=ctx.cfg.measure_limit,
                                               name="pref_eval")]
     kl = sampled_kl(model, reference, tokenizer, prompts, samples=2, seed=derive_seed(ctx.seed, "kl"))
     metrics = {"kl": kl["kl"], "kl_se": kl["kl_se"]}
     if reward_fn is not None:
-        engine = make_engine("transformers", model, tokenizer, batch_size=256)
-        with torch.inference_mode():
-            greedy = engine.generate([render_prompt(tokenizer, p) for p in prompts],
-                                     SamplingParams(n=1, temperature=0.0, max_new_tokens=64))
-        scores = reward_fn(prompts, greedy.texts)
-        metrics["rm_score"] = sum(scores) / len(scores)
+        metrics["rm_score"] = _greedy_rm_score(model, tokenizer, prompts, reward_fn)
+        metrics["rm_score_before"] = _greedy_rm_score(reference, tokenizer, prompts, reward_fn)
     return metrics
+
+
+def _greedy_rm_score(model, tokenizer, prompts: list[str], reward_fn) -> float:
+    import torch
+
+    from components.generation import SamplingParams, make_engine
+
+    engine = make_engine("transformers", model, tokenizer, batch_size=256)
+    with torch.inference_mode():
+        greedy = engine.generate([render_prompt(tokenizer, p) for p in prompts],
+                                 SamplingParams(n=1, temperature=0.0, max_new_tokens=64))
+    scores = reward_fn(prompts, greedy.texts)
+    return sum(scores) / len(scores)

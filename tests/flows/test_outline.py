@@ -96,13 +96,15 @@ def test_alignment_records_kl_and_reward_model_score_and_the_comparison_is_logge
     _, parent = trained
     runs = stage_runs(parent)
     summary = runs["alignment"].data.metrics
-    assert summary["final/kl"] >= 0 and "final/rm_score" in summary
+    assert summary["final/kl"] >= 0 and "final/rm_score" in summary and "final/rm_score_before" in summary
     table = artifact(parent.info.run_id, "comparison/alignment.md").read_text()
     assert "dpo" in table and "oreo" in table
     rows = json.loads(artifact(parent.info.run_id, "comparison/alignment.json").read_text())
     by_method = {r[0]: dict(zip(rows["columns"], r)) for r in rows["data"]}
     assert by_method["dpo"]["tokens_generated"] == 0  # learns from the curated pairs alone
     assert by_method["oreo"]["tokens_generated"] > 0  # its offline trajectories are the policy's own samples
+    starts = {round(r["rm_score"] - r["rm_score_change"], 5) for r in by_method.values()}
+    assert len(starts) == 1, "every method is scored against the same starting policy's greedy answers"
     assert artifact(parent.info.run_id, "comparison/alignment_comparison.png").stat().st_size > 1000
     assert "alignment_comparison.png" in artifact(parent.info.run_id, "report/report.md").read_text()
 

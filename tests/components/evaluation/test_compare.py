@@ -8,7 +8,7 @@ import pytest
 from components.evaluation.compare import COLUMNS, comparison_rows, markdown_table, plot_comparison
 
 DPO = {"preference_before": 0.2, "preference_after": 0.5, "preference_n": 100, "accuracy_before": 0.6,
-       "accuracy_after": 0.59, "kl": 1.5, "rm_score": 0.8, "wall_s": 40.0, "tokens_generated": 0}
+       "accuracy_after": 0.59, "kl": 1.5, "rm_score": 0.8, "rm_score_before": -0.45, "wall_s": 40.0, "tokens_generated": 0}
 PPO = {**DPO, "preference_after": 0.25, "accuracy_after": 0.5, "tokens_generated": 123456, "wall_s": 200.0}
 
 
@@ -23,7 +23,9 @@ def test_rows_by_hand():
     # ppo: gain 5 pts = 0.86 SE, accuracy -10 pts: misses both halves of the target
     assert not ppo["meets_target"] and ppo["tokens_generated"] == 123456
     table = markdown_table([dpo, ppo])
-    assert "| dpo | +30.0 ± 6.4 | 4.7 | -1.0 |" in table and table.count("\n") == 4
+    assert dpo["rm_score_change"] == pytest.approx(1.25)
+    assert "| dpo | +30.0 ± 6.4 | 4.7 | -1.0 | 1.500 | 0.80 (+1.25) | 40 | 0 | yes |" in table
+    assert table.count("\n") == 4
 
 
 def test_bad_results_are_named():
@@ -33,6 +35,8 @@ def test_bad_results_are_named():
         comparison_rows({"dpo": {**DPO, "accuracy_after": 59.0}})
     with pytest.raises(ValueError, match="method 'dpo': wall_s must be a finite number"):
         comparison_rows({"dpo": {**DPO, "wall_s": float("nan")}})
+    with pytest.raises(ValueError, match=r"method 'dpo' lacks \['rm_score_before'\]"):
+        comparison_rows({"dpo": {k: v for k, v in DPO.items() if k != "rm_score_before"}})
     with pytest.raises(ValueError, match="no method results"):
         comparison_rows({})
 
