@@ -151,8 +151,9 @@ def _trajectories(ctx: StageContext, model, tokenizer, rows: list[dict], reward_
 
 
 def _measure(ctx: StageContext, model, tokenizer, reference, reward_fn) -> dict:
-    """KL to the starting policy, and the RM's mean score of the greedy answers of the aligned policy and of
-    the starting one (`rm_score`, `rm_score_before`), on held-out preference prompts."""
+    """KL to the reference, and the RM's mean score of the greedy answers of the aligned policy and of the
+    reference (`rm_score`, `rm_score_before`), on held-out preference prompts. The reference is the starting
+    policy unless the stage was given another one."""
     from components.evaluation.policy_kl import sampled_kl
 
     prompts = [r["prompt"] for r in read_rows(ctx, "pref_eval.jsonl", "prompt", limit=ctx.cfg.measure_limit,
