@@ -266,6 +266,10 @@ class Optimization(Section):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="adamw, or muon: Muon (momentum orthogonalised by Newton-Schulz iterations) for the "
+        "2-D hidden weight matrices and AdamW for the embeddings, output head, norms and biases, its rate matched "
+        "to AdamW's update size so that `lr` means the same (components/training/optimizers.py).")
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="LR schedule after warmup.")
     max_grad_norm: float = Field(1.0, gt=0)

@@ -1,7 +1,8 @@
 """The one optimisation loop every gradient stage runs in: `Trainer`.
 
 The trainer owns what makes a run resumable, reproducible and observable: the optimizer
-(AdamW over the trainable parameters of one or more modules, one parameter group each), the
+(AdamW over the trainable parameters of one or more modules, one parameter group each, or Muon
+with AdamW when the section's `optimizer` says so: components/training/optimizers.py), the
 LR schedule, gradient accumulation and clipping, checkpoints (trainable weights, optimizer,
 scheduler, RNG, update count), logging and progress. A method supplies only what one
 iteration computes:
@@ -49,6 +50,7 @@ from safetensors.torch import load_file, save_file
 
 from components.io import atomic_dir
 from components.training import distributed as dist
+from components.training.optimizers import build_optimizer
 
 Log = Callable[[dict, int], None]
 MicroLoss = Callable[[], "tuple[torch.Tensor, dict]"]
@@ -115,7 +117,7 @@ def shares(sizes: list[float]) -> list[float]:
 
 
 class Trainer:
-    """AdamW + schedule + accumulation + clipping + checkpoint/resume + logging for `modules`.
+    """AdamW (or `cfg.optimizer`) + schedule + accumulation + clipping + checkpoint/resume + logging for `modules`.
 
     `modules` maps a name to a module; the trainable parameters (``requires_grad``) of each
     form one parameter group, at `lrs[name]` (default ``cfg.lr``). `cfg` provides steps, lr,
@@ -161,7 +163,8 @@ class Trainer:
                           "with mixed_precision bf16, or LoRA", stacklevel=2)
         self.groups = [(g["name"], g["params"]) for g in groups]
         self.params = [p for g in groups for p in g["params"]]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(getattr(cfg, "optimizer", "adamw"), groups, self.modules, cfg.lr,
+                                         cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, cfg.steps))
         self.updates = 0

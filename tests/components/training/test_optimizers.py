@@ -1,0 +1,80 @@
+"""The trainer's optimizers: which parameters Muon takes, one scheduler over both halves, resume."""
+import copy
+
+import pytest
+import torch
+
+from components.config import TrainConfig
+from components.training.loop import Trainer
+from components.training.optimizers import MuonWithAdamW, build_optimizer, hidden_matrices
+from components.training.sft import run_sft
+
+ROWS = [{"messages": [{"role": "user", "content": f"{a}+{b}"},
+                      {"role": "assistant", "content": f"<think>{a}+{b}={a + b}</think><answer>{a + b}</answer>"}]}
+        for a in range(5) for b in range(5)]
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tiny_model):
+    names = {id(p): n for n, p in tiny_model.named_parameters()}
+    muon = {names[i] for i in hidden_matrices({"model": tiny_model})}
+    # 2 layers x (q, k, v, o, gate, up, down)
+    assert len(muon) == 14 and all(n.startswith("model.layers.") and n.endswith("_proj.weight") for n in muon)
+    rest = set(names.values()) - muon
+    assert "model.embed_tokens.weight" in rest and all("norm" in n or "embed" in n or "lm_head" in n for n in rest)
+    opt = build_optimizer("muon", [{"params": list(tiny_model.parameters()), "lr": 1e-3, "name": "model"}],
+                          {"model": tiny_model}, lr=1e-3, weight_decay=0.0)
+    assert isinstance(opt, MuonWithAdamW) and isinstance(opt.muon, torch.optim.Muon)
+    assert {id(p) for g in opt.muon.param_groups for p in g["params"]} == hidden_matrices({"model": tiny_model})
+    assert all(g["name"] == "model" for g in opt.param_groups)
+
+
+def test_one_scheduler_sets_the_rate_of_both_halves(tiny_model):
+    cfg = TrainConfig(steps=4, lr=2e-3, warmup_steps=2, optimizer="muon")
+    trainer = Trainer({"model": tiny_model}, cfg, "unused")
+    opt = trainer.optimizer
+    assert [g["lr"] for g in opt.muon.param_groups + opt.adamw.param_groups] == [1e-3, 1e-3]  # warmup 1/2
+    trainer.scheduler.step()
+    assert [g["lr"] for g in opt.muon.param_groups + opt.adamw.param_groups] == [2e-3, 2e-3]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_killed_run_resumes_to_the_same_weights(optimizer, tiny_model, tiny_tokenizer, tmp_path):
+    cfg = TrainConfig(steps=6, batch_size=4, lr=3e-3, warmup_steps=2, ckpt_every=2, log_every=1, optimizer=optimizer)
+    straight = copy.deepcopy(tiny_model)
+    run_sft(straight, tiny_tokenizer, ROWS, cfg, tmp_path / "a", seed=1)
+    run_sft(copy.deepcopy(tiny_model), tiny_tokenizer, ROWS, cfg, tmp_path / "b", seed=1, stop_after=3)
+    restarted = copy.deepcopy(tiny_model)
+    assert run_sft(restarted, tiny_tokenizer, ROWS, cfg, tmp_path / "b", seed=1).resumed_from == 3
+    for (name, a), b, start in zip(straight.state_dict().items(), restarted.state_dict().values(),
+                                   tiny_model.state_dict().values()):
+        assert torch.equal(a, b), name
+    moved = [n for (n, a), s in zip(straight.state_dict().items(), tiny_model.state_dict().values())
+             if not torch.equal(a, s)]
+    assert "model.layers.0.mlp.up_proj.weight" in moved and "model.embed_tokens.weight" in moved
+
+
+def test_muon_steps_differ_from_adamw_steps(tiny_model, tiny_tokenizer, tmp_path):
+    runs = {}
+    for optimizer in ("adamw", "muon"):
+        model = copy.deepcopy(tiny_model)
+        cfg = TrainConfig(steps=3, batch_size=4, lr=3e-3, optimizer=optimizer)
+        run_sft(model, tiny_tokenizer, ROWS, cfg, tmp_path / optimizer, seed=1)
+        runs[optimizer] = dict(model.named_parameters())
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(runs["adamw"][name], runs["muon"][name])
+    norm = "model.layers.0.input_layernorm.weight"  # AdamW in both: the same first steps (same grads at step 1)
+    assert not torch.equal(runs["muon"][norm], tiny_model.state_dict()[norm])
+
+
+def test_a_checkpoint_of_another_optimizer_is_refused_by_name(tiny_model, tiny_tokenizer, tmp_path):
+    run_sft(copy.deepcopy(tiny_model), tiny_tokenizer, ROWS, TrainConfig(steps=4, batch_size=4, ckpt_every=2),
+            tmp_path, seed=1, stop_after=2)
+    with pytest.raises(ValueError, match="written by another optimizer"):
+        run_sft(copy.deepcopy(tiny_model), tiny_tokenizer, ROWS,
+                TrainConfig(steps=4, batch_size=4, ckpt_every=2, optimizer="muon"), tmp_path, seed=1)
+
+
+def test_muon_without_hidden_matrices_fails_clearly():
+    head = torch.nn.Linear(8, 1)
+    with pytest.raises(ValueError, match="no trainable 2-D hidden weight matrices"):
+        build_optimizer("muon", [{"params": list(head.parameters())}], {"head": head}, lr=1e-3, weight_decay=0.0)
