@@ -197,13 +197,16 @@ def test_accurate_keeps_the_grpo_and_dpo_settings_it_was_measured_with():
 
 
 # The settings each shipped chain's figures were measured with (configs/fast.yaml: 83.1 % after GRPO in 413 s;
-# the default recipe's reasoning stages: 86.0 / 85.7 / 84.3 % on seeds 0-2, docs/performance.md): the data, base
+# the default recipe's reasoning stages: 86.0 / 85.7 / 84.3 % on seeds 0-2, docs/performance.md; configs/muon.yaml:
+# the default's chain from a Muon base): the base's optimizer and rate, the data, base
 # steps and completion-only loss, cold-start steps and rows, rejection-sampling prompts, SFT steps, then GRPO's
 # iterations and rate.
 MEASURED_CHAINS = {
     "fast.yaml": (("data-weighted", 2000, {4: 3}), 2000, False, 150, None, 6000, 600, 30, 3e-5),
     "default.yaml": (("data", 400, {4: 3}), 2200, True, 150, None, 2000, 300, 170, 1e-4),
+    "muon.yaml": (("data", 400, {4: 3}), 1400, True, 150, None, 2000, 300, 170, 1e-4),
 }
+BASE_OPTIMIZER = {"muon.yaml": ("muon", 2e-3)}  # the others: AdamW at lr 1e-3
 
 
 @pytest.mark.parametrize("name", sorted(MEASURED_CHAINS))
@@ -212,7 +215,8 @@ def test_a_measured_chain_keeps_the_settings_of_its_figures(name):
     measured again (and a change of the default's own chain, so its README figures are)."""
     r = load_recipe(REPO / "configs" / name)
     assert r.run.stages[:5] == ["base", "cold_start", "rejection_sampling", "sft", "reasoning_rl"]
-    assert (r.base.lr, r.base.batch_size, r.base.pack) == (1e-3, 64, True)
+    assert (r.base.optimizer, r.base.lr) == BASE_OPTIMIZER.get(name, ("adamw", 1e-3))
+    assert (r.base.batch_size, r.base.pack) == (64, True)
     rl = r.reasoning_rl
     assert ((r.data.dir, r.data.n_cold_start, r.data.pretrain_level_weights), r.base.steps, r.base.completion_only_loss,
             r.cold_start.steps, r.cold_start.limit, r.rejection_sampling.limit, r.sft.steps, rl.steps,
