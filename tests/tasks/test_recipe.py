@@ -45,6 +45,7 @@ def test_a_bare_no_is_the_precision_mode_not_false(tmp_path):
     ("cold_start.lr=abc", "cold_start.lr: Input should be a valid number"),
     ("cold_start.lr=-1", "cold_start.lr: Input should be greater than 0"),
     ("cold_start.finetune=half", "cold_start.finetune: Input should be 'full', 'lora' or 'qlora'"),
+    ("base.optimizer=sgd", "base.optimizer: Input should be 'adamw' or 'muon'"),
     ("model.arch.hidden_size=33", "model.arch: Value error, hidden_size 33 is not divisible by num_heads"),
     ("run.stages=[base, warmup]", "run: Value error, unknown stage 'warmup' in run.stages; choose from"),
     ("run.stages=[base, cold_strat]", "unknown stage 'cold_strat' in run.stages; did you mean 'cold_start'?"),
