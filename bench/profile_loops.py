@@ -7,7 +7,9 @@ recipe's own settings (`base` and `reasoning_rl` of RECIPE, default configs/defa
 overrides them as `r1flow run` does) and data (`data.dir`):
 
   pretraining step  one packed micro-batch of `base.batch_size` pretraining documents (rows of
-                    `base.max_length` tokens): forward, backward, AdamW (the base stage's step);
+                    `base.max_length` tokens): forward, backward, the recipe's `base.optimizer` (the
+                    base stage's step); with Muon, also its optimizer step alone, stacked (r1flow's
+                    StackedMuon) against torch.optim.Muon's matrix by matrix, alternating, and the ratio;
   rollout           `prompts_per_step` RL prompts x `group_size` samples through the stage's
                     rollout engine (one GRPO iteration's sampling);
   reward scoring    those samples scored with the recipe's rewards (`reasoning_rl.rewards`), and
@@ -77,7 +79,7 @@ def measure(name: str, fn, repeats: int, k: int) -> dict:
 
 
 def pretrain_step(model, optimizer, batch) -> None:
-    """One step of the base stage: the packed batch's token-mean NLL, backward, AdamW."""
+    """One step of the base stage: the packed batch's token-mean NLL, backward, the optimizer's step."""
     from components.training.sft import sft_loss_fn
 
     loss, _ = sft_loss_fn(model, batch)
@@ -114,6 +116,33 @@ def side_by_side_sharing(model, mb, rl, repeats: int) -> dict:
     return {"plain_s": plain, "shared_s": shared, "ratio": plain / shared, "max_grad_diff": diff}
 
 
+def side_by_side_muon(model, lr: float, repeats: int) -> dict:
+    """Muon's step over the model's hidden matrices (random gradients) as StackedMuon takes it and as
+    torch.optim.Muon does, in alternating runs of 20 steps each."""
+    import torch
+
+    from components.training.optimizers import StackedMuon, hidden_matrices
+
+    hidden = [p for p in model.parameters() if id(p) in hidden_matrices({"model": model})]
+    for p in hidden:
+        p.grad = torch.randn_like(p)
+    kwargs = {"lr": lr, "adjust_lr_fn": "match_rms_adamw"}
+    sides = {"stacked": StackedMuon(hidden, **kwargs), "per matrix": torch.optim.Muon(hidden, **kwargs)}
+    times = {name: [] for name in sides}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, opt in sides.items():
+            t = time.perf_counter()
+            for _ in range(20):
+                opt.step()
+            times[name].append((time.perf_counter() - t) / 20)
+    stacked, single = (statistics.median(times[k][1:]) for k in ("stacked", "per matrix"))
+    shapes = len({tuple(p.shape) for p in hidden})
+    print(f"\nMuon's step over the {len(hidden)} hidden matrices ({shapes} shapes), stacked (StackedMuon) against "
+          f"torch.optim.Muon's matrix by matrix, alternating: {1000 * stacked:.3g} ms against {1000 * single:.3g} ms "
+          f"(median of {repeats}), {single / stacked:.2f}x")
+    return {"stacked_s": stacked, "per_matrix_s": single, "ratio": single / stacked}
+
+
 def main(argv=None) -> dict:
     a = parser().parse_args(argv)
     from tasks.recipe import load_recipe_or_exit
@@ -128,6 +157,7 @@ def main(argv=None) -> dict:
     from components.rewards import RewardCombiner
     from components.training.grpo import (encode_prompts, make_rollout_engine, minibatch_loss, reference_logprobs,
                                           sampling_params, score)
+    from components.training.optimizers import build_optimizer
     from components.training.rollout_batch import RolloutBatch
     from components.training.sft import encode, pack
 
@@ -145,11 +175,14 @@ def main(argv=None) -> dict:
     batches = [pack([encode(tok, row, width, base.completion_only_loss) for row in docs[s : s + base.batch_size]], width,
                     tok.pad_token_id)
                for s in range(0, len(docs), base.batch_size)]
-    learner = copy.deepcopy(model).train()  # its AdamW steps must not change the model the rollout samples from
-    optimizer = torch.optim.AdamW(learner.parameters(), lr=base.lr)
+    learner = copy.deepcopy(model).train()  # its steps must not change the model the rollout samples from
+    optimizer = build_optimizer(base.optimizer, [{"params": list(learner.parameters())}], {"model": learner},
+                                base.lr, base.weight_decay)
     print(f"pretraining batch: {base.batch_size} documents packed into {tuple(batches[0]['input_ids'].shape)} tokens")
     out["pretrain"] = measure("pretraining step", lambda: pretrain_step(learner, optimizer, batches[0]),
                               a.repeats, a.top)
+    if base.optimizer == "muon":
+        out["muon"] = side_by_side_muon(learner, base.lr, a.repeats)
     del learner, optimizer
 
     ids = encode_prompts(tok, prompts, rl.system_prompt)
@@ -193,7 +226,8 @@ def main(argv=None) -> dict:
             m = copy.deepcopy(model).train()
             if name == "compiled":
                 m.forward = torch.compile(m.forward)
-            optimizer = torch.optim.AdamW(m.parameters(), lr=base.lr)
+            optimizer = build_optimizer(base.optimizer, [{"params": list(m.parameters())}], {"model": m}, base.lr,
+                                        base.weight_decay)
             steps = []
             for batch in batches:
                 t = time.perf_counter()

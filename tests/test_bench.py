@@ -254,6 +254,10 @@ def test_profile_loops_times_and_ranks_the_operators_of_each_hot_loop(tmp_path, 
     shared = out["share_prompts"]
     assert shared["ratio"] == shared["plain_s"] / shared["shared_s"] > 0 and shared["max_grad_diff"] < 1e-5
     assert "GRPO pass, each group's prompt once" in printed
+    # the recipe's base optimizer (Muon): its step stacked by shape against torch.optim.Muon's, side by side
+    muon = out["muon"]
+    assert muon["ratio"] == muon["per_matrix_s"] / muon["stacked_s"] > 0
+    assert "Muon's step over the 14 hidden matrices (3 shapes)" in printed
     # wrong inputs: one line naming what is wrong
     with pytest.raises(SystemExit, match="nowhere"):
         bench.main([str(tmp_path / "nowhere"), *small])

@@ -1,21 +1,71 @@
 """The trainer's optimizer (`optimizer` of a supervised section): AdamW, or Muon with AdamW.
 
     adamw  torch.optim.AdamW over every trainable parameter.
-    muon   torch.optim.Muon (momentum orthogonalised by Newton-Schulz iterations) over the 2-D hidden
-           weight matrices, AdamW over the rest: the input embeddings, the output head, norms, biases
-           and any matrix with a dimension of 1 (a value head). Muon's rate is matched to AdamW's update
-           size (`adjust_lr_fn="match_rms_adamw"`), so one `lr` and one schedule drive both.
+    muon   Muon (momentum orthogonalised by Newton-Schulz iterations) over the 2-D hidden weight
+           matrices, AdamW over the rest: the input embeddings, the output head, norms, biases and any
+           matrix with a dimension of 1 (a value head). Muon's rate is matched to AdamW's update size
+           (`adjust_lr_fn="match_rms_adamw"`), so one `lr` and one schedule drive both. `StackedMuon` is
+           torch.optim.Muon with its iterations run once per shape on the stacked matrices of that shape.
 
 Both are one `torch.optim.Optimizer` to the trainer: the LR scheduler, `zero_grad`, checkpoints
 and resume see the same object either way.
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Mapping
 
 import torch
 
 OPTIMIZERS = ("adamw", "muon")
+
+
+def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float) -> torch.Tensor:
+    """Muon's orthogonalisation of each matrix of a stack `g` (..., rows, cols), in bfloat16: each scaled
+    to Frobenius norm 1, then `steps` quintic iterations X <- aX + (bA + cA^2)X with A = XX^T (on the
+    wide orientation), which push every singular value towards ~1 (to about 0.7-1.2 with the default
+    coefficients) and keep the singular vectors. torch.optim.Muon's iteration, batched."""
+    a, b, c = coefficients
+    x = g.bfloat16()
+    wide = x.size(-2) <= x.size(-1)
+    x = x if wide else x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x if wide else x.mT
+
+
+class StackedMuon(torch.optim.Muon):
+    """torch.optim.Muon (same arguments, state and update) whose Newton-Schulz iterations run once per
+    matrix shape, on the stacked matrices of that shape: a transformer's projections come in three
+    or four shapes, so a step makes a few batched products instead of a few per matrix (on the 2-core
+    CPU the default model's 28 matrices orthogonalise in about half the time)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("StackedMuon.step takes no closure")
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            self._init_group(group, params, grads, bufs)
+            if not params:
+                continue
+            if group["adjust_lr_fn"] != "match_rms_adamw":
+                raise ValueError("StackedMuon supports adjust_lr_fn='match_rms_adamw' only")
+            momentum, lr = group["momentum"], float(group["lr"])
+            torch._foreach_lerp_(bufs, grads, 1 - momentum)
+            updates = [g.lerp(buf, momentum) for g, buf in zip(grads, bufs)] if group["nesterov"] else bufs
+            by_shape = defaultdict(list)
+            for i, p in enumerate(params):
+                by_shape[tuple(p.shape)].append(i)
+            for shape, idx in by_shape.items():
+                ortho = newton_schulz(torch.stack([updates[i] for i in idx]), group["ns_coefficients"],
+                                      group["ns_steps"], group["eps"])
+                scaled = lr * 0.2 * max(shape) ** 0.5  # match_rms_adamw: the update's RMS of an AdamW step
+                for k, i in enumerate(idx):
+                    params[i].mul_(1 - lr * group["weight_decay"])
+                    params[i].add_(ortho[k], alpha=-scaled)
 
 
 def hidden_matrices(modules: Mapping[str, torch.nn.Module]) -> set[int]:
@@ -45,7 +95,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
             raise ValueError("optimizer muon: the model has no trainable 2-D hidden weight matrices to apply it to "
                              "(LoRA adapters and heads are not); use optimizer adamw")
         super().__init__(muon_groups + adamw_groups, {"lr": lr, "weight_decay": weight_decay})
-        self.muon = torch.optim.Muon(muon_groups, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+        self.muon = StackedMuon(muon_groups, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
         self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, weight_decay=weight_decay) if adamw_groups else None
         self._link()
 

@@ -6,7 +6,7 @@ import torch
 
 from components.config import TrainConfig
 from components.training.loop import Trainer
-from components.training.optimizers import MuonWithAdamW, build_optimizer, hidden_matrices
+from components.training.optimizers import MuonWithAdamW, StackedMuon, build_optimizer, hidden_matrices, newton_schulz
 from components.training.sft import run_sft
 
 ROWS = [{"messages": [{"role": "user", "content": f"{a}+{b}"},
@@ -23,7 +23,7 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tiny_model):
     assert "model.embed_tokens.weight" in rest and all("norm" in n or "embed" in n or "lm_head" in n for n in rest)
     opt = build_optimizer("muon", [{"params": list(tiny_model.parameters()), "lr": 1e-3, "name": "model"}],
                           {"model": tiny_model}, lr=1e-3, weight_decay=0.0)
-    assert isinstance(opt, MuonWithAdamW) and isinstance(opt.muon, torch.optim.Muon)
+    assert isinstance(opt, MuonWithAdamW) and isinstance(opt.muon, StackedMuon)
     assert {id(p) for g in opt.muon.param_groups for p in g["params"]} == hidden_matrices({"model": tiny_model})
     assert all(g["name"] == "model" for g in opt.param_groups)
 
@@ -78,3 +78,56 @@ def test_muon_without_hidden_matrices_fails_clearly():
     head = torch.nn.Linear(8, 1)
     with pytest.raises(ValueError, match="no trainable 2-D hidden weight matrices"):
         build_optimizer("muon", [{"params": list(head.parameters())}], {"head": head}, lr=1e-3, weight_decay=0.0)
+
+
+def test_newton_schulz_maps_each_singular_value_by_the_quintic():
+    """On a diagonal matrix the iteration acts on each singular value alone: s <- a s + b s^3 + c s^5,
+    from s / ||G||_F. Five steps take 1, 0.5 and 0.1 to ~0.7-1.2 each, signs and axes kept."""
+    coefficients = (3.4445, -4.7750, 2.0315)
+    g = torch.diag(torch.tensor([1.0, -0.5, 0.1]))
+    expected = []
+    for s in (1.0, 0.5, 0.1):
+        s = s / (1.0 ** 2 + 0.5 ** 2 + 0.1 ** 2) ** 0.5
+        for _ in range(5):
+            s = 3.4445 * s - 4.7750 * s ** 3 + 2.0315 * s ** 5
+        expected.append(s)
+    out = newton_schulz(g, coefficients, steps=5, eps=1e-7).float()
+    assert torch.allclose(out.diagonal(), torch.tensor(expected) * torch.tensor([1.0, -1.0, 1.0]), atol=0.06)  # bfloat16
+    assert torch.count_nonzero(out - torch.diag(out.diagonal())) == 0
+    assert all(0.65 < abs(v) < 1.25 for v in out.diagonal().tolist())
+
+
+def test_newton_schulz_of_a_stack_is_that_of_each_matrix_and_tall_ones_are_transposed():
+    torch.manual_seed(0)
+    stack = torch.randn(3, 16, 8)  # tall: orthogonalised as the transpose
+    out = newton_schulz(stack, (3.4445, -4.7750, 2.0315), steps=5, eps=1e-7)
+    assert out.shape == stack.shape and out.dtype == torch.bfloat16
+    for g, o in zip(stack, out):
+        alone = newton_schulz(g, (3.4445, -4.7750, 2.0315), steps=5, eps=1e-7)
+        assert torch.allclose(o.float(), alone.float(), atol=0.02)
+        assert torch.allclose(o.float(), newton_schulz(g.T, (3.4445, -4.7750, 2.0315), 5, 1e-7).T.float(), atol=0.02)
+        singular = torch.linalg.svdvals(o.float())
+        assert singular.min() > 0.5 and singular.max() < 1.3
+
+
+def test_stacked_muon_takes_torch_muons_steps():
+    """Three shapes, two matrices of each: ten steps of StackedMuon land where torch.optim.Muon's land,
+    up to bfloat16 rounding, with
+    the same momentum buffers in the state."""
+    torch.manual_seed(0)
+    shapes = [(32, 32), (64, 32), (32, 64)] * 2
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    start = [p.detach().clone() for p in ours]
+    kwargs = dict(lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    a, b = StackedMuon(ours, **kwargs), torch.optim.Muon(theirs, **kwargs)
+    for _ in range(10):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        a.step()
+        b.step()
+    for p, q, s, shape in zip(ours, theirs, start, shapes):
+        moved, apart = (p.detach() - s).abs().max(), (q.detach() - p.detach()).abs().max()
+        assert moved > 3e-2 and apart < 0.05 * moved, shape  # ten steps moved it to where torch's moved it
+        assert torch.allclose(a.state[p]["momentum_buffer"], b.state[q]["momentum_buffer"])
