@@ -7,16 +7,17 @@ Checks the claims the README makes, on a fresh copy of the project:
   GRPO ends at 85 % or more. The same 1,000 problems score both models, so the error is the
   paired one the pipeline reports (`report["gains"]`: the standard error of the per-problem
   difference), 0.54-0.81 of the unpaired sqrt(se1^2 + se2^2), which treats the two scores as
-  independent samples. GRPO's margin is the thinnest: on seed 0, the recipe's, +4.6 points (4.9
-  paired s.e.) to 86.0 %; seed 1 ends at 85.7 % (4.4 s.e.), seed 2 at 84.3 % with GRPO +1.8
-  points (2.0 s.e.), under both lines (docs/performance.md, "The loss on the completion only").
+  independent samples. On seed 0, the recipe's, SFT's margin is the thinnest: +3.5 points (3.1
+  paired s.e.) to 84.9 %, then GRPO +4.7 (5.3 s.e.) to 89.6 %; the Muon chain with torch's Muon
+  step ends GRPO at 88.8 / 88.9 / 88.6 % on seeds 0-2, seed 2's GRPO at 3.0 s.e. (docs/performance.md,
+  "Muon for the base").
   The run repeats itself to the decimal on one machine; another machine's rounding moves a GRPO
   run's end by about half a point;
 - alignment raises the true preference rate by more than three standard errors (unpaired, as the
   alignment comparison reports them; so are the distillation checks below) while held-out
   accuracy drops by at most 2 points (the alignment issue's target; measured with DPO's change
-  averaged with the reasoner, 80 % kept: +30.8 / +20.5 / +27.8 points at -0.5 / -0.1 / -0.1
-  points of accuracy on seeds 0-2: see the README);
+  averaged with the reasoner, 60 % kept: +11.3 points at -1.0 of accuracy on seed 0; 80 % lost
+  2.1 points on this reasoner: see the README);
 - the distilled student, at most a third of the teacher's parameters, keeps at least 85 % of
   the aligned teacher's accuracy and beats the same student trained on curated data alone by
   more than three standard errors;
