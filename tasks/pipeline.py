@@ -23,7 +23,7 @@ import contextlib
 import contextvars
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import mlflow
@@ -239,7 +239,8 @@ class PipelineRun:
         if cached:
             say(f"◆ {label}  cached  (MLflow run {run_id_of(result)[:12]})")
             if isinstance(result, ModelRef):
-                tracking.point_alias(result.registered, self.recipe.run.name, alias_of(label))
+                result = replace(result, registered=tracking.claim(result.registered, self.recipe.run.name,
+                                                                   alias_of(label)))
         compute = 0.0 if cached or out is None else _recorded(out, "compute_s")
         self.records.append(StageRecord(label, spec.name, "cached" if cached else "ran", seconds, run_id_of(result),
                                         output_label(result), compute_s=compute))

@@ -223,15 +223,35 @@ def log_model(model, tokenizer, registered_name: str, alias: str, kind: str = "c
 
 
 @_timed
-def point_alias(registered: str | None, name: str, alias: str) -> None:
-    """Point `models:/name@alias` at `registered` (``models:/NAME/VERSION``) when it is a version of
-    `name`: a cached stage re-claims its alias, which a `r1flow stage` experiment may have moved."""
-    if not registered or not registered.startswith(f"models:/{name}/"):
-        return
+def claim(registered: str | None, name: str, alias: str) -> str | None:
+    """Point `models:/name@alias` at a cached stage's model `registered` (``models:/NAME/VERSION``), and
+    return it as a version of `name`. A cached stage re-claims its alias, which a `r1flow stage`
+    experiment may have moved; a version of another registered model (the cache is shared by every
+    recipe of a project: the stage ran under another `run.name`) is registered again under `name`,
+    once (the same artifacts, no copy, with its tags), so that this recipe's aliases and its
+    champion always name the models its latest run used. Anything else is returned unchanged."""
+    if not registered or not registered.startswith("models:/") or "@" in registered:
+        return registered
+    other, _, version = registered.removeprefix("models:/").rpartition("/")
+    client = MlflowClient()
     try:
-        MlflowClient().set_registered_model_alias(name, alias, registered.rsplit("/", 1)[1])
+        if other != name:
+            theirs = client.get_model_version(other, version)
+            ours = [v for v in client.search_model_versions(f"name='{name}' and run_id='{theirs.run_id}'")
+                    if v.source == theirs.source]
+            if ours:
+                version = ours[0].version
+            else:
+                try:
+                    client.get_registered_model(name)
+                except MlflowException:
+                    client.create_registered_model(name)
+                version = client.create_model_version(name, source=theirs.source, run_id=theirs.run_id,
+                                                      tags=theirs.tags, model_id=theirs.model_id).version
+        client.set_registered_model_alias(name, alias, version)
     except MlflowException:  # the version was deleted from the registry: nothing to point at
-        pass
+        return registered
+    return f"models:/{name}/{version}"
 
 
 def model_card(name: str, stage: str, license: str):

@@ -145,6 +145,25 @@ def test_a_second_run_is_all_cache_hits_and_reclaims_the_stage_aliases(trained, 
     assert client.get_model_version_by_alias("tiny", "alignment").version == own
 
 
+def test_a_run_of_another_name_that_hits_the_cache_registers_the_models_under_its_name(trained, project):
+    """The stage cache is shared by a project's recipes: a run under another `run.name` whose stages are
+    all cache hits still names every model it used under its own name (the same artifacts registered
+    again, once, with their held-out tags), so its aliases and its champion are its own."""
+    client = MlflowClient()
+    report, _ = run(project, "alignment.compare=[dpo, oreo]", "run.name=tiny_again")
+    assert {r["status"] for r in report["stages"]} == {"cached"}
+    for alias in ("base", "sft", "reasoning_rl", "reward_model", "alignment", "alignment-oreo", "distill"):
+        theirs, ours = (client.get_model_version_by_alias(n, alias) for n in ("tiny", "tiny_again"))
+        assert (ours.source, ours.run_id) == (theirs.source, theirs.run_id), alias
+    aligned = client.get_model_version_by_alias("tiny_again", "alignment")
+    assert "r1flow.heldout.accuracy" in aligned.tags
+    assert report["champion"]["decision"] == "promoted"
+    assert client.get_model_version_by_alias("tiny_again", "champion").version == aligned.version
+    versions = len(client.search_model_versions("name='tiny_again'"))
+    run(project, "alignment.compare=[dpo, oreo]", "run.name=tiny_again")  # registered once, not per run
+    assert len(client.search_model_versions("name='tiny_again'")) == versions
+
+
 def test_a_reward_model_below_its_gate_stops_the_flow_and_nothing_downstream_runs(trained, project):
     # pairs whose order contradicts itself: no model can be right on most held-out ones
     pairs = project / "contradictory.jsonl"
