@@ -212,14 +212,18 @@ def log_model(model, tokenizer, registered_name: str, alias: str, kind: str = "c
                                          model_card=model_card(registered_name, alias, license))
     # Registered through the client: `registered_model_name=` would print "already exists" lines.
     client = MlflowClient()
-    try:
-        client.get_registered_model(registered_name)
-    except MlflowException:
-        client.create_registered_model(registered_name)
+    _ensure_registered_model(client, registered_name)
     version = client.create_model_version(registered_name, source=info.model_uri, run_id=info.run_id,
                                           model_id=info.model_id).version
     client.set_registered_model_alias(registered_name, alias, version)
     return f"models:/{registered_name}/{version}"
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
 
 
 @_timed
@@ -242,10 +246,7 @@ def claim(registered: str | None, name: str, alias: str) -> str | None:
             if ours:
                 version = ours[0].version
             else:
-                try:
-                    client.get_registered_model(name)
-                except MlflowException:
-                    client.create_registered_model(name)
+                _ensure_registered_model(client, name)
                 version = client.create_model_version(name, source=theirs.source, run_id=theirs.run_id,
                                                       tags=theirs.tags, model_id=theirs.model_id).version
         client.set_registered_model_alias(name, alias, version)
