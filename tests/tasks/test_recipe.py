@@ -205,7 +205,7 @@ def test_accurate_keeps_the_grpo_and_dpo_settings_it_was_measured_with():
 # iterations and rate.
 MEASURED_CHAINS = {
     "fast.yaml": (("data-weighted", 2000, {4: 3}), 2000, False, 150, None, 6000, 600, 30, 3e-5),
-    "default.yaml": (("data", 400, {4: 3}), 1400, True, 150, None, 2000, 300, 170, 1e-4),
+    "default.yaml": (("data", 400, {4: 3}), 1400, True, 75, None, 2000, 300, 170, 1e-4),
     "adamw.yaml": (("data", 400, {4: 3}), 2200, True, 150, None, 2000, 300, 170, 1e-4),
 }
 BASE_OPTIMIZER = {"default.yaml": ("muon", 2e-3)}  # the others: AdamW at lr 1e-3
