@@ -7,10 +7,10 @@ Checks the claims the README makes, on a fresh copy of the project:
   GRPO ends at 85 % or more. The same 1,000 problems score both models, so the error is the
   paired one the pipeline reports (`report["gains"]`: the standard error of the per-problem
   difference), 0.54-0.81 of the unpaired sqrt(se1^2 + se2^2), which treats the two scores as
-  independent samples. On seed 0, the recipe's, SFT's margin is the thinnest: +3.5 points (3.1
-  paired s.e.) to 84.9 %, then GRPO +4.7 (5.3 s.e.) to 89.6 %; the Muon chain with torch's Muon
-  step ends GRPO at 88.8 / 88.9 / 88.6 % on seeds 0-2, seed 2's GRPO at 3.0 s.e. (docs/performance.md,
-  "Muon for the base").
+  independent samples. On seed 0, the recipe's, the gains are +40.8 points (24.1 paired s.e.),
+  +7.2 (6.1) to 85.8 % and +3.8 (4.7) to 89.6 %; over seeds 0-2 SFT gains 5.0-6.1 s.e. and GRPO
+  ends at 89.6 / 88.9 / 88.7 %, seed 1's GRPO at 2.8 s.e. (docs/performance.md, "A shorter cold
+  start").
   The run repeats itself to the decimal on one machine; another machine's rounding moves a GRPO
   run's end by about half a point;
 - alignment raises the true preference rate by more than three standard errors (unpaired, as the
