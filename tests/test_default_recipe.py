@@ -16,8 +16,8 @@ Checks the claims the README makes, on a fresh copy of the project:
 - alignment raises the true preference rate by more than three standard errors (unpaired, as the
   alignment comparison reports them; so are the distillation checks below) while held-out
   accuracy drops by at most 2 points (the alignment issue's target; measured with DPO's change
-  averaged with the reasoner, 60 % kept: +11.3 points at -1.0 of accuracy on seed 0; 80 % lost
-  2.1 points on this reasoner: see the README);
+  averaged with the reasoner, 60 % kept: +18.3 points at -0.3 of accuracy on seed 0; on the
+  150-step cold start's reasoner 60 % gave +11.3 at -1.0 and 80 % lost 2.1 points: see the README);
 - the distilled student, at most a third of the teacher's parameters, keeps at least 85 % of
   the aligned teacher's accuracy and beats the same student trained on curated data alone by
   more than three standard errors;
