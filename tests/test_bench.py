@@ -236,17 +236,19 @@ def test_profile_loops_times_and_ranks_the_operators_of_each_hot_loop(tmp_path, 
     small = ["--set", f"data.dir={data}", "--set", "base.batch_size=8", "--set", "reasoning_rl.prompts_per_step=2"]
     threads = torch.get_num_threads()
     try:
-        out = bench.main([str(model_dir), *small, "--repeats", "1", "--top", "3", "--threads", "1"])
+        out = bench.main([str(model_dir), *small, "--repeats", "1", "--top", "40", "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     assert "pretraining batch: 8 documents" in printed  # the recipe's sizes, as overridden
     for loop, title in [("pretrain", "pretraining step"), ("rollout", "rollout"), ("grpo", "GRPO pass")]:
         ops = out[loop]["ops"]
-        assert out[loop]["median_s"] > 0 and len(ops) == 3 and title in printed
+        assert out[loop]["median_s"] > 0 and 3 <= len(ops) <= 40 and title in printed
         assert [ms for _, ms, _ in ops] == sorted((ms for _, ms, _ in ops), reverse=True)
         assert 0 < sum(share for _, _, share in ops) <= 1 + 1e-9
-    assert "aten::mm" in {op for op, _, _ in out["grpo"]["ops"]}  # a training pass is matrix products first
+    # a training pass's matrix products are profiled (where they rank is timing: on a loaded machine a tiny
+    # model's products can fall out of the top 3, as they did beside the slow test on 2026-12-07)
+    assert "aten::mm" in {op for op, _, _ in out["grpo"]["ops"]}
     # reward scoring: the recipe's rewards over the rollout's samples, as a share of the rollout's time
     assert "reward scoring (16 samples: exact_int, format)" in printed  # 2 prompts x the recipe's G = 8
     assert out["score"]["share_of_rollout"] == out["score"]["median_s"] / out["rollout"]["median_s"] > 0
