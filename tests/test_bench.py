@@ -243,7 +243,7 @@ def test_profile_loops_times_and_ranks_the_operators_of_each_hot_loop(tmp_path, 
     assert "pretraining batch: 8 documents" in printed  # the recipe's sizes, as overridden
     for loop, title in [("pretrain", "pretraining step"), ("rollout", "rollout"), ("grpo", "GRPO pass")]:
         ops = out[loop]["ops"]
-        assert out[loop]["median_s"] > 0 and 3 <= len(ops) <= 40 and title in printed
+        assert out[loop]["median_s"] > 0 and len(ops) == 40 and title in printed  # of 87-184 operators a loop
         assert [ms for _, ms, _ in ops] == sorted((ms for _, ms, _ in ops), reverse=True)
         assert 0 < sum(share for _, _, share in ops) <= 1 + 1e-9
     # a training pass's matrix products are profiled (where they rank is timing: on a loaded machine a tiny

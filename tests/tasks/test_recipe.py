@@ -241,6 +241,7 @@ def test_a_recipe_that_distills_keeps_the_student_base_of_its_figures(name):
     assert (s.optimizer, s.steps, s.lr, s.completion_only_loss) == STUDENTS[name]
     assert (s.batch_size, s.pack, s.arch.hidden_size, s.arch.num_layers) == (64, True, 96, 3)
 
+
 def test_the_default_and_the_weighted_data_share_the_curated_rows_and_the_corpus(tmp_path):
     """data-weighted/ (fast, accurate) differs from the default's data/ only by 1,600 more cold-start rows: the
     first 400 are the default's, and the pretraining corpus is the same (the generator draws each file from its
