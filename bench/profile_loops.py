@@ -9,7 +9,9 @@ overrides them as `r1flow run` does) and data (`data.dir`):
   pretraining step  one packed micro-batch of `base.batch_size` pretraining documents (rows of
                     `base.max_length` tokens): forward, backward, the recipe's `base.optimizer` (the
                     base stage's step); with Muon, also its optimizer step alone, stacked (r1flow's
-                    StackedMuon) against torch.optim.Muon's matrix by matrix, alternating, and the ratio;
+                    StackedMuon) against torch.optim.Muon's matrix by matrix, alternating, and the ratio
+                    (StackedMuon iterates in float32 on a CPU without native bfloat16, torch's in
+                    bfloat16 everywhere);
   rollout           `prompts_per_step` RL prompts x `group_size` samples through the stage's
                     rollout engine (one GRPO iteration's sampling);
   reward scoring    those samples scored with the recipe's rewards (`reasoning_rl.rewards`), and
@@ -122,6 +124,7 @@ def side_by_side_muon(model, lr: float, repeats: int) -> dict:
     import torch
 
     from components.training.optimizers import StackedMuon, hidden_matrices
+    from components.training.precision import native_bf16
 
     hidden = [p for p in model.parameters() if id(p) in hidden_matrices({"model": model})]
     for p in hidden:
@@ -137,10 +140,11 @@ def side_by_side_muon(model, lr: float, repeats: int) -> dict:
             times[name].append((time.perf_counter() - t) / 20)
     stacked, single = (statistics.median(times[k][1:]) for k in ("stacked", "per matrix"))
     shapes = len({tuple(p.shape) for p in hidden})
-    print(f"\nMuon's step over the {len(hidden)} hidden matrices ({shapes} shapes), stacked (StackedMuon) against "
-          f"torch.optim.Muon's matrix by matrix, alternating: {1000 * stacked:.3g} ms against {1000 * single:.3g} ms "
-          f"(median of {repeats}), {single / stacked:.2f}x")
-    return {"stacked_s": stacked, "per_matrix_s": single, "ratio": single / stacked}
+    dtype = "bfloat16" if native_bf16(hidden[0].device.type) else "float32"  # torch.optim.Muon's: bfloat16 always
+    print(f"\nMuon's step over the {len(hidden)} hidden matrices ({shapes} shapes), stacked (StackedMuon, in {dtype}) "
+          f"against torch.optim.Muon's matrix by matrix (in bfloat16), alternating: {1000 * stacked:.3g} ms against "
+          f"{1000 * single:.3g} ms (median of {repeats}), {single / stacked:.2f}x")
+    return {"stacked_s": stacked, "per_matrix_s": single, "ratio": single / stacked, "stacked_dtype": dtype}
 
 
 def main(argv=None) -> dict:

@@ -17,16 +17,19 @@ from typing import Mapping
 
 import torch
 
+from components.training.precision import native_bf16
+
 OPTIMIZERS = ("adamw", "muon")
 
 
-def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float) -> torch.Tensor:
-    """Muon's orthogonalisation of each matrix of a stack `g` (..., rows, cols), in bfloat16: each scaled
+def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                  dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Muon's orthogonalisation of each matrix of a stack `g` (..., rows, cols), in `dtype`: each scaled
     to Frobenius norm 1, then `steps` quintic iterations X <- aX + (bA + cA^2)X with A = XX^T (on the
     wide orientation), which push every singular value towards ~1 (to about 0.7-1.2 with the default
-    coefficients) and keep the singular vectors. torch.optim.Muon's iteration, batched."""
+    coefficients) and keep the singular vectors. torch.optim.Muon's iteration (in bfloat16), batched."""
     a, b, c = coefficients
-    x = g.bfloat16()
+    x = g.to(dtype)
     wide = x.size(-2) <= x.size(-1)
     x = x if wide else x.mT
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
@@ -40,7 +43,9 @@ class StackedMuon(torch.optim.Muon):
     """torch.optim.Muon (same arguments, state and update) whose Newton-Schulz iterations run once per
     matrix shape, on the stacked matrices of that shape: a transformer's projections come in three
     or four shapes, so a step makes a few batched products instead of a few per matrix (on the 2-core
-    CPU the default model's 28 matrices orthogonalise in about half the time)."""
+    CPU the default model's 28 matrices orthogonalise in about half the time). The iterations run in
+    bfloat16 where its matmuls are native (CUDA; a CPU with AVX512-BF16 or AMX) and in float32
+    elsewhere, where bfloat16 is emulated and ~17x slower (`precision.native_bf16`)."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -59,9 +64,10 @@ class StackedMuon(torch.optim.Muon):
             by_shape = defaultdict(list)
             for i, p in enumerate(params):
                 by_shape[tuple(p.shape)].append(i)
+            dtype = torch.bfloat16 if native_bf16(params[0].device.type) else torch.float32
             for shape, idx in by_shape.items():
                 ortho = newton_schulz(torch.stack([updates[i] for i in idx]), group["ns_coefficients"],
-                                      group["ns_steps"], group["eps"])
+                                      group["ns_steps"], group["eps"], dtype)
                 scaled = lr * 0.2 * max(shape) ** 0.5  # match_rms_adamw: the update's RMS of an AdamW step
                 for k, i in enumerate(idx):
                     params[i].mul_(1 - lr * group["weight_decay"])

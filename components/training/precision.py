@@ -8,16 +8,33 @@ no-grad forwards it is compared with (old and reference log-probs) share one num
 Rollouts opt out (`components.generation.engine`): sampling decodes in the model's dtype, as
 vLLM decodes in its own, and held-out evaluation is unaffected.
 
-On CPU this pays only with AVX512-BF16 or AMX (otherwise bfloat16 matmuls are emulated and
-slower); on GPUs it is the usual way to train.
+On CPU this pays only with AVX512-BF16 or AMX (`native_bf16`; otherwise bfloat16 matmuls are
+emulated and slower, and a stage run under it warns once); on GPUs it is the usual way to train.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 
+import functools
+import warnings
+
 import torch
 
 MODES = ("no", "bf16")
+
+
+@functools.cache
+def native_bf16(device_type: str) -> bool:
+    """Whether bfloat16 matmuls run natively on `device_type`: on CUDA, yes; on a CPU only with
+    AVX512-BF16 or AMX. Elsewhere PyTorch emulates them, far slower than float32: on an AVX2-only
+    2-core EPYC, Muon's iterations over the default model's 28 matrices took 879 ms in bfloat16 and
+    51 ms in float32 (docs/performance.md, "Muon on a CPU without bfloat16")."""
+    if device_type == "cuda":
+        return True
+    if device_type != "cpu":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's cpuinfo flags
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 @contextmanager
@@ -29,6 +46,10 @@ def mixed_precision(mode: str, device_type: str | None = None):
         from components.modeling.models import default_device
 
         device_type = torch.device(default_device()).type
+    if mode == "bf16" and not native_bf16(device_type):
+        warnings.warn(f"model.mixed_precision bf16 on a {device_type} without native bfloat16 matmuls (AVX512-BF16 "
+                      "or AMX on a CPU): they are emulated and run slower than float32; use mixed_precision no",
+                      stacklevel=3)
     # No weight-cast cache: autocast keeps the bf16 copy of a weight until its OUTERMOST region
     # exits, and a stage-long region would train on the copies of the first forward's weights
     # forever (optimizer steps would never reach the forwards). Casting afresh per use costs

@@ -80,9 +80,11 @@ def test_muon_without_hidden_matrices_fails_clearly():
         build_optimizer("muon", [{"params": list(head.parameters())}], {"head": head}, lr=1e-3, weight_decay=0.0)
 
 
-def test_newton_schulz_maps_each_singular_value_by_the_quintic():
+@pytest.mark.parametrize("dtype, atol", [(torch.bfloat16, 0.06), (torch.float32, 1e-5)])
+def test_newton_schulz_maps_each_singular_value_by_the_quintic(dtype, atol):
     """On a diagonal matrix the iteration acts on each singular value alone: s <- a s + b s^3 + c s^5,
-    from s / ||G||_F. Five steps take 1, 0.5 and 0.1 to ~0.7-1.2 each, signs and axes kept."""
+    from s / ||G||_F. Five steps take 1, 0.5 and 0.1 to ~0.7-1.2 each, signs and axes kept; to bfloat16's
+    rounding in bfloat16, exactly in float32."""
     coefficients = (3.4445, -4.7750, 2.0315)
     g = torch.diag(torch.tensor([1.0, -0.5, 0.1]))
     expected = []
@@ -91,8 +93,10 @@ def test_newton_schulz_maps_each_singular_value_by_the_quintic():
         for _ in range(5):
             s = 3.4445 * s - 4.7750 * s ** 3 + 2.0315 * s ** 5
         expected.append(s)
-    out = newton_schulz(g, coefficients, steps=5, eps=1e-7).float()
-    assert torch.allclose(out.diagonal(), torch.tensor(expected) * torch.tensor([1.0, -1.0, 1.0]), atol=0.06)  # bfloat16
+    out = newton_schulz(g, coefficients, steps=5, eps=1e-7, dtype=dtype)
+    assert out.dtype == dtype
+    out = out.float()
+    assert torch.allclose(out.diagonal(), torch.tensor(expected) * torch.tensor([1.0, -1.0, 1.0]), atol=atol)
     assert torch.count_nonzero(out - torch.diag(out.diagonal())) == 0
     assert all(0.65 < abs(v) < 1.25 for v in out.diagonal().tolist())
 
@@ -131,3 +135,28 @@ def test_stacked_muon_takes_torch_muons_steps():
         moved, apart = (p.detach() - s).abs().max(), (q.detach() - p.detach()).abs().max()
         assert moved > 3e-2 and apart < 0.05 * moved, shape  # ten steps moved it to where torch's moved it
         assert torch.allclose(a.state[p]["momentum_buffer"], b.state[q]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_stacked_muon_iterates_in_bfloat16_only_where_its_matmuls_are_native(monkeypatch, native):
+    """Emulated bfloat16 (a CPU without AVX512-BF16 or AMX) made Muon's step ~17x slower than float32:
+    there the iterations run in float32. One step of one matrix lands exactly where the update
+    (Nesterov: g + m (buf - g), buf = (1 - m) g) orthogonalised in that dtype takes it."""
+    import components.training.optimizers as optimizers
+
+    monkeypatch.setattr(optimizers, "native_bf16", lambda device_type: native)
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(16, 8))
+    start, p.grad = p.detach().clone(), torch.randn(16, 8)
+    lr, wd, m = 1e-2, 0.1, 0.95
+    StackedMuon([p], lr=lr, weight_decay=wd, momentum=m, adjust_lr_fn="match_rms_adamw").step()
+    update = p.grad + m * ((1 - m) * p.grad - p.grad)
+    coefficients = (3.4445, -4.7750, 2.0315)
+
+    def landing(dtype):
+        ortho = newton_schulz(update, coefficients, 5, 1e-7, dtype)
+        return start * (1 - lr * wd) - lr * 0.2 * 16 ** 0.5 * ortho.float()
+
+    used, other = (torch.bfloat16, torch.float32) if native else (torch.float32, torch.bfloat16)
+    assert torch.allclose(p.detach(), landing(used), atol=1e-7, rtol=0)
+    assert (p.detach() - landing(other)).abs().max() > 1e-5

@@ -4,7 +4,8 @@ import torch
 
 from components.config import ModelConfig, TrainConfig
 from components.generation import SamplingParams, make_engine
-from components.training.precision import mixed_precision
+from components.training import precision
+from components.training.precision import mixed_precision, native_bf16
 from components.training.sft import collate, encode, run_sft, sft_loss_fn
 
 ROWS = [{"messages": [{"role": "user", "content": f"{a}+{b}"},
@@ -87,3 +88,39 @@ def test_half_precision_weights_are_refused_or_warned_before_training(tiny_model
         Trainer({"model": copy.deepcopy(tiny_model).to(torch.float16)}, cfg, tmp_path / "a", what="sft")
     with pytest.warns(UserWarning, match="trainable weights in bfloat16"):
         Trainer({"model": copy.deepcopy(tiny_model).to(torch.bfloat16)}, cfg, tmp_path / "b", what="sft")
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch):
+    """Set torch.cpu's AVX512-BF16 and AMX flags; native_bf16's cache is cleared around the test."""
+    def set_flags(avx512_bf16: bool, amx: bool):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        native_bf16.cache_clear()
+    yield set_flags
+    native_bf16.cache_clear()
+
+
+def test_bfloat16_matmuls_are_native_on_cuda_and_on_cpus_with_avx512_bf16_or_amx(cpu_flags):
+    cpu_flags(avx512_bf16=False, amx=False)
+    assert not native_bf16("cpu") and native_bf16("cuda") and not native_bf16("mps")
+    cpu_flags(avx512_bf16=True, amx=False)
+    assert native_bf16("cpu")
+    cpu_flags(avx512_bf16=False, amx=True)
+    assert native_bf16("cpu")
+
+
+def test_bf16_on_a_cpu_that_emulates_it_warns_and_names_the_fix(monkeypatch):
+    import warnings
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device_type: False)
+    with pytest.warns(UserWarning, match="cpu without native bfloat16 matmuls.*use mixed_precision no"):
+        with mixed_precision("bf16", "cpu"):
+            pass
+    monkeypatch.setattr(precision, "native_bf16", lambda device_type: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with mixed_precision("bf16", "cpu"):
+            pass
+        with mixed_precision("no", "cpu"):
+            pass
