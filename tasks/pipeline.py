@@ -125,8 +125,9 @@ class PipelineRun:
 
     def gain(self, label: str, start, model: ModelRef) -> dict | None:
         """Held-out accuracy gain of `model` (stage `label`'s output) over `start`, the model the stage
-        trained from, paired problem by problem; None when `start` was not evaluated in this run
-        or was scored on another held-out set."""
+        trained from, paired problem by problem, and where both were scored on the same preference
+        prompts the true preference rate's gain, paired prompt by prompt; None when `start` was not
+        evaluated in this run or was scored on another held-out set."""
         if not isinstance(start, ModelRef) or start.digest == model.digest or start.digest not in self.evaluated:
             return None
         before, after = (_outcomes(self.evaluated[m.digest]) for m in (start, model))
@@ -142,10 +143,13 @@ class PipelineRun:
             row.gain, row.gain_se, row.gain_over = g.gain, g.stderr, over
         mlflow.log_metrics({f"{label}.accuracy_gain": g.gain, f"{label}.accuracy_gain_se": g.stderr,
                             f"{label}.problems_won": g.won, f"{label}.problems_lost": g.lost})
-        ratio = (f"{g.gain / g.stderr:+.1f} s.e." if g.stderr else
-                 "every changed problem moved the same way" if g.won or g.lost else "no problem changed")
-        say(f"  {label}: {100 * g.gain:+.1f} points over {over} (paired s.e. {100 * g.stderr:.1f}, {ratio}; "
-            f"{g.won} problems won, {g.lost} lost)")
+        say(f"  {label}: {_described(g, f' over {over}', 'problems')}")
+        if "follows_rules" in before and before.get("pref_set") == after.get("pref_set"):
+            p = paired_gain(before["follows_rules"], after["follows_rules"])
+            gain.update(preference_gain=p.gain, preference_gain_se=p.stderr, preference_won=p.won,
+                        preference_lost=p.lost)
+            mlflow.log_metrics({f"{label}.preference_gain": p.gain, f"{label}.preference_gain_se": p.stderr})
+            say(f"  {label}: house rules {_described(p, '', 'prompts')}")
         return gain
 
     def _scored(self, model: ModelRef, label: str, scores: EvalRef) -> None:
@@ -265,8 +269,17 @@ def _lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}.lock"
 
 
+def _described(g, over: str, items: str) -> str:
+    """A paired gain as the pipeline prints it: `+6.0 points over sft (paired s.e. 1.2, +5.2 s.e.; 98
+    problems won, 38 lost)`."""
+    ratio = (f"{g.gain / g.stderr:+.1f} s.e." if g.stderr else
+             f"every changed {items[:-1]} moved the same way" if g.won or g.lost else f"no {items[:-1]} changed")
+    return f"{100 * g.gain:+.1f} points{over} (paired s.e. {100 * g.stderr:.1f}, {ratio}; {g.won} {items} won, {g.lost} lost)"
+
+
 def _outcomes(evaluation: EvalRef) -> dict | None:
-    """An evaluation's per_problem.json ({"eval_set", "correct"}), or None if it kept none."""
+    """An evaluation's per_problem.json ({"eval_set", "correct"}, and with the house rules scored
+    {"pref_set", "follows_rules"}), or None if it kept none."""
     path = Path(evaluation.scores) if evaluation.scores else None
     return json.loads(path.read_text()) if path is not None and path.is_file() else None
 

@@ -74,7 +74,8 @@ def test_default_recipe_meets_its_claims(tmp_path):
     m = report["metrics"]
     assert_every_reasoning_stage_gains(report)
     assert m["reasoning_rl"]["accuracy"] >= 0.85
-    assert gain_in_se(m["reasoning_rl"], m["alignment"], "preference_rate") > 3
+    aligned = report["gains"]["alignment"]  # the house rules' gain, paired prompt by prompt as accuracy's is
+    assert aligned["over"] == "reasoning_rl" and aligned["preference_gain"] > 3 * aligned["preference_gain_se"]
     assert m["reasoning_rl"]["accuracy"] - m["alignment"]["accuracy"] <= 0.02
     assert m["distill"]["accuracy"] >= 0.85 * m["alignment"]["accuracy"]
     assert gain_in_se(m["distill_control"], m["distill"]) > 3

@@ -38,7 +38,8 @@ def preference_metrics(prompts: list[str], completions: list[str], kinds: list[s
 
 def evaluate_preference(model, tokenizer, rows: list[dict], *, max_new_tokens: int, rollout=None,
                         system_prompt: str | None = None, table_rows: int = 0, progress=False):
-    """(metrics, table) of greedy replies to `rows` ({"prompt", optional "kind"})."""
+    """(metrics, table, follows) of greedy replies to `rows` ({"prompt", optional "kind"}); `follows`: whether
+    each reply follows the house rules, in the rows' order (for paired comparisons of two models)."""
     if not rows:
         raise ValueError("preference evaluation set is empty")
     rollout_cfg = rollout or RolloutConfig(batch_size=128)
@@ -49,4 +50,4 @@ def evaluate_preference(model, tokenizer, rows: list[dict], *, max_new_tokens: i
     metrics = preference_metrics(prompts, out.texts, [r.get("kind") for r in rows])
     table = [{"prompt": p, "kind": r.get("kind"), "completion": c, "true_preference": hr.true_preference(p, c)}
              for p, r, c in zip(prompts[:table_rows], rows, out.texts)]
-    return metrics, table
+    return metrics, table, [hr.follows_rules(p, c) for p, c in zip(prompts, out.texts)]

@@ -139,7 +139,7 @@ def test_each_trained_stage_reports_its_paired_gain_over_the_model_it_started_fr
         outcomes[stage] = json.loads(Path(path).read_text())
         assert len(outcomes[stage]["correct"]) == 24
         assert sum(outcomes[stage]["correct"]) / 24 == pytest.approx(report["metrics"][stage]["accuracy"])
-    assert len({o["eval_set"] for o in outcomes.values()}) == 1
+    assert len({o["eval_set"] for o in outcomes.values()}) == len({o["pref_set"] for o in outcomes.values()}) == 1
     for after, before in starts.items():
         g = report["gains"][after]
         assert g["gain"] == pytest.approx(report["metrics"][after]["accuracy"] - report["metrics"][before]["accuracy"])
@@ -149,6 +149,12 @@ def test_each_trained_stage_reports_its_paired_gain_over_the_model_it_started_fr
         assert parent.data.metrics[f"{after}.accuracy_gain_se"] == pytest.approx(g["gain_se"])
         row = next(r for r in report["stages"] if r["label"] == after)
         assert (row["gain"], row["gain_over"]) == (pytest.approx(g["gain"]), before)
+        # the true preference rate's gain, paired prompt by prompt on the same preference prompts
+        rules = {k: o["follows_rules"] for k, o in outcomes.items()}
+        assert sum(rules[after]) / len(rules[after]) == pytest.approx(report["metrics"][after]["preference_rate"])
+        assert (g["preference_gain"], g["preference_gain_se"], g["preference_won"], g["preference_lost"]) == \
+            pytest.approx(tuple(paired_gain(rules[before], rules[after]))[:4])
+        assert parent.data.metrics[f"{after}.preference_gain_se"] == pytest.approx(g["preference_gain_se"])
 
 
 def test_the_prefect_run_log_shows_each_stage_and_its_training_metrics(trained):
