@@ -13,10 +13,9 @@ emulated and slower, and a stage run under it warns once); on GPUs it is the usu
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
-
 import functools
 import warnings
+from contextlib import contextmanager, nullcontext
 
 import torch
 

@@ -35,8 +35,8 @@ def evaluate(ctx: StageContext, model: ModelRef):
     if cfg.house_rules:
         pref_rows = read_rows(ctx, "pref_eval.jsonl", "prompt", limit=cfg.preference_limit, name="pref_eval")
         pref, table, follows = evaluate_preference(policy, tokenizer, pref_rows, max_new_tokens=cfg.max_new_tokens,
-                                          rollout=cfg.rollout, system_prompt=cfg.system_prompt,
-                                          table_rows=cfg.table_rows)
+                                                   rollout=cfg.rollout, system_prompt=cfg.system_prompt,
+                                                   table_rows=cfg.table_rows)
         metrics.update(pref)
         outcomes.update(pref_set=dataset_digest(pref_rows), follows_rules=[float(f) for f in follows])
         tracking.log_table(table, f"samples/{model.stage}-preference.json")
