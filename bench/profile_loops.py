@@ -123,8 +123,7 @@ def side_by_side_muon(model, lr: float, repeats: int) -> dict:
     torch.optim.Muon does, in alternating runs of 20 steps each."""
     import torch
 
-    from components.training.optimizers import StackedMuon, hidden_matrices
-    from components.training.precision import native_bf16
+    from components.training.optimizers import StackedMuon, hidden_matrices, newton_schulz_dtype
 
     hidden = [p for p in model.parameters() if id(p) in hidden_matrices({"model": model})]
     for p in hidden:
@@ -140,7 +139,7 @@ def side_by_side_muon(model, lr: float, repeats: int) -> dict:
             times[name].append((time.perf_counter() - t) / 20)
     stacked, single = (statistics.median(times[k][1:]) for k in ("stacked", "per matrix"))
     shapes = len({tuple(p.shape) for p in hidden})
-    dtype = "bfloat16" if native_bf16(hidden[0].device.type) else "float32"  # torch.optim.Muon's: bfloat16 always
+    dtype = str(newton_schulz_dtype(hidden[0].device.type)).removeprefix("torch.")  # torch.optim.Muon's: bfloat16
     print(f"\nMuon's step over the {len(hidden)} hidden matrices ({shapes} shapes), stacked (StackedMuon, in {dtype}) "
           f"against torch.optim.Muon's matrix by matrix (in bfloat16), alternating: {1000 * stacked:.3g} ms against "
           f"{1000 * single:.3g} ms (median of {repeats}), {single / stacked:.2f}x")

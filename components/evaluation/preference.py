@@ -16,9 +16,10 @@ from components.data.prompts import render_prompt
 from components.generation import SamplingParams, make_engine
 
 
-def preference_metrics(prompts: list[str], completions: list[str], kinds: list[str | None]) -> dict[str, float]:
-    """preference_rate (± s.e.) over all prompts and per kind, the mean graded score, refusal rates."""
-    follows = [hr.follows_rules(p, c) for p, c in zip(prompts, completions)]
+def preference_metrics(prompts: list[str], completions: list[str], kinds: list[str | None],
+                       follows: list[bool]) -> dict[str, float]:
+    """preference_rate (± s.e.) over all prompts and per kind, the mean graded score, refusal rates;
+    `follows`: `house_rules.follows_rules` of each (prompt, completion)."""
     rate = accuracy_with_ci(follows)
     metrics = {"preference_rate": rate.accuracy, "preference_rate_se": rate.stderr, "preference_n": float(len(follows)),
                "preference_score": sum(hr.true_preference(p, c) for p, c in zip(prompts, completions)) / len(prompts)}
@@ -47,7 +48,8 @@ def evaluate_preference(model, tokenizer, rows: list[dict], *, max_new_tokens: i
     with closing(make_engine(rollout_cfg.backend, model, tokenizer, **rollout_cfg.engine_kwargs())) as engine:
         out = engine.generate([render_prompt(tokenizer, p, system_prompt) for p in prompts],
                               SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens), progress=progress)
-    metrics = preference_metrics(prompts, out.texts, [r.get("kind") for r in rows])
+    follows = [hr.follows_rules(p, c) for p, c in zip(prompts, out.texts)]
+    metrics = preference_metrics(prompts, out.texts, [r.get("kind") for r in rows], follows)
     table = [{"prompt": p, "kind": r.get("kind"), "completion": c, "true_preference": hr.true_preference(p, c)}
              for p, r, c in zip(prompts[:table_rows], rows, out.texts)]
-    return metrics, table, [hr.follows_rules(p, c) for p, c in zip(prompts, out.texts)]
+    return metrics, table, follows

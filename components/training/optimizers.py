@@ -39,6 +39,11 @@ def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float], ste
     return x if wide else x.mT
 
 
+def newton_schulz_dtype(device_type: str) -> torch.dtype:
+    """Where StackedMuon iterates: bfloat16 where its matmuls are native, float32 where it is emulated."""
+    return torch.bfloat16 if native_bf16(device_type) else torch.float32
+
+
 class StackedMuon(torch.optim.Muon):
     """torch.optim.Muon (same arguments, state and update) whose Newton-Schulz iterations run once per
     matrix shape, on the stacked matrices of that shape: a transformer's projections come in three
@@ -64,7 +69,7 @@ class StackedMuon(torch.optim.Muon):
             by_shape = defaultdict(list)
             for i, p in enumerate(params):
                 by_shape[tuple(p.shape)].append(i)
-            dtype = torch.bfloat16 if native_bf16(params[0].device.type) else torch.float32
+            dtype = newton_schulz_dtype(params[0].device.type)
             for shape, idx in by_shape.items():
                 ortho = newton_schulz(torch.stack([updates[i] for i in idx]), group["ns_coefficients"],
                                       group["ns_steps"], group["eps"], dtype)
