@@ -26,6 +26,8 @@ from typing import Callable, Protocol, runtime_checkable
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from components.modeling.tokenizer import token_ids
+
 from .prefix_cache import PrefixCache
 from .sampling import Rollout, SamplingParams, row_keys, sample_next
 
@@ -265,7 +267,7 @@ class TransformersEngine:
         if not prompts:
             return []
         if all(isinstance(p, str) for p in prompts):
-            ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+            ids = token_ids(self.tokenizer, prompts)
         else:
             ids = [[int(t) for t in p] for p in prompts]
         for i, p in enumerate(ids):

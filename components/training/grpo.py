@@ -68,6 +68,7 @@ from components.algorithms import get_advantage_estimator, get_policy_loss, mask
 from components.data.prompts import render_prompt
 from components.generation import SamplingParams, make_engine, owned
 from components.io import write_json
+from components.modeling.tokenizer import token_ids
 from components.rewards import RewardCombiner, RewardFn, RewardResult
 from components.seeds import derive_seed
 from components.training.loop import Log, LoopResult, Progress, Trainer, no_log, no_progress, shares
@@ -247,8 +248,7 @@ def sampling_params(cfg, seed: int) -> SamplingParams:
 
 def encode_prompts(tokenizer, rows: list[dict], system_prompt: str | None) -> list[list[int]]:
     """Chat-templated prompt token ids, computed once for the whole run."""
-    texts = [render_prompt(tokenizer, row["prompt"], system_prompt) for row in rows]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return token_ids(tokenizer, [render_prompt(tokenizer, row["prompt"], system_prompt) for row in rows])
 
 
 def select_by_pass_rate(engine, combiner, rows, prompt_ids, cfg, seed, ckpt_dir: Path, log: Log,

@@ -114,10 +114,16 @@ def test_newton_schulz_of_a_stack_is_that_of_each_matrix_and_tall_ones_are_trans
         assert singular.min() > 0.5 and singular.max() < 1.3
 
 
-def test_stacked_muon_takes_torch_muons_steps():
+@pytest.mark.parametrize("native, tolerance", [(True, 2e-3), (False, 0.05)])
+def test_stacked_muon_takes_torch_muons_steps(monkeypatch, native, tolerance):
     """Three shapes, two matrices of each: ten steps of StackedMuon land where torch.optim.Muon's land,
-    up to bfloat16 rounding, with
-    the same momentum buffers in the state."""
+    with the same momentum buffers in the state. Where StackedMuon iterates in bfloat16 (native) it
+    makes torch's own fused products, batched: the same steps (to the bit on the 2-core CPU; the
+    iteration written out, aX + (bA + cA^2)X, lands 1.3-1.9 % of the way off); in float32, up to
+    torch's bfloat16 rounding."""
+    import components.training.optimizers as optimizers
+
+    monkeypatch.setattr(optimizers, "native_bf16", lambda device_type: native)
     torch.manual_seed(0)
     shapes = [(32, 32), (64, 32), (32, 64)] * 2
     ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
@@ -133,14 +139,14 @@ def test_stacked_muon_takes_torch_muons_steps():
         b.step()
     for p, q, s, shape in zip(ours, theirs, start, shapes):
         moved, apart = (p.detach() - s).abs().max(), (q.detach() - p.detach()).abs().max()
-        assert moved > 3e-2 and apart < 0.05 * moved, shape  # ten steps moved it to where torch's moved it
+        assert moved > 3e-2 and apart < tolerance * moved, shape  # ten steps moved it to where torch's moved it
         assert torch.allclose(a.state[p]["momentum_buffer"], b.state[q]["momentum_buffer"])
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_stacked_muon_iterates_in_bfloat16_only_where_its_matmuls_are_native(monkeypatch, native):
     """Emulated bfloat16 (a CPU without AVX512-BF16 or AMX) made Muon's step ~17x slower than float32:
-    there the iterations run in float32. One step of one matrix lands exactly where the update
+    there the iterations run in float32. One step of one matrix lands where the update
     (Nesterov: g + m (buf - g), buf = (1 - m) g) orthogonalised in that dtype takes it."""
     import components.training.optimizers as optimizers
 
@@ -158,5 +164,5 @@ def test_stacked_muon_iterates_in_bfloat16_only_where_its_matmuls_are_native(mon
         return start * (1 - lr * wd) - lr * 0.2 * 16 ** 0.5 * ortho.float()
 
     used, other = (torch.bfloat16, torch.float32) if native else (torch.float32, torch.bfloat16)
-    assert torch.allclose(p.detach(), landing(used), atol=1e-7, rtol=0)
-    assert (p.detach() - landing(other)).abs().max() > 1e-5
+    assert torch.allclose(p.detach(), landing(used), atol=1e-6, rtol=0)  # float32's rounding of the momentum
+    assert (p.detach() - landing(other)).abs().max() > 3e-5
