@@ -3,9 +3,10 @@
 Every listed method runs from the same starting policy, reward model and data (as parallel
 Prefect tasks on the recipe's task runner; each is cached like any stage, so the method the
 pipeline already ran is not trained twice). One MLflow comparison is logged on the pipeline's
-run: a table (`comparison/alignment.md` and an MLflow table) with the true-preference gain, the
-reasoning accuracy retained, KL, reward-model score, wall time and tokens generated per method,
-and a plot (`comparison/alignment_comparison.png`, also shown in the run's `report/report.md`).
+run: a table (`comparison/alignment.md` and an MLflow table) with the true-preference gain (its
+standard error paired prompt by prompt, as in the pipeline's gain lines), the reasoning accuracy
+retained, KL, reward-model score, wall time and tokens generated per method, and a plot
+(`comparison/alignment_comparison.png`, also shown in the run's `report/report.md`).
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def compare_alignment(run, spec, policy: ModelRef | None, reward_model: ModelRef
     outputs = run.call_variants(spec, {"policy": policy, "reward_model": reward_model}, sections)
     before = run.evaluated[policy.digest].metrics
     # (by digest: a method whose model is the pipeline's own alignment was evaluated under that label)
-    results = {label.split("/", 1)[1]: _result(before, run.evaluated[model.digest].metrics, _summary(model))
+    results = {label.split("/", 1)[1]: _result(before, run.evaluated[model.digest].metrics, _summary(model),
+                                               run.gains.get(label, {}))
                for label, model in outputs.items()}
     rows = comparison_rows(results)
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,9 +52,13 @@ def _summary(model: ModelRef) -> dict:
     return json.loads((Path(model.uri).parent / "summary.json").read_text())
 
 
-def _result(before: dict, after: dict, summary: dict) -> dict:
+def _result(before: dict, after: dict, summary: dict, gain: dict) -> dict:
+    """A method's row inputs; `gain` is the pipeline's gain of its model over the start
+    (`PipelineRun.gain`), whose house-rules error is paired prompt by prompt when both were scored
+    on the same preference prompts."""
+    paired = {"preference_gain_se": gain["preference_gain_se"]} if "preference_gain_se" in gain else {}
     return {"preference_before": before["preference_rate"], "preference_after": after["preference_rate"],
             "preference_n": after["preference_n"], "accuracy_before": before["accuracy"],
             "accuracy_after": after["accuracy"], "kl": summary["kl"], "rm_score": summary.get("rm_score", 0.0),
             "rm_score_before": summary.get("rm_score_before", 0.0),
-            "wall_s": summary["wall_s"], "tokens_generated": summary["tokens_generated"]}
+            "wall_s": summary["wall_s"], "tokens_generated": summary["tokens_generated"]} | paired

@@ -10,13 +10,17 @@ Each method's result dict (the stage builds it after training and evaluating the
                                          greedy completions
     wall_s                               training wall time (seconds)
     tokens_generated                     completion tokens sampled while training
+    preference_gain_se                   (optional) the standard error (0..1) of the gain paired prompt by
+                                         prompt: both policies answered the same prompts
+                                         (components/evaluation/paired.py)
 
 Derived columns: `rm_score_change` (what the method moved the score it was trained on, for the
-online methods); `preference_gain` (points) and its standard error as for two independent
-proportions, sqrt(p0 (1 - p0) / n + p1 (1 - p1) / n) (conservative when both rates come
-from the same prompts, whose errors are positively correlated); `gain_in_se`;
-`accuracy_change` (points); and `meets_target`: gain > `min_gain_se` standard errors with an
-accuracy drop of at most `max_accuracy_drop` points (issue 8's targets: 3 and 2).
+online methods); `preference_gain` (points) and its standard error: the paired one when the result
+carries it, else as for two independent proportions, sqrt(p0 (1 - p0) / n + p1 (1 - p1) / n)
+(conservative when both rates come from the same prompts, whose errors are positively
+correlated), and `paired` saying which; `gain_in_se`; `accuracy_change` (points); and
+`meets_target`: gain > `min_gain_se` standard errors with an accuracy drop of at most
+`max_accuracy_drop` points (issue 8's targets: 3 and 2).
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ from components.io import atomic_file
 REQUIRED = ("preference_before", "preference_after", "preference_n", "accuracy_before", "accuracy_after", "kl",
             "rm_score", "rm_score_before", "wall_s", "tokens_generated")
 RATES = ("preference_before", "preference_after", "accuracy_before", "accuracy_after")
-COLUMNS = ("method", "preference_before", "preference_after", "preference_gain", "preference_gain_se", "gain_in_se",
+COLUMNS = ("method", "preference_before", "preference_after", "preference_gain", "preference_gain_se", "paired",
+           "gain_in_se",
            "accuracy_before", "accuracy_after", "accuracy_change", "kl", "rm_score", "rm_score_change", "wall_s",
            "tokens_generated", "meets_target")
 
@@ -47,12 +52,12 @@ def _checked(method: str, r: Mapping[str, float]) -> dict[str, float]:
     if missing:
         raise ValueError(f"comparison: method {method!r} lacks {missing}")
     out = {}
-    for k in REQUIRED:
+    for k in REQUIRED + (("preference_gain_se",) if "preference_gain_se" in r else ()):
         v = r[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ValueError(f"comparison: method {method!r}: {k} must be a finite number, got {v!r}")
         out[k] = float(v)
-    bad = [k for k in RATES if not 0.0 <= out[k] <= 1.0]
+    bad = [k for k in RATES + ("preference_gain_se",) if k in out and not 0.0 <= out[k] <= 1.0]
     if bad or out["preference_n"] < 1:
         raise ValueError(f"comparison: method {method!r}: rates must lie in [0, 1] and preference_n >= 1 "
                          f"({', '.join(f'{k}={out[k]}' for k in bad + ['preference_n'])})")
@@ -62,11 +67,12 @@ def _checked(method: str, r: Mapping[str, float]) -> dict[str, float]:
 def _row(method: str, r: dict[str, float], min_gain_se: float, max_accuracy_drop: float) -> dict:
     p0, p1, n = r["preference_before"], r["preference_after"], r["preference_n"]
     gain = 100.0 * (p1 - p0)
-    se = 100.0 * math.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / n)
+    paired = "preference_gain_se" in r
+    se = 100.0 * (r["preference_gain_se"] if paired else math.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / n))
     in_se = gain / se if se > 0 else (math.inf if gain > 0 else 0.0)
     accuracy_change = 100.0 * (r["accuracy_after"] - r["accuracy_before"])
     return {"method": method, "preference_before": p0, "preference_after": p1, "preference_gain": gain,
-            "preference_gain_se": se, "gain_in_se": in_se, "accuracy_before": r["accuracy_before"],
+            "preference_gain_se": se, "paired": paired, "gain_in_se": in_se, "accuracy_before": r["accuracy_before"],
             "accuracy_after": r["accuracy_after"], "accuracy_change": accuracy_change, "kl": r["kl"],
             "rm_score": r["rm_score"], "rm_score_change": r["rm_score"] - r["rm_score_before"], "wall_s": r["wall_s"],
             "tokens_generated": int(r["tokens_generated"]),
@@ -79,7 +85,8 @@ def markdown_table(rows: list[dict]) -> str:
             "tokens", "target met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["method"], f"{r['preference_gain']:+.1f} ± {r['preference_gain_se']:.1f}", f"{r['gain_in_se']:.1f}",
+        se = f"{r['preference_gain_se']:.1f}" + (" paired" if r["paired"] else "")
+        cells = [r["method"], f"{r['preference_gain']:+.1f} ± {se}", f"{r['gain_in_se']:.1f}",
                  f"{r['accuracy_change']:+.1f}", f"{r['kl']:.3f}", f"{r['rm_score']:.2f} ({r['rm_score_change']:+.2f})",
                  f"{r['wall_s']:.0f}", f"{r['tokens_generated']:,}", "yes" if r["meets_target"] else "no"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -93,7 +93,7 @@ def test_reward_models_pass_their_gate_and_are_registered_with_their_kind(traine
 
 
 def test_alignment_records_kl_and_reward_model_score_and_the_comparison_is_logged(trained):
-    _, parent = trained
+    report, parent = trained
     runs = stage_runs(parent)
     summary = runs["alignment"].data.metrics
     assert summary["final/kl"] >= 0 and "final/rm_score" in summary and "final/rm_score_before" in summary
@@ -105,6 +105,10 @@ def test_alignment_records_kl_and_reward_model_score_and_the_comparison_is_logge
     assert by_method["oreo"]["tokens_generated"] > 0  # its offline trajectories are the policy's own samples
     starts = {round(r["rm_score"] - r["rm_score_change"], 5) for r in by_method.values()}
     assert len(starts) == 1, "every method is scored against the same starting policy's greedy answers"
+    for method, row in by_method.items():  # the house-rules gain's error paired prompt by prompt, as the pipeline's
+        gain = report["gains"][f"alignment/{method}"]
+        assert row["paired"] and row["preference_gain"] == pytest.approx(100 * gain["preference_gain"])
+        assert row["preference_gain_se"] == pytest.approx(100 * gain["preference_gain_se"])
     assert artifact(parent.info.run_id, "comparison/alignment_comparison.png").stat().st_size > 1000
     assert "alignment_comparison.png" in artifact(parent.info.run_id, "report/report.md").read_text()
 

@@ -28,6 +28,18 @@ def test_rows_by_hand():
     assert table.count("\n") == 4
 
 
+def test_a_paired_standard_error_replaces_the_independent_one():
+    """Both policies answered the same prompts: the gain's paired error (given as a rate) is the one
+    the row uses, and the table says so."""
+    dpo, ppo = comparison_rows({"dpo": {**DPO, "preference_gain_se": 0.05}, "ppo": {**PPO, "preference_gain_se": 0.01}})
+    assert dpo["paired"] and dpo["preference_gain_se"] == pytest.approx(5.0) and dpo["gain_in_se"] == pytest.approx(6.0)
+    # ppo: +5 points at 1 paired s.e. is 5 s.e. (0.86 unpaired): the accuracy drop alone now misses the target
+    assert ppo["gain_in_se"] == pytest.approx(5.0) and not ppo["meets_target"]
+    assert comparison_rows({"ppo": {**PPO, "accuracy_after": 0.6, "preference_gain_se": 0.01}})[0]["meets_target"]
+    assert "| dpo | +30.0 ± 5.0 paired | 6.0 |" in markdown_table([dpo, ppo])
+    assert not comparison_rows({"dpo": DPO})[0]["paired"]
+
+
 def test_bad_results_are_named():
     with pytest.raises(ValueError, match=r"method 'ppo' lacks \['kl'\]"):
         comparison_rows({"dpo": DPO, "ppo": {k: v for k, v in PPO.items() if k != "kl"}})
@@ -37,6 +49,10 @@ def test_bad_results_are_named():
         comparison_rows({"dpo": {**DPO, "wall_s": float("nan")}})
     with pytest.raises(ValueError, match=r"method 'dpo' lacks \['rm_score_before'\]"):
         comparison_rows({"dpo": {k: v for k, v in DPO.items() if k != "rm_score_before"}})
+    with pytest.raises(ValueError, match="method 'dpo': rates must lie in.*preference_gain_se=2.0"):
+        comparison_rows({"dpo": {**DPO, "preference_gain_se": 2.0}})
+    with pytest.raises(ValueError, match="method 'dpo': preference_gain_se must be a finite number"):
+        comparison_rows({"dpo": {**DPO, "preference_gain_se": float("inf")}})
     with pytest.raises(ValueError, match="no method results"):
         comparison_rows({})
 
