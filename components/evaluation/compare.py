@@ -34,9 +34,8 @@ REQUIRED = ("preference_before", "preference_after", "preference_n", "accuracy_b
             "rm_score", "rm_score_before", "wall_s", "tokens_generated")
 RATES = ("preference_before", "preference_after", "accuracy_before", "accuracy_after")
 COLUMNS = ("method", "preference_before", "preference_after", "preference_gain", "preference_gain_se", "paired",
-           "gain_in_se",
-           "accuracy_before", "accuracy_after", "accuracy_change", "kl", "rm_score", "rm_score_change", "wall_s",
-           "tokens_generated", "meets_target")
+           "gain_in_se", "accuracy_before", "accuracy_after", "accuracy_change", "kl", "rm_score", "rm_score_change",
+           "wall_s", "tokens_generated", "meets_target")
 
 
 def comparison_rows(results: Mapping[str, Mapping[str, float]], *, min_gain_se: float = 3.0,
