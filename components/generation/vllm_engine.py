@@ -15,6 +15,8 @@ import os
 import tempfile
 import time
 
+from components.modeling.tokenizer import token_ids
+
 from .sampling import Rollout, SamplingParams
 
 
@@ -87,7 +89,7 @@ class VLLMEngine:
     def generate(self, prompts, params: SamplingParams, progress=False) -> Rollout:
         start = time.perf_counter()
         if prompts and all(isinstance(p, str) for p in prompts):
-            prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+            prompt_ids = token_ids(self.tokenizer, list(prompts))
         else:
             prompt_ids = [[int(t) for t in p] for p in prompts]
         # one n=1 request per (prompt i, sample j), seeded from (seed, i, j); prefix caching

@@ -35,12 +35,12 @@ def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float], ste
     wide = x.size(-2) <= x.size(-1)
     x = x if wide else x.mT
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
-    flat = x.dim() == 2
-    x = x.unsqueeze(0) if flat else x.reshape(-1, *x.shape[-2:])
+    shape = x.shape
+    x = x.reshape(-1, *shape[-2:])  # baddbmm takes one batch dimension (a single matrix: a batch of one)
     for _ in range(steps):
         gram = x @ x.mT
         x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    x = x.squeeze(0) if flat else x.reshape(g.shape[:-2] + x.shape[-2:])
+    x = x.reshape(shape)
     return x if wide else x.mT
 
 
