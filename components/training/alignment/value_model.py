@@ -22,6 +22,7 @@ from torch import Tensor
 from components.data.prompts import render_prompt
 from components.io import atomic_dir
 from components.modeling.models import DTYPES
+from components.modeling.tokenizer import token_ids
 from components.training.rollout_batch import RolloutBatch
 
 VALUE_CONVENTION = "last_token_of_prefix"
@@ -91,8 +92,8 @@ def batch_values(value_model, batch: RolloutBatch, chunk: int) -> Tensor:
 def prefix_values(value_model, tokenizer, prompt: str, prefixes: list[str],
                   system_prompt: str | None = None) -> list[float]:
     """V(prompt + prefix) for each partial response text (an empty prefix: the prompt alone)."""
-    head = tokenizer(render_prompt(tokenizer, prompt, system_prompt), add_special_tokens=False)["input_ids"]
-    rows = [head + (tokenizer(p, add_special_tokens=False)["input_ids"] if p else []) for p in prefixes]
+    head = token_ids(tokenizer, [render_prompt(tokenizer, prompt, system_prompt)])[0]
+    rows = [head + ids for ids in token_ids(tokenizer, list(prefixes))]
     device = next(value_model.parameters()).device
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
