@@ -5,8 +5,8 @@
 * rows are ordered by prompt length and cut into batches of at most `batch_size` rows;
 * each batch prefills every distinct prompt ONCE (left padded, padding-aware position ids)
   and then expands the KV cache to the G rows that share the prompt;
-* the decode loop runs over the whole batch under `torch.inference_mode()` with the KV
-  cache; finished rows are dropped from the batch (cache, mask, positions, RNG keys) once
+* the decode loop runs over the whole batch under `torch.inference_mode()` with a KV cache
+  written in place, not concatenated every step (`_kv_cache`); finished rows are dropped from the batch (cache, mask, positions, RNG keys) once
   (their share of the batch) x (steps left) >= `compact_after`, so the batch shrinks as
   rows finish without paying a full cache copy for every single finished row;
 * sampling is vectorized (see `sampling.py`): one host sync per step (the "all done?"
@@ -47,63 +47,96 @@ class RolloutEngine(Protocol):
 
 
 # ---------------------------------------------------------------------------------------
-# KV cache with in-place growth
+# KV caches written in place
+
+# "auto": "preallocated" on CUDA, "chunked" elsewhere
+KV_CACHES = ("auto", "concat", "preallocated", "chunked")
+KV_CHUNK = 8  # positions a "chunked" buffer grows by (8 measured faster than 16 on 2 CPU cores)
 
 
-def _growing_cache(model, capacity: int) -> DynamicCache:
-    """A `DynamicCache` whose full-attention layers write into preallocated buffers.
+def _kv_cache(model, kind: str, capacity: int) -> DynamicCache:
+    """The decode loop's KV cache.
 
-    `DynamicLayer.update` concatenates the whole cache every step (an O(L) copy per token);
-    `_GrowingLayer` writes the new keys/values into a buffer of `capacity` positions and
-    hands attention a view of the filled part. Caches with other layer types (sliding
-    windows, linear attention) are left as they are.
+    `concat` is transformers' `DynamicCache`, whose `update` concatenates the whole cache every
+    step (an O(L) copy per token). The other two write each step's keys/values in place
+    (`_BufferLayer`): `preallocated` into buffers of `capacity` positions, handing attention a
+    view of the filled part (CUDA's kernels read strided keys as they are; the CPU kernel copies
+    them, which costs what the concatenation did); `chunked` into contiguous buffers grown
+    `KV_CHUNK` positions at a time, handing attention the whole buffer with its unwritten
+    columns zero and masked (no copy per step, at most KV_CHUNK - 1 masked columns). Caches with
+    other layer types (sliding windows, linear attention) stay concatenating.
     """
     cache = DynamicCache(config=model.config)
-    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
-        cache.layers = [_GrowingLayer(capacity) for _ in cache.layers]
+    if kind != "concat" and cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        chunk = KV_CHUNK if kind == "chunked" else None
+        cache.layers = [_BufferLayer(capacity, chunk) for _ in cache.layers]
     return cache
 
 
-class _GrowingLayer(DynamicLayer):
+class _BufferLayer(DynamicLayer):
+    """A full-attention cache layer whose keys/values live in buffers written in place.
+
+    chunk None: the buffers hold `capacity` positions (more if a write needs it) and `keys` /
+    `values` are views of the filled part. chunk k: the buffers grow k positions at a time and
+    `keys` / `values` are all of them; the unwritten columns are zero (a masked column's weight
+    is exactly 0, and 0 x 0 adds nothing) and `get_mask_sizes` reports the buffer's length, so
+    the model pads the attention mask with zeros over them.
+    """
     is_croppable = False
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, chunk: int | None = None):
         super().__init__()
-        self.capacity = capacity
+        self.capacity, self.chunk = capacity, chunk
         self.length = 0
         self._kbuf = self._vbuf = None
+
+    def _size(self, end: int) -> int:
+        """Buffer positions once `end` positions are filled."""
+        size = self._kbuf.shape[-2] if self._kbuf is not None else 0
+        if end <= size:
+            return size
+        return max(end, self.capacity) if self.chunk is None else -(-end // self.chunk) * self.chunk
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         end = self.length + key_states.shape[-2]
         if self._kbuf is None or end > self._kbuf.shape[-2]:
-            self._realloc(None, max(end, self.capacity), key_states, value_states)
+            self._realloc(None, self._size(end), key_states, value_states)
         self._kbuf[:, :, self.length : end].copy_(key_states)
         self._vbuf[:, :, self.length : end].copy_(value_states)
         self.length = end
-        self.keys = self._kbuf[:, :, :end]
-        self.values = self._vbuf[:, :, :end]
+        self._expose()
         return self.keys, self.values
 
-    def _realloc(self, indices, cap, key_like, value_like):
-        """New buffers of `cap` positions holding the filled part (rows `indices` if given)."""
+    def _expose(self) -> None:
+        shown = self.length if self.chunk is None else self._kbuf.shape[-2]
+        self.keys, self.values = self._kbuf[:, :, :shown], self._vbuf[:, :, :shown]
+
+    def _realloc(self, indices, size, key_like, value_like):
+        """New buffers of `size` positions holding the filled part (rows `indices` if given)."""
         k_old, v_old = self._kbuf, self._vbuf
         if k_old is not None and indices is not None:
             k_old = k_old[:, :, : self.length].index_select(0, indices)
             v_old = v_old[:, :, : self.length].index_select(0, indices)
         b = k_old.shape[0] if k_old is not None else key_like.shape[0]
         h, d, dv = key_like.shape[1], key_like.shape[-1], value_like.shape[-1]
-        self._kbuf = key_like.new_empty((b, h, cap, d))
-        self._vbuf = value_like.new_empty((b, h, cap, dv))
+        self._kbuf = key_like.new_empty((b, h, size, d))
+        self._vbuf = value_like.new_empty((b, h, size, dv))
         if k_old is not None and self.length:
             self._kbuf[:, :, : self.length].copy_(k_old[:, :, : self.length])
             self._vbuf[:, :, : self.length].copy_(v_old[:, :, : self.length])
-        self.keys = self._kbuf[:, :, : self.length]
-        self.values = self._vbuf[:, :, : self.length]
+        if self.chunk is not None:  # attention reads the unwritten columns too
+            self._kbuf[:, :, self.length :].zero_()
+            self._vbuf[:, :, self.length :].zero_()
+        self._expose()
 
     def get_seq_length(self) -> int:
         return self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        end = self.length + query_length
+        return (end if self.chunk is None else self._size(end)), 0
 
     def batch_select_indices(self, indices):
         if self._kbuf is not None:
@@ -135,21 +168,22 @@ class TransformersEngine:
     """In-process batched sampler over a Hugging Face causal LM (shares the module)."""
 
     def __init__(self, model, tokenizer, batch_size: int = 256, device=None, compact_after: float = 3.0,
-                 inplace_cache: bool | None = None, workers: int = 1):
+                 kv_cache: str = "auto", workers: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if kv_cache not in KV_CACHES:
+            raise ValueError(f"kv_cache must be one of {KV_CACHES}, got {kv_cache!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.device = torch.device(device) if device is not None else None
         # drop finished rows once (dead share of the batch) x (steps left) reaches this
         self.compact_after = compact_after
-        # None: preallocated in-place KV buffers on CUDA (no per-step O(L) concatenation);
-        # the stock concatenating DynamicCache on CPU, where SDPA over the strided views of
-        # a preallocated buffer measured slower than the concatenation it saves.
-        self.inplace_cache = inplace_cache
+        # how the decode loop keeps keys/values (`_kv_cache`): "auto" writes them in place, into
+        # preallocated buffers on CUDA and into contiguous buffers grown in chunks elsewhere
+        self.kv_cache = kv_cache
         # workers > 1: helper processes decode whole batches beside this one (CPU only; workers.py)
         self._pool = None
         if workers > 1:
@@ -158,7 +192,7 @@ class TransformersEngine:
             from .workers import WorkerPool
 
             self._pool = WorkerPool(model, tokenizer, workers, {"batch_size": batch_size,
-                                    "compact_after": compact_after, "inplace_cache": inplace_cache})
+                                    "compact_after": compact_after, "kv_cache": kv_cache})
 
     def close(self) -> None:
         """Stop the helper processes, if any (also done when the engine is collected or the process exits)."""
@@ -434,8 +468,8 @@ class TransformersEngine:
         ids, attn = ids.to(device), attn.to(device)
         positions = (attn.cumsum(-1) - 1).clamp_min_(0)[:, past:]
 
-        inplace = self.inplace_cache if self.inplace_cache is not None else device.type == "cuda"
-        cache = _growing_cache(model, past + width + max_new) if inplace else DynamicCache(config=model.config)
+        kind = self.kv_cache if self.kv_cache != "auto" else "preallocated" if device.type == "cuda" else "chunked"
+        cache = _kv_cache(model, kind, past + width + max_new)
         if prefix_cache is not None:
             prefix_cache.check(cache)
         if past:

@@ -175,13 +175,42 @@ def test_compaction_and_cache_kind_do_not_change_outputs(model, tok, engine, pro
     p = SamplingParams(n=8, temperature=3.0, max_new_tokens=40, seed=0, stop=("4",))
     eager = TransformersEngine(model, tok, compact_after=0.0).generate(prompts, p)  # drop rows at once
     never = TransformersEngine(model, tok, compact_after=float("inf")).generate(prompts, p)
-    inplace = TransformersEngine(model, tok, inplace_cache=True).generate(prompts, p)  # preallocated KV buffers
-    assert eager.completion_ids == never.completion_ids == inplace.completion_ids
+    kinds = {kind: TransformersEngine(model, tok, kv_cache=kind).generate(prompts, p)
+             for kind in ("concat", "preallocated", "chunked")}
+    assert all(r.completion_ids == eager.completion_ids for r in [never, *kinds.values()])
     assert engine.generate(prompts, p).completion_ids == eager.completion_ids
     assert eager.finish_reasons == never.finish_reasons and {"eos", "stop"} <= set(eager.finish_reasons)
-    torch.testing.assert_close(
-        torch.tensor(sum(eager.logprobs, [])), torch.tensor(sum(never.logprobs, [])), atol=1e-5, rtol=0
-    )
+    for r in [never, *kinds.values()]:
+        torch.testing.assert_close(
+            torch.tensor(sum(eager.logprobs, [])), torch.tensor(sum(r.logprobs, [])), atol=1e-5, rtol=0
+        )
+
+
+def test_a_chunked_cache_grows_by_chunks_and_masks_what_is_not_written(model, tok):
+    """The layer hands attention its whole buffer: filled positions, then zeros, which the mask
+    it reports covers; compaction keeps the rows asked for and their zeros."""
+    from components.generation.engine import KV_CHUNK, _kv_cache
+
+    cache = _kv_cache(model, "chunked", capacity=100)
+    layer = cache.layers[0]
+    assert cache.get_mask_sizes(3, 0) == (KV_CHUNK, 0)  # a 3-token prefill will fill a chunk's buffer
+    k = torch.randn(2, 4, 3, 8)
+    keys, values = layer.update(k, k + 1)
+    assert keys.shape == (2, 4, KV_CHUNK, 8) and keys.is_contiguous() and cache.get_seq_length() == 3
+    assert torch.equal(keys[:, :, :3], k) and torch.equal(values[:, :, :3], k + 1)
+    assert not keys[:, :, 3:].any() and not values[:, :, 3:].any()
+    assert layer.get_mask_sizes(KV_CHUNK - 3) == (KV_CHUNK, 0) and layer.get_mask_sizes(KV_CHUNK - 2) == (2 * KV_CHUNK, 0)
+    step = torch.randn(2, 4, KV_CHUNK - 2, 8)
+    keys, _ = layer.update(step, step)  # past the first chunk: the buffer grows by one
+    assert keys.shape[-2] == 2 * KV_CHUNK and torch.equal(keys[:, :, :3], k) and not keys[:, :, KV_CHUNK + 1 :].any()
+    layer.batch_select_indices(torch.tensor([1]))
+    assert layer.keys.shape == (1, 4, 2 * KV_CHUNK, 8) and torch.equal(layer.keys[0, :, :3], k[1])
+    assert not layer.keys[:, :, KV_CHUNK + 1 :].any() and layer.get_seq_length() == KV_CHUNK + 1
+
+
+def test_an_unknown_kv_cache_kind_is_refused(model, tok):
+    with pytest.raises(ValueError, match="kv_cache must be one of"):
+        TransformersEngine(model, tok, kv_cache="paged")
 
 
 def test_generation_config_eos_list(model, tok, engine, prompts):

@@ -80,7 +80,7 @@ def chat(tok, content: str) -> list[int]:
     return tok(text, add_special_tokens=False).input_ids
 
 
-@pytest.mark.parametrize("engine_kw", [{}, {"compact_after": 0.0}, {"inplace_cache": True}])
+@pytest.mark.parametrize("engine_kw", [{}, {"compact_after": 0.0}, {"kv_cache": "concat"}, {"kv_cache": "preallocated"}])
 def test_reuse_gives_the_same_samples_and_computes_fewer_prompt_tokens(model, tok, engine_kw):
     engine = TransformersEngine(model, tok, **engine_kw)
     prompts = [chat(tok, c) for c in ("1+2", "12+3*4-5", "7", "3*4+1")]
