@@ -6,9 +6,10 @@
 * each batch prefills every distinct prompt ONCE (left padded, padding-aware position ids)
   and then expands the KV cache to the G rows that share the prompt;
 * the decode loop runs over the whole batch under `torch.inference_mode()` with a KV cache
-  written in place, not concatenated every step (`_kv_cache`); finished rows are dropped from the batch (cache, mask, positions, RNG keys) once
-  (their share of the batch) x (steps left) >= `compact_after`, so the batch shrinks as
-  rows finish without paying a full cache copy for every single finished row;
+  written in place, not concatenated every step (`_kv_cache`); finished rows are dropped
+  from the batch (cache, mask, positions, RNG keys) once (their share of the batch) x
+  (steps left) >= `compact_after`, so the batch shrinks as rows finish without paying a
+  full cache copy for every single finished row;
 * sampling is vectorized (see `sampling.py`): one host sync per step (the "all done?"
   check, which also tells which rows to drop), plus the new tokens when stop strings are
   in use (stop strings are checked on the decoded tail of each live row only, once a step);
