@@ -50,7 +50,7 @@ class RolloutEngine(Protocol):
 # ---------------------------------------------------------------------------------------
 # KV caches written in place
 
-# "auto": "preallocated" on CUDA, "chunked" elsewhere
+# "auto": "preallocated" on CUDA, "chunked" elsewhere (`_auto_kv_cache`)
 KV_CACHES = ("auto", "concat", "preallocated", "chunked")
 KV_CHUNK = 8  # positions a "chunked" buffer grows by (8 measured faster than 16 on 2 CPU cores)
 
@@ -72,6 +72,17 @@ def _kv_cache(model, kind: str, capacity: int) -> DynamicCache:
         chunk = KV_CHUNK if kind == "chunked" else None
         cache.layers = [_BufferLayer(capacity, chunk) for _ in cache.layers]
     return cache
+
+
+def _auto_kv_cache(model, device: torch.device) -> str:
+    """The cache kind of `kv_cache="auto"`: on CUDA "preallocated"; elsewhere "chunked" for
+    transformers' own model classes, which size their attention masks by the cache's
+    `get_mask_sizes`, and "concat" for any other class (remote code may size them by the sequence
+    length alone)."""
+    if device.type == "cuda":
+        return "preallocated"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the wrapped model
+    return "chunked" if type(base).__module__.startswith("transformers.") else "concat"
 
 
 class _BufferLayer(DynamicLayer):
@@ -469,7 +480,7 @@ class TransformersEngine:
         ids, attn = ids.to(device), attn.to(device)
         positions = (attn.cumsum(-1) - 1).clamp_min_(0)[:, past:]
 
-        kind = self.kv_cache if self.kv_cache != "auto" else "preallocated" if device.type == "cuda" else "chunked"
+        kind = self.kv_cache if self.kv_cache != "auto" else _auto_kv_cache(model, device)
         cache = _kv_cache(model, kind, past + width + max_new)
         if prefix_cache is not None:
             prefix_cache.check(cache)

@@ -208,6 +208,18 @@ def test_a_chunked_cache_grows_by_chunks_and_masks_what_is_not_written(model, to
     assert not layer.keys[:, :, KV_CHUNK + 1 :].any() and layer.get_seq_length() == KV_CHUNK + 1
 
 
+def test_auto_chunks_the_cache_of_transformers_models_only(model):
+    """A class from elsewhere (remote code) may size its attention masks without asking the cache."""
+    from components.generation.engine import _auto_kv_cache
+
+    class Remote(type(model)):
+        pass
+
+    cpu = torch.device("cpu")
+    assert _auto_kv_cache(model, cpu) == "chunked" and _auto_kv_cache(model, torch.device("cuda")) == "preallocated"
+    assert Remote.__module__ == __name__ and _auto_kv_cache(Remote(model.config), cpu) == "concat"
+
+
 def test_an_unknown_kv_cache_kind_is_refused(model, tok):
     with pytest.raises(ValueError, match="kv_cache must be one of"):
         TransformersEngine(model, tok, kv_cache="paged")
