@@ -41,11 +41,23 @@ def prefect_api(prepare=None, flow: str | None = None):
         return
     from tasks.private_server import private_prefect_server
 
-    with private_prefect_server(while_starting=run_prepare):
+    with private_prefect_server(while_starting=run_prepare), _no_heartbeats():
         try:
             yield result[0]
         finally:
             _flush_prefect_logs()  # before the server goes: else "Error logging to API"
+
+
+@contextlib.contextmanager
+def _no_heartbeats():
+    """No flow-run heartbeats on a private server. They let a long-lived server tell a crashed run
+    from a slow one; a private server stops with its run (the next command marks a killed run
+    Crashed itself), and the heartbeat thread costs every command up to a second at its end (its
+    join waits out the thread's one-second sleep)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def _flush_prefect_logs() -> None:

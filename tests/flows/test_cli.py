@@ -133,3 +133,30 @@ def test_a_busy_port_is_named(tmp_path, monkeypatch):
         result = runner.invoke(app, ["server", "start", "mlflow", "--mlflow-port", str(port)])
     assert result.exit_code == 2 and f"mlflow: port {port} on 127.0.0.1 is in use" in result.output
     assert not list((tmp_path / ".r1flow" / "servers").glob("*.json"))
+
+
+def test_flow_runs_send_heartbeats_to_a_configured_server_only(monkeypatch):
+    """A private server stops with its command, so its flow runs send no heartbeats (the thread's join
+    cost every command up to a second); a configured server keeps Prefect's default."""
+    import contextlib
+
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    import flows.cli as cli
+    import tasks.private_server
+
+    @contextlib.contextmanager
+    def fake_server(while_starting=None):
+        while_starting()
+        yield "http://127.0.0.1:1/api"
+
+    monkeypatch.setattr(tasks.private_server, "private_prefect_server", fake_server)
+    default = PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value()
+    assert default is not None
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with cli.prefect_api(lambda: "prepared") as prepared:
+        assert prepared == "prepared" and PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() is None
+    assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() == default
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    with cli.prefect_api(lambda: "prepared"):
+        assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() == default
