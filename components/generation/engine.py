@@ -10,6 +10,8 @@
   from the batch (cache, mask, positions, RNG keys) once (their share of the batch) x
   (steps left) >= `compact_after`, so the batch shrinks as rows finish without paying a
   full cache copy for every single finished row;
+* on CPU a step's attention, one query a row, is two batched products and a softmax
+  (`_decode_attention`), not SDPA's CPU kernel, which is built for blocks of queries;
 * sampling is vectorized (see `sampling.py`): one host sync per step (the "all done?"
   check, which also tells which rows to drop), plus the new tokens when stop strings are
   in use (stop strings are checked on the decoded tail of each live row only, once a step);
@@ -21,11 +23,14 @@
 from __future__ import annotations
 
 import time
-from contextlib import AbstractContextManager, closing, nullcontext
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from components.modeling.tokenizer import token_ids
 
@@ -173,6 +178,51 @@ class _BufferLayer(DynamicLayer):
 
 
 # ---------------------------------------------------------------------------------------
+# attention for one query a row
+
+DECODE_ATTENTION = "r1flow_decode"  # SDPA, but a decode step on CPU attends by batched products
+_DELEGATED = ("softcap", "s_aux", "position_bias", "cache")  # what only SDPA's own path handles
+
+
+def _decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """transformers' SDPA attention, except for one query a row on CPU without dropout: then
+    softmax(q k^T * scale, masked) v as two batched products. SDPA's CPU flash kernel is built
+    for blocks of queries; on a decode step of 256 rows x 4 heads it took about twice as long as
+    these products. The masks are SDPA's (`sdpa_mask`: True attends, or an additive float mask)."""
+    if (query.shape[2] != 1 or query.device.type != "cpu" or dropout or key.shape[1] != query.shape[1]
+            or any(kwargs.get(k) is not None for k in _DELEGATED)):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:
+        scores = (scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+                  if attention_mask.dtype == torch.bool else scores + attention_mask)
+    out = torch.matmul(scores.softmax(-1), value)
+    return out.transpose(1, 2).contiguous(), None
+
+
+ALL_ATTENTION_FUNCTIONS.register(DECODE_ATTENTION, _decode_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(DECODE_ATTENTION, sdpa_mask)
+
+
+@contextmanager
+def _attention_for_decoding(model, device: torch.device):
+    """Within the block, a transformers model on CPU that attends by SDPA attends by
+    `_decode_attention` (the same as SDPA wherever a call has more than one query a row)."""
+    config = getattr(model, "config", None)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the wrapped model
+    if (device.type != "cpu" or getattr(config, "_attn_implementation", None) != "sdpa"
+            or not type(base).__module__.startswith("transformers.")):
+        yield
+        return
+    config._attn_implementation = DECODE_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
+
+
+# ---------------------------------------------------------------------------------------
 # the in-process engine
 
 
@@ -180,7 +230,7 @@ class TransformersEngine:
     """In-process batched sampler over a Hugging Face causal LM (shares the module)."""
 
     def __init__(self, model, tokenizer, batch_size: int = 256, device=None, compact_after: float = 3.0,
-                 kv_cache: str = "auto", workers: int = 1):
+                 kv_cache: str = "auto", workers: int = 1, decode_attention: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if workers < 1:
@@ -196,6 +246,8 @@ class TransformersEngine:
         # how the decode loop keeps keys/values (`_kv_cache`): "auto" writes them in place, into
         # preallocated buffers on CUDA and into contiguous buffers grown in chunks elsewhere
         self.kv_cache = kv_cache
+        # on CPU, decode steps attend by batched products instead of SDPA's kernel (`_decode_attention`)
+        self.decode_attention = decode_attention
         # workers > 1: helper processes decode whole batches beside this one (CPU only; workers.py)
         self._pool = None
         if workers > 1:
@@ -204,7 +256,8 @@ class TransformersEngine:
             from .workers import WorkerPool
 
             self._pool = WorkerPool(model, tokenizer, workers, {"batch_size": batch_size,
-                                    "compact_after": compact_after, "kv_cache": kv_cache})
+                                    "compact_after": compact_after, "kv_cache": kv_cache,
+                                    "decode_attention": decode_attention})
 
     def close(self) -> None:
         """Stop the helper processes, if any (also done when the engine is collected or the process exits)."""
@@ -348,6 +401,10 @@ class TransformersEngine:
 
     def _generate_batch(self, rows, prompt_ids, params: SamplingParams, seed, prefix_cache=None, prefill=None):
         """Generate for the given global rows; returns [(tokens, logprobs, reason, text)] in row order."""
+        with _attention_for_decoding(self.model, self._device) if self.decode_attention else nullcontext():
+            return self._sample_batch(rows, prompt_ids, params, seed, prefix_cache, prefill)
+
+    def _sample_batch(self, rows, prompt_ids, params: SamplingParams, seed, prefix_cache, prefill):
         model, device, n = self.model, self._device, params.n
         batch = len(rows)
         max_new = params.max_new_tokens

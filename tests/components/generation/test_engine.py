@@ -177,6 +177,7 @@ def test_compaction_and_cache_kind_do_not_change_outputs(model, tok, engine, pro
     never = TransformersEngine(model, tok, compact_after=float("inf")).generate(prompts, p)
     kinds = {kind: TransformersEngine(model, tok, kv_cache=kind).generate(prompts, p)
              for kind in ("concat", "preallocated", "chunked")}
+    kinds["sdpa"] = TransformersEngine(model, tok, decode_attention=False).generate(prompts, p)
     assert all(r.completion_ids == eager.completion_ids for r in [never, *kinds.values()])
     assert engine.generate(prompts, p).completion_ids == eager.completion_ids
     assert eager.finish_reasons == never.finish_reasons and {"eos", "stop"} <= set(eager.finish_reasons)
@@ -218,6 +219,49 @@ def test_auto_chunks_the_cache_of_transformers_models_only(model):
     cpu = torch.device("cpu")
     assert _auto_kv_cache(model, cpu) == "chunked" and _auto_kv_cache(model, torch.device("cuda")) == "preallocated"
     assert Remote.__module__ == __name__ and _auto_kv_cache(Remote(model.config), cpu) == "concat"
+
+
+def test_decode_attention_is_sdpa_by_batched_products():
+    """One query a row: the products give SDPA's output under each kind of mask it may get (True
+    attends; an additive float mask; none); more queries, or dropout, go to SDPA itself."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from components.generation.engine import _decode_attention
+
+    torch.manual_seed(0)
+    module = torch.nn.Module().eval()
+    q, k, v = torch.randn(6, 4, 1, 8), torch.randn(6, 4, 11, 8), torch.randn(6, 4, 11, 8)
+    keep = torch.rand(6, 1, 1, 11) > 0.3
+    keep[..., -1] = True  # the row's own token
+    additive = torch.zeros(6, 1, 1, 11).masked_fill(~keep, torch.finfo(torch.float32).min)
+    for mask in (keep, additive, None):
+        ours, _ = _decode_attention(module, q, k, v, mask, scaling=0.3)
+        ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.3)
+        assert ours.shape == ref.shape == (6, 1, 4, 8)
+        torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    prefill = torch.randn(6, 4, 5, 8)
+    assert torch.equal(_decode_attention(module, prefill, k, v, None)[0], sdpa_attention_forward(module, prefill, k, v, None)[0])
+
+
+def test_decode_attention_only_inside_generation_and_only_for_transformers_sdpa_models(model, tok, prompts):
+    from components.generation.engine import DECODE_ATTENTION, _attention_for_decoding
+
+    seen = []
+    hook = model.model.layers[0].self_attn.register_forward_pre_hook(
+        lambda m, args: seen.append(model.config._attn_implementation))
+    try:
+        TransformersEngine(model, tok).generate(prompts[:1], SamplingParams(temperature=0.0, max_new_tokens=4))
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {DECODE_ATTENTION} and model.config._attn_implementation == "sdpa"
+
+    class Remote(type(model)):
+        pass
+
+    cpu = torch.device("cpu")
+    for other, device in ((Remote(model.config), cpu), (model, torch.device("cuda"))):
+        with _attention_for_decoding(other, device):
+            assert other.config._attn_implementation == "sdpa"
 
 
 def test_an_unknown_kv_cache_kind_is_refused(model, tok):
