@@ -86,8 +86,13 @@ def _auto_kv_cache(model, device: torch.device) -> str:
     length alone)."""
     if device.type == "cuda":
         return "preallocated"
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the wrapped model
-    return "chunked" if type(base).__module__.startswith("transformers.") else "concat"
+    return "chunked" if _transformers_class(model) else "concat"
+
+
+def _transformers_class(model) -> bool:
+    """Whether the model (under a peft wrapper, the model it wraps) is one of transformers' own classes."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(base).__module__.startswith("transformers.")
 
 
 class _BufferLayer(DynamicLayer):
@@ -210,9 +215,8 @@ def _attention_for_decoding(model, device: torch.device):
     """Within the block, a transformers model on CPU that attends by SDPA attends by
     `_decode_attention` (the same as SDPA wherever a call has more than one query a row)."""
     config = getattr(model, "config", None)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the wrapped model
     if (device.type != "cpu" or getattr(config, "_attn_implementation", None) != "sdpa"
-            or not type(base).__module__.startswith("transformers.")):
+            or not _transformers_class(model)):
         yield
         return
     config._attn_implementation = DECODE_ATTENTION

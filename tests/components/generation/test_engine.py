@@ -223,7 +223,7 @@ def test_auto_chunks_the_cache_of_transformers_models_only(model):
 
 def test_decode_attention_is_sdpa_by_batched_products():
     """One query a row: the products give SDPA's output under each kind of mask it may get (True
-    attends; an additive float mask; none); more queries, or dropout, go to SDPA itself."""
+    attends; an additive float mask; none); more queries a row go to SDPA itself."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from components.generation.engine import _decode_attention
