@@ -1,12 +1,15 @@
 """Distillation (seed §2.3 step 5, R1 §2.4): a smaller student learns from the final model.
 
-Three stages: `student_base` pretrains a smaller Llama (`student_base.arch`) on the same corpus
-with the teacher's tokenizer; `distill` trains it on the teacher's verified generations
-(sequence-level SFT and/or token-level KD on the teacher's logits); `distill_control` trains the
-same student base on the curated cold-start data alone, so the gain due to distillation is
-measured rather than assumed. The students are plain HF directories, evaluated like every model.
+Three stages: `student_base` makes a smaller model (`student_base.arch`) with the teacher's
+tokenizer and pretrains it on the same corpus: a fresh Llama, or (`init: prune`) one cut out of
+the teacher's base by the importance of its parts (Minitron); `distill` trains it on the teacher's
+verified generations (sequence-level SFT and/or token-level KD on the teacher's logits);
+`distill_control` trains the same student base on the curated cold-start data alone, so the gain
+due to distillation is measured rather than assumed. The students are plain HF directories, evaluated like every model.
 """
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 
@@ -25,12 +28,19 @@ class StudentBaseConfig(TrainConfig):
 
     arch: ArchConfig = Field(default_factory=lambda: ArchConfig(**STUDENT_ARCH),
                              description="Shape of the student (vocabulary and positions come from the teacher).")
+    init: Literal["scratch", "prune"] = Field(
+        "scratch", description="scratch: a freshly initialised Llama; prune: the teacher's base cut to `arch` by the "
+        "importance of its channels, heads, neurons and layers (components/modeling/pruning.py; whole heads, so "
+        "arch.hidden_size / arch.num_heads must be the teacher's head width), then trained `steps` as from scratch.")
+    calibration_rows: int = Field(256, ge=1, description="init: prune — pretraining documents the importances "
+                                  "are measured on (one forward pass of the teacher).")
 
 
 @stage(config=StudentBaseConfig, defaults=dict(steps=1500, batch_size=64, lr=3e-3, warmup_steps=50),
        inputs=("teacher",), reads=("pretrain.jsonl",), evaluate=True, distributed=True)
 def student_base(ctx: StageContext, teacher: ModelRef):
-    """Pretrain a smaller Llama (`student_base.arch`) with the teacher's tokenizer on the pretraining corpus."""
+    """Pretrain a smaller model (`student_base.arch`, fresh or pruned from the teacher's base) with the
+    teacher's tokenizer on the pretraining corpus."""
     from components.modeling.models import load_tokenizer
     from components.modeling.student import build_student, parameter_count
     from components.training.sft import run_sft
@@ -38,10 +48,27 @@ def student_base(ctx: StageContext, teacher: ModelRef):
     cfg, m = ctx.cfg, ctx.model
     rows = read_rows(ctx, "pretrain.jsonl", "text", cfg.source, cfg.limit)
     tokenizer = load_tokenizer(teacher.uri, revision=m.revision, trust_remote_code=m.trust_remote_code)
-    model = build_student(teacher.uri, cfg.arch, tokenizer, ctx.seed)
+    if cfg.init == "prune":
+        model = _pruned(ctx, teacher, tokenizer, rows)
+    else:
+        model = build_student(teacher.uri, cfg.arch, tokenizer, ctx.seed)
     ctx.log({"parameters": parameter_count(model)}, 0)
     run_sft(model, tokenizer, rows, cfg, ctx.ckpt_dir, ctx.seed, log=ctx.log, progress=ctx.progress)
     return finish(ctx, model, tokenizer)
+
+
+def _pruned(ctx: StageContext, teacher: ModelRef, tokenizer, rows: list[dict]):
+    """The teacher cut to `arch`, its parts ranked on the first `calibration_rows` documents."""
+    from components.modeling.models import load_model
+    from components.modeling.pruning import prune
+    from components.training.sft import collate, encode_rows
+
+    cfg, m = ctx.cfg, ctx.model
+    teacher_model = load_model(teacher.uri, dtype=m.dtype, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    encoded = encode_rows(tokenizer, rows[:cfg.calibration_rows], cfg.max_length, cfg.completion_only_loss)
+    batches = [collate(encoded[i:i + cfg.batch_size], tokenizer.pad_token_id)
+               for i in range(0, len(encoded), cfg.batch_size)]
+    return prune(teacher_model, cfg.arch, [(b["input_ids"], b["attention_mask"]) for b in batches])
 
 
 @stage(config=DistillConfig, inputs=("teacher", "student"), passthrough="student", reads=("rl_prompts.jsonl",), evaluate=True)

@@ -234,3 +234,30 @@ def test_averaging_with_the_start_keeps_that_fraction_of_the_aligned_change(trai
         moved += not torch.equal(aligned[name], w0)
     assert moved > 0
     assert stage_runs(parent)["alignment"].data.metrics["final/average_with_start"] == 0.5
+
+
+def test_a_pruned_student_base_is_cut_out_of_the_teachers_base(trained, project):
+    """`student_base.init: prune`: the student starts as the base's most important channels, heads,
+    neurons and layers (trained here at a negligible rate, so what it holds is the cut itself), and
+    the distillation downstream runs from it."""
+    import torch
+    from safetensors.torch import load_file
+
+    stages = load_recipe(project / "configs/tiny.yaml").run.stages
+    stages = stages[:stages.index("distill") + 1]
+    report, parent = run(project, "student_base.init=prune", "student_base.lr=1e-12",
+                         "student_base.arch={hidden_size: 16, num_heads: 1, num_layers: 1, intermediate_size: 32}",
+                         f"run.stages=[{', '.join(stages)}]")
+    rows = {r["label"]: r for r in report["stages"]}
+    assert rows["student_base"]["status"] == "ran" and rows["distill"]["status"] == "ran"
+    assert rows["base"]["status"] == "cached"
+    base, student = (load_file(Path(mlflow.artifacts.download_artifacts(rows[s]["output"])) / "model"
+                               / "model.safetensors") for s in ("base", "student_base"))
+    embed, cut = base["model.embed_tokens.weight"], student["model.embed_tokens.weight"]
+    assert cut.shape == (embed.shape[0], 16)
+    columns = [next(i for i in range(embed.shape[1]) if torch.allclose(cut[:, j], embed[:, i], atol=1e-6))
+               for j in range(16)]
+    assert columns == sorted(set(columns)), "16 distinct teacher channels, in the teacher's order"
+    assert student["model.layers.0.self_attn.q_proj.weight"].shape == (16, 16)  # one whole head of width 16
+    assert "model.layers.1.mlp.up_proj.weight" not in student
+    assert stage_runs(parent)["student_base"].data.params["init"] == "prune"
