@@ -245,6 +245,8 @@ class DistillConfig(Optimization):
     lr: float = Field(5e-4, gt=0)
     warmup_steps: int = Field(10, ge=0)
     max_length: int = Field(128, ge=8, description="Training sequences (prompt + response) are cut to this.")
+    pack: bool = Field(True, description="Pack each micro-batch's sequences into rows of max_length tokens (the same "
+                       "loss, no padding) when loss_agg is token-mean; other aggregations train on padded rows.")
     ckpt_every: int = Field(100, ge=1, description="Save a resumable checkpoint every N steps.")
 
     @model_validator(mode="after")

@@ -37,6 +37,7 @@ from components.training.loop import LoopResult, Log, Progress, Trainer, no_log,
 from components.training.rejection import RejectionStats, rejection_sample
 from components.training.sft import EncodingError, collate, encode, make_batch_fn, token_shares
 
+
 def teacher_samples(teacher, tokenizer, rows: list[dict], cfg: DistillConfig, seed: int, engine=None,
                     progress: bool = False) -> tuple[list[dict], RejectionStats]:
     """The teacher's verified completions of `rows` ({"prompt", "answer", ...}) as SFT rows.
@@ -77,18 +78,25 @@ def distill_objective(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return loss, parts
 
 
+def _layout(batch: dict) -> dict:
+    """How a batch's rows are laid out: padded (attention_mask) or packed (position_ids restarting at
+    each sequence, from which transformers builds the block-diagonal causal mask)."""
+    return {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
+
+
 def teacher_logits(teacher, batch: dict) -> torch.Tensor:
-    """The frozen teacher's logits [B, T, V] on a batch (eval mode, no graph)."""
+    """The frozen teacher's logits [B, T, V] on a padded or packed batch (eval mode, no graph)."""
     teacher.eval()
     with torch.no_grad():
-        return teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        return teacher(input_ids=batch["input_ids"], use_cache=False, **_layout(batch)).logits
 
 
 def distill_batch_loss(student, teacher, batch: dict, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
-    """`distill_objective` of the student on one collated batch (input_ids, attention_mask, loss_mask)."""
+    """`distill_objective` of the student on one collated (input_ids, attention_mask, loss_mask) or
+    packed (input_ids, position_ids, loss_mask) batch."""
     tokens = float(batch["loss_mask"][:, 1:].sum())  # counted before the batch moves: no wait on a GPU
     batch = {k: v.to(student.device) for k, v in batch.items()}
-    logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logits = student(input_ids=batch["input_ids"], use_cache=False, **_layout(batch)).logits
     t_logits = teacher_logits(teacher, batch)[:, :-1] if cfg.kd_weight > 0 else None
     loss, parts = distill_objective(
         logits[:, :-1], t_logits, batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:], sft_weight=cfg.sft_weight,
@@ -121,12 +129,17 @@ def run_distill(student, teacher, tokenizer, rows: list[dict], cfg: DistillConfi
     The teacher is frozen (no gradient, eval mode) and must share the student's vocabulary
     (`tokenizer` is the teacher's; pass `student_tokenizer` to compare a pretrained student's
     own). Batches are a pure function of (seed, step), so a run killed after step k and
-    started again with the same arguments resumes from `ckpt_dir` to the same weights.
+    started again with the same arguments resumes from `ckpt_dir` to the same weights. With
+    `cfg.pack` and token-mean aggregation a batch's sequences are packed into rows of
+    `max_length` (`components.training.sft.pack`): the same loss and gradients as padded rows,
+    without computing the padding (the teacher's verified samples filled ~69 % of padded rows).
     """
     check_vocab_match(teacher, student, tokenizer, student_tokenizer)
     teacher.requires_grad_(False)
     encoded = encode_rows(tokenizer, rows, cfg.max_length)
-    batch_fn = make_batch_fn(encoded, cfg.batch_size, cfg.grad_accum, seed, tokenizer.pad_token_id)
+    packed = cfg.pack and cfg.loss_agg == "token-mean"  # a row of several sequences has no per-sequence mean
+    batch_fn = make_batch_fn(encoded, cfg.batch_size, cfg.grad_accum, seed, tokenizer.pad_token_id,
+                             pack_width=cfg.max_length if packed else 0)
     trainer = Trainer({"student": student}, cfg, ckpt_dir, log=log, progress=progress, what="distill")
 
     def iteration(step: int) -> dict:

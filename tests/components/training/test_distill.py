@@ -18,7 +18,7 @@ from components.modeling.student import (
 from components.training.distill import (
     DistillConfig, distill_batch_loss, heldout_divergence, run_distill, teacher_samples)
 from components.seeds import derive_seed
-from components.training.sft import collate, encode
+from components.training.sft import collate, encode, pack
 from tests.components.training.test_rejection import FakeEngine, good
 
 STUDENT = ArchConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, vocab_size=64)
@@ -87,6 +87,44 @@ def test_mixed_loss_is_the_weighted_sum_of_its_parts_by_hand(teacher, student, t
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters()), "the teacher gets no gradient"
     assert all(p.grad is not None for p in student.parameters())
+
+
+@pytest.mark.parametrize("divergence", ["forward-kl", "jsd"])
+def test_a_packed_batch_has_the_loss_and_gradients_of_the_padded_one(divergence, teacher, student, tiny_tokenizer,
+                                                                     single_thread):
+    """Packing puts several sequences in a row, each seeing only itself (position_ids restart), for
+    the student and the teacher alike: the NLL, the divergence and the student's gradients are
+    those of one padded row per sequence."""
+    examples = [encode(tiny_tokenizer, r, 64) for r in (TRAIN[3], TRAIN[17], TRAIN[30], HELDOUT[2], TRAIN[8])]
+    c = cfg(sft_weight=0.6, kd_weight=0.4, divergence=divergence)
+
+    def loss_and_grads(batch):
+        student.zero_grad()
+        loss, parts = distill_batch_loss(student, teacher, batch, c)
+        loss.backward()
+        return parts, [p.grad.clone() for p in student.parameters()]
+
+    packed_batch = pack(examples, 64, tiny_tokenizer.pad_token_id)
+    assert packed_batch["input_ids"].shape[0] < len(examples), "several sequences share a row"
+    (padded, g_padded), (packed, g_packed) = (loss_and_grads(b) for b in (
+        collate(examples, tiny_tokenizer.pad_token_id), packed_batch))
+    assert packed["tokens"] == padded["tokens"]
+    for part in ("nll", "kd"):
+        assert float(packed[part]) == pytest.approx(float(padded[part]), rel=1e-5), part
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_padded, g_packed))
+
+
+def test_training_batches_are_packed_only_under_token_mean(teacher, student, tiny_tokenizer, tmp_path, monkeypatch):
+    import components.training.distill as distill
+
+    seen = []
+    real = distill.distill_batch_loss
+    monkeypatch.setattr(distill, "distill_batch_loss", lambda s, t, b, c: seen.append(set(b)) or real(s, t, b, c))
+    for agg, pack_on in (("token-mean", True), ("seq-mean-token-mean", True), ("token-mean", False)):
+        seen.clear()
+        run_distill(student, teacher, tiny_tokenizer, TRAIN, cfg(steps=1, loss_agg=agg, pack=pack_on),
+                    tmp_path / f"{agg}-{pack_on}", seed=0)
+        assert ("position_ids" in seen[0]) == (agg == "token-mean" and pack_on), (agg, pack_on)
 
 
 def test_pure_sft_never_runs_the_teacher(student, tiny_tokenizer):
