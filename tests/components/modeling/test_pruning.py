@@ -79,29 +79,33 @@ def test_cut_parts_that_do_nothing_leave_the_output_unchanged():
     assert torch.allclose(logits(student, ids, mask), logits(model, ids, mask), atol=1e-5)
 
 
-def test_cutting_a_head_keeps_the_head_width_and_the_other_heads_weights():
-    model, (ids, mask) = teacher(), batch()
+def silence_and_cut(layer: int, rows: slice, shape: dict, **overrides):
+    """A teacher whose value rows `rows` of layer `layer` are zero (a silent head or key/value group),
+    cut to `shape`: (that layer's teacher attention, the student, the kept hidden channels)."""
+    model, (ids, mask) = teacher(**overrides), batch()
     with torch.no_grad():
-        model.model.layers[0].self_attn.v_proj.weight[16:24] = 0   # head 2 of layer 0 is silent
-    student = prune(model, arch(hidden=24, heads=3), halves(ids, mask))
+        model.model.layers[layer].self_attn.v_proj.weight[rows] = 0
+    student = prune(model, arch(**shape), halves(ids, mask))
+    kept_hidden = top_k(importance(model, halves(ids, mask)).hidden, shape["hidden"])
+    return model.model.layers[layer].self_attn, student, kept_hidden
+
+
+def test_cutting_a_head_keeps_the_head_width_and_the_other_heads_weights():
+    attention, student, kept_hidden = silence_and_cut(0, slice(16, 24), dict(hidden=24, heads=3))  # head 2 is silent
     assert (student.config.head_dim, student.config.num_attention_heads) == (8, 3)
-    q_teacher, q_student = model.model.layers[0].self_attn.q_proj.weight, student.model.layers[0].self_attn.q_proj.weight
-    kept_hidden = top_k(importance(model, halves(ids, mask)).hidden, 24)
+    q_teacher = attention.q_proj.weight
     expected = torch.cat([q_teacher[0:16], q_teacher[24:32]])[:, kept_hidden]  # heads 0, 1, 3; the kept channels
-    assert torch.equal(q_student, expected)
+    assert torch.equal(student.model.layers[0].self_attn.q_proj.weight, expected)
     assert student.get_output_embeddings().weight.data_ptr() == student.get_input_embeddings().weight.data_ptr()
 
 
 def test_grouped_query_attention_keeps_whole_groups():
-    model, (ids, mask) = teacher(num_key_value_heads=2), batch()  # groups {0, 1} and {2, 3}
-    with torch.no_grad():
-        model.model.layers[1].self_attn.v_proj.weight[0:8] = 0    # group 0 of layer 1 is silent
-    student = prune(model, arch(hidden=16, heads=2), halves(ids, mask))
+    # groups {0, 1} and {2, 3}; group 0 of layer 1 is silent
+    attention, student, kept_hidden = silence_and_cut(1, slice(0, 8), dict(hidden=16, heads=2), num_key_value_heads=2)
     assert (student.config.num_attention_heads, student.config.num_key_value_heads) == (2, 1)
-    k_teacher, k_student = model.model.layers[1].self_attn.k_proj.weight, student.model.layers[1].self_attn.k_proj.weight
-    kept_hidden = top_k(importance(model, halves(ids, mask)).hidden, 16)
-    assert torch.equal(k_student, k_teacher[8:16][:, kept_hidden])
-    logits(student, ids, mask)  # it runs at the new shapes
+    assert torch.equal(student.model.layers[1].self_attn.k_proj.weight, attention.k_proj.weight[8:16][:, kept_hidden])
+    ids, mask = batch()
+    assert logits(student, ids, mask).shape == (6, 12, 40)  # it runs at the new shapes
 
 
 def test_biases_are_sliced_with_their_projections():
