@@ -216,10 +216,26 @@ def _split(name: str) -> tuple[int | None, str]:
     return None, name
 
 
+@dataclass
+class Cut:
+    """What a pruning kept of its teacher: layer indices and, out of how many, channels, heads, neurons."""
+
+    layers: list[int]
+    of_layers: int
+    hidden: tuple[int, int]
+    heads: tuple[int, int]
+    neurons: tuple[int, int]
+
+    def summary(self) -> str:
+        return (f"layers {', '.join(map(str, self.layers))} of {self.of_layers}, {self.hidden[0]} of {self.hidden[1]} "
+                f"channels, {self.heads[0]} of {self.heads[1]} heads, {self.neurons[0]} of {self.neurons[1]} neurons "
+                "a layer")
+
+
 def prune(model, arch, batches: list[tuple[torch.Tensor, torch.Tensor]]):
-    """A new model of the teacher's class at `arch`'s width and depth, cut out of `model` by the
-    importance of its parts on calibration batches of (input_ids, attention_mask). `model` is left
-    as it was."""
+    """(student, Cut): a new model of the teacher's class at `arch`'s width and depth, cut out of
+    `model` by the importance of its parts on calibration batches of (input_ids, attention_mask),
+    and what it kept. `model` is left as it was."""
     config = model.config
     student_config = pruned_config(config, arch, arch.num_layers)  # a shape that cannot be cut fails first
     was_training = model.training
@@ -242,4 +258,8 @@ def prune(model, arch, batches: list[tuple[torch.Tensor, torch.Tensor]]):
                            f"unexpected {unexpected}")
     if tied:
         student.tie_weights()
-    return student
+    cut = Cut(layers=keep_layers.tolist(), of_layers=config.num_hidden_layers,
+              hidden=(arch.hidden_size, config.hidden_size),
+              heads=(student_config.num_attention_heads, config.num_attention_heads),
+              neurons=(arch.intermediate_size, config.intermediate_size))
+    return student, cut

@@ -17,6 +17,7 @@ from components.config import ArchConfig, TrainConfig
 from components.io import write_json
 from components.training.configs import DistillConfig
 from tasks.common import finish, load_policy, publish_rows, read_rows
+from tasks.console import say
 from tasks.refs import ModelRef
 from tasks.stage import StageContext, stage
 
@@ -39,8 +40,7 @@ class StudentBaseConfig(TrainConfig):
 @stage(config=StudentBaseConfig, defaults=dict(steps=1500, batch_size=64, lr=3e-3, warmup_steps=50),
        inputs=("teacher",), reads=("pretrain.jsonl",), evaluate=True, distributed=True)
 def student_base(ctx: StageContext, teacher: ModelRef):
-    """Pretrain a smaller model (`student_base.arch`, fresh or pruned from the teacher's base) with the
-    teacher's tokenizer on the pretraining corpus."""
+    """Pretrain a smaller model (`student_base.arch`), fresh or cut out of the teacher's base, on the corpus."""
     from components.modeling.models import load_tokenizer
     from components.modeling.student import build_student, parameter_count
     from components.training.sft import run_sft
@@ -68,7 +68,9 @@ def _pruned(ctx: StageContext, teacher: ModelRef, tokenizer, rows: list[dict]):
     encoded = encode_rows(tokenizer, rows[:cfg.calibration_rows], cfg.max_length, cfg.completion_only_loss)
     batches = [collate(encoded[i:i + cfg.batch_size], tokenizer.pad_token_id)
                for i in range(0, len(encoded), cfg.batch_size)]
-    return prune(teacher_model, cfg.arch, [(b["input_ids"], b["attention_mask"]) for b in batches])
+    model, cut = prune(teacher_model, cfg.arch, [(b["input_ids"], b["attention_mask"]) for b in batches])
+    say(f"  {ctx.name}: pruned the teacher to {cut.summary()}")
+    return model
 
 
 @stage(config=DistillConfig, inputs=("teacher", "student"), passthrough="student", reads=("rl_prompts.jsonl",), evaluate=True)

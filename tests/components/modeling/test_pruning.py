@@ -56,7 +56,7 @@ def test_scores_are_means_over_every_valid_token_of_all_batches():
 
 def test_pruning_to_the_same_shape_is_the_teacher_exactly():
     model, (ids, mask) = teacher(), batch()
-    student = prune(model, arch(), halves(ids, mask))
+    student, _ = prune(model, arch(), halves(ids, mask))
     assert torch.allclose(logits(student, ids, mask), logits(model, ids, mask), atol=1e-5)
 
 
@@ -74,8 +74,9 @@ def test_cut_parts_that_do_nothing_leave_the_output_unchanged():
     scores = importance(model, halves(ids, mask))
     assert scores.layers[2] == pytest.approx(0, abs=1e-6) and scores.layers.argmin() == 2
     assert scores.groups[0].argmin() == 1 and scores.neurons[1][:16].abs().max() == 0
-    student = prune(model, arch(heads=4, ffn=48, layers=3), halves(ids, mask))
+    student, cut = prune(model, arch(heads=4, ffn=48, layers=3), halves(ids, mask))
     assert student.config.num_hidden_layers == 3 and student.config.intermediate_size == 48
+    assert cut.summary() == "layers 0, 1, 3 of 4, 32 of 32 channels, 4 of 4 heads, 48 of 64 neurons a layer"
     assert torch.allclose(logits(student, ids, mask), logits(model, ids, mask), atol=1e-5)
 
 
@@ -85,7 +86,7 @@ def silence_and_cut(layer: int, rows: slice, shape: dict, **overrides):
     model, (ids, mask) = teacher(**overrides), batch()
     with torch.no_grad():
         model.model.layers[layer].self_attn.v_proj.weight[rows] = 0
-    student = prune(model, arch(**shape), halves(ids, mask))
+    student, _ = prune(model, arch(**shape), halves(ids, mask))
     kept_hidden = top_k(importance(model, halves(ids, mask)).hidden, shape["hidden"])
     return model.model.layers[layer].self_attn, student, kept_hidden
 
@@ -110,7 +111,7 @@ def test_grouped_query_attention_keeps_whole_groups():
 
 def test_biases_are_sliced_with_their_projections():
     model, (ids, mask) = teacher(Qwen2Config, Qwen2ForCausalLM), batch()
-    student = prune(model, arch(), halves(ids, mask))
+    student, _ = prune(model, arch(), halves(ids, mask))
     assert isinstance(student, Qwen2ForCausalLM) and student.model.layers[0].self_attn.q_proj.bias is not None
     assert torch.allclose(logits(student, ids, mask), logits(model, ids, mask), atol=1e-5)
 
