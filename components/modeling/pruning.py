@@ -69,12 +69,21 @@ def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(sorted(order[:k]), dtype=torch.long)
 
 
+_PARTS = ("input_layernorm", "post_attention_layernorm", "self_attn.o_proj", "mlp.down_proj")
+
+
+def _has(module, path: str) -> bool:
+    for name in path.split("."):
+        module = getattr(module, name, None)
+    return module is not None
+
+
 def _layers(model):
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
-    if layers is None or not all(hasattr(layer, "self_attn") and hasattr(layer, "mlp") for layer in layers):
+    if layers is None or not _has(inner, "norm") or not all(_has(layer, p) for layer in layers for p in _PARTS):
         raise PruningError(f"cannot prune a {type(model).__name__}: pruning supports Llama-shaped decoders "
-                           "(model.layers[i].self_attn / .mlp)")
+                           f"(model.norm, model.layers[i].{{{', '.join(_PARTS)}}})")
     return inner, layers
 
 
@@ -236,8 +245,9 @@ def prune(model, arch, batches: list[tuple[torch.Tensor, torch.Tensor]]):
     """(student, Cut): a new model of the teacher's class at `arch`'s width and depth, cut out of
     `model` by the importance of its parts on calibration batches of (input_ids, attention_mask),
     and what it kept. `model` is left as it was."""
+    _layers(model)  # a model of another shape, then a shape that cannot be cut, fail before any forward pass
     config = model.config
-    student_config = pruned_config(config, arch, arch.num_layers)  # a shape that cannot be cut fails first
+    student_config = pruned_config(config, arch, arch.num_layers)
     was_training = model.training
     model.eval()
     try:

@@ -128,6 +128,14 @@ def test_shapes_that_cannot_be_cut_out_are_refused_by_field(shape, field):
         prune(model, arch(**shape), halves(ids, mask))
 
 
+def test_a_model_of_another_shape_is_refused_by_name():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_embd=32, n_layer=1, n_head=2, n_positions=64))
+    with pytest.raises(PruningError, match="cannot prune a GPT2LMHeadModel: pruning supports Llama-shaped decoders"):
+        prune(model, arch(), halves(*batch()))
+
+
 def test_the_teacher_is_left_as_it_was():
     model, (ids, mask) = teacher(), batch()
     model.train()
