@@ -91,13 +91,18 @@ def head_width(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+def kv_heads(config) -> int:
+    """Key/value heads (as many as query heads without grouped-query attention)."""
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+
+
 @torch.no_grad()
 def importance(model, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Importance:
     """Score the model's channels, heads, neurons and layers on calibration batches of
     (input_ids, attention_mask), each [B, T]: means over every valid token of all of them."""
     inner, layers = _layers(model)
     cfg = model.config
-    hd, n_kv = head_width(cfg), getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    hd, n_kv = head_width(cfg), kv_heads(cfg)
     n = len(layers)
     sums = {"hidden": torch.zeros(cfg.hidden_size), "heads": [0.0] * n, "neurons": [0.0] * n, "layers": [0.0] * n}
     valid = None
@@ -150,11 +155,9 @@ def importance(model, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Impor
                       layers=torch.tensor([float(x) / tokens for x in sums["layers"]]))
 
 
-def pruned_config(config, arch, layer_count: int):
+def pruned_config(config, arch):
     """The teacher's config at the student's width and depth (same class, head width and vocabulary)."""
-    hd = head_width(config)
-    n_heads = config.num_attention_heads
-    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+    hd, n_heads, n_kv = head_width(config), config.num_attention_heads, kv_heads(config)
     if arch.hidden_size % hd:
         raise PruningError(f"student_base.arch.hidden_size: {arch.hidden_size} is not a whole number of the teacher's "
                            f"heads of width {hd}; pruning keeps whole heads (e.g. hidden_size {hd * (n_heads - 1)}, "
@@ -166,7 +169,7 @@ def pruned_config(config, arch, layer_count: int):
     group = n_heads // n_kv
     limits = {"hidden_size": (arch.hidden_size, config.hidden_size), "num_heads": (heads, n_heads),
               "intermediate_size": (arch.intermediate_size, config.intermediate_size),
-              "num_layers": (layer_count, config.num_hidden_layers)}
+              "num_layers": (arch.num_layers, config.num_hidden_layers)}
     for field, (want, have) in limits.items():
         if want > have:
             raise PruningError(f"student_base.arch.{field}: {want} is larger than the teacher's {have}")
@@ -175,7 +178,7 @@ def pruned_config(config, arch, layer_count: int):
                            f"groups of {group} query heads")
     student = config.__class__.from_dict(config.to_dict())
     student.hidden_size, student.intermediate_size = arch.hidden_size, arch.intermediate_size
-    student.num_hidden_layers, student.num_attention_heads = layer_count, heads
+    student.num_hidden_layers, student.num_attention_heads = arch.num_layers, heads
     student.num_key_value_heads, student.head_dim = heads // group, hd
     return student
 
@@ -191,9 +194,7 @@ def pruned_state_dict(state: dict[str, torch.Tensor], config, keep_layers: torch
 
     `config` is the teacher's; `keep_groups[j]` / `keep_neurons[j]` belong to kept layer j.
     """
-    hd = head_width(config)
-    n_kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    group = config.num_attention_heads // n_kv
+    hd, group = head_width(config), config.num_attention_heads // kv_heads(config)
     old_to_new = {int(old): new for new, old in enumerate(keep_layers)}
     out = {}
     for name, tensor in state.items():
@@ -247,14 +248,14 @@ def prune(model, arch, batches: list[tuple[torch.Tensor, torch.Tensor]]):
     and what it kept. `model` is left as it was."""
     _layers(model)  # a model of another shape, then a shape that cannot be cut, fail before any forward pass
     config = model.config
-    student_config = pruned_config(config, arch, arch.num_layers)
+    student_config = pruned_config(config, arch)
     was_training = model.training
     model.eval()
     try:
         scores = importance(model, batches)
     finally:
         model.train(was_training)
-    group = config.num_attention_heads // (getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+    group = config.num_attention_heads // kv_heads(config)
     keep_layers = top_k(scores.layers, arch.num_layers)
     keep_hidden = top_k(scores.hidden, arch.hidden_size)
     keep_groups = [top_k(scores.groups[i], student_config.num_attention_heads // group) for i in keep_layers.tolist()]

@@ -35,7 +35,7 @@ from components.seeds import derive_seed
 from components.training.configs import DistillConfig
 from components.training.loop import LoopResult, Log, Progress, Trainer, no_log, no_progress
 from components.training.rejection import RejectionStats, rejection_sample
-from components.training.sft import EncodingError, collate, encode, make_batch_fn, token_shares
+from components.training.sft import EncodingError, collate, encode, layout, make_batch_fn, token_shares
 
 
 def teacher_samples(teacher, tokenizer, rows: list[dict], cfg: DistillConfig, seed: int, engine=None,
@@ -78,17 +78,11 @@ def distill_objective(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return loss, parts
 
 
-def _layout(batch: dict) -> dict:
-    """How a batch's rows are laid out: padded (attention_mask) or packed (position_ids restarting at
-    each sequence, from which transformers builds the block-diagonal causal mask)."""
-    return {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
-
-
 def teacher_logits(teacher, batch: dict) -> torch.Tensor:
     """The frozen teacher's logits [B, T, V] on a padded or packed batch (eval mode, no graph)."""
     teacher.eval()
     with torch.no_grad():
-        return teacher(input_ids=batch["input_ids"], use_cache=False, **_layout(batch)).logits
+        return teacher(input_ids=batch["input_ids"], use_cache=False, **layout(batch)).logits
 
 
 def distill_batch_loss(student, teacher, batch: dict, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
@@ -96,7 +90,7 @@ def distill_batch_loss(student, teacher, batch: dict, cfg: DistillConfig) -> tup
     packed (input_ids, position_ids, loss_mask) batch."""
     tokens = float(batch["loss_mask"][:, 1:].sum())  # counted before the batch moves: no wait on a GPU
     batch = {k: v.to(student.device) for k, v in batch.items()}
-    logits = student(input_ids=batch["input_ids"], use_cache=False, **_layout(batch)).logits
+    logits = student(input_ids=batch["input_ids"], use_cache=False, **layout(batch)).logits
     t_logits = teacher_logits(teacher, batch)[:, :-1] if cfg.kd_weight > 0 else None
     loss, parts = distill_objective(
         logits[:, :-1], t_logits, batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:], sft_weight=cfg.sft_weight,

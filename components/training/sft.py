@@ -156,12 +156,18 @@ def token_shares(batches: list[dict]) -> list[float]:
     return shares([float(b["loss_mask"][:, 1:].sum()) for b in batches])
 
 
+def layout(batch: dict) -> dict:
+    """The model kwargs that say how a batch's rows are laid out: padded (attention_mask) or packed
+    (position_ids restarting at each sequence, from which transformers builds the block-diagonal
+    causal mask)."""
+    return {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
+
+
 def sft_loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict]:
     """Token-mean NLL of a padded (attention_mask) or packed (position_ids) batch."""
     tokens = float(batch["loss_mask"][:, 1:].sum())  # counted before the batch moves: no wait on a GPU
     batch = {k: v.to(model.device) for k, v in batch.items()}
-    layout = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
-    logits = model(input_ids=batch["input_ids"], use_cache=False, **layout).logits
+    logits = model(input_ids=batch["input_ids"], use_cache=False, **layout(batch)).logits
     loss = sft_loss(logits[:, :-1], batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:])
     return loss, {"tokens": tokens}
 

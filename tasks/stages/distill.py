@@ -5,7 +5,8 @@ tokenizer and pretrains it on the same corpus: a fresh Llama, or (`init: prune`)
 the teacher's base by the importance of its parts (Minitron); `distill` trains it on the teacher's
 verified generations (sequence-level SFT and/or token-level KD on the teacher's logits);
 `distill_control` trains the same student base on the curated cold-start data alone, so the gain
-due to distillation is measured rather than assumed. The students are plain HF directories, evaluated like every model.
+due to distillation is measured rather than assumed. The students are plain HF directories,
+evaluated like every model.
 """
 from __future__ import annotations
 
